@@ -1,0 +1,1 @@
+"""Dataset download, image checks, split, TFRecord schema, writer and reader."""

@@ -1,0 +1,1 @@
+"""Model formats: how to make each one and how to run it, behind one interface."""

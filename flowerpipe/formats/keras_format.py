@@ -1,0 +1,36 @@
+"""Keras (.keras): the trained model itself, run with a compiled tf.function (not model.predict)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from flowerpipe.formats.base import Runner, require
+
+
+class KerasRunner(Runner):
+    """Calls the Keras model inside one traced tf.function per input shape."""
+
+    def __init__(self, path: Path, device: str = "cpu"):
+        import tensorflow as tf
+
+        from flowerpipe.model import load_model
+
+        self.device = device
+        self._dev = "/GPU:0" if device == "gpu" else "/CPU:0"
+        with tf.device(self._dev):
+            self.model = load_model(require(path))
+        self._call = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities from the Keras graph."""
+        import tensorflow as tf
+
+        with tf.device(self._dev):
+            return self._call(tf.convert_to_tensor(images, tf.float32)).numpy()
+
+
+def load(path: Path, option: str = "", device: str = "cpu", threads: int = 0) -> Runner:
+    """Load a .keras model."""
+    return KerasRunner(path, device)

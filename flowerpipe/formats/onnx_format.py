@@ -1,0 +1,98 @@
+"""ONNX via tf2onnx (float32) and ONNX Runtime static quantization (int8), run with ONNX Runtime."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from flowerpipe.formats.base import ConvertContext, FormatError, Runner, Skipped, require
+
+INPUT = "image"
+
+
+def convert(ctx: ConvertContext, out: Path, opset: int = 17) -> Path:
+    """Convert the Keras model (probabilities output) to ONNX with a dynamic batch dimension."""
+    import tensorflow as tf
+    import tf2onnx
+
+    from flowerpipe.model import load_model
+
+    model = load_model(ctx.keras_path)
+    spec = (tf.TensorSpec((None, ctx.image_size, ctx.image_size, 3), tf.float32, name=INPUT),)
+    fn = tf.function(lambda image: {"probabilities": model(image, training=False)})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tf2onnx.convert.from_function(fn, input_signature=spec, opset=opset, output_path=str(tmp))
+    tmp.replace(out)
+    return out
+
+
+def quantize_int8(ctx: ConvertContext, src: Path, out: Path) -> Path:
+    """Static QDQ int8 quantization calibrated on training images."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    calib = ctx.calibration
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.i = 0
+
+        def get_next(self):
+            if self.i >= len(calib):
+                return None
+            self.i += 1
+            return {INPUT: calib[self.i - 1:self.i]}
+
+    pre = out.with_name(f".{out.stem}.pre.onnx")
+    tmp = out.with_name(f".{out.name}.tmp")
+    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+    quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    pre.unlink(missing_ok=True)
+    tmp.replace(out)
+    return out
+
+
+def providers(device: str) -> list[str]:
+    """ONNX Runtime execution providers for a device, or Skipped when it is not available."""
+    import onnxruntime as ort
+
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise Skipped("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu on a CUDA machine)")
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+class OnnxRunner(Runner):
+    """An ONNX Runtime session with all graph optimisations on."""
+
+    def __init__(self, path: Path, device: str = "cpu", threads: int = 0):
+        import onnxruntime as ort
+
+        require(path)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = threads or os.cpu_count() or 1
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            self.sess = ort.InferenceSession(str(path), opts, providers=providers(device))
+        except Skipped:
+            raise
+        except Exception as exc:
+            raise FormatError(f"{path}: not a valid ONNX model ({exc.__class__.__name__})") from None
+        self.device = device
+        self.input = self.sess.get_inputs()[0].name
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities from the session."""
+        return self.sess.run(None, {self.input: images.astype(np.float32, copy=False)})[0]
+
+
+def load(path: Path, option: str = "", device: str = "cpu", threads: int = 0) -> Runner:
+    """Load an .onnx file with ONNX Runtime."""
+    return OnnxRunner(path, device, threads)

@@ -1,0 +1,84 @@
+"""OpenVINO IR in float32 and NNCF int8 (calibrated on training images), run with OpenVINO Runtime."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from flowerpipe.formats.base import ConvertContext, FormatError, Runner, Skipped, require
+
+VARIANTS = ("float32", "int8")
+
+
+def filename(variant: str) -> str:
+    """<variant>/model.xml (the .bin sits beside it)."""
+    return f"{variant}/model.xml"
+
+
+def convert(ctx: ConvertContext, variant: str, out: Path) -> Path:
+    """Convert the SavedModel to IR; int8 runs NNCF post-training quantization on the calibration images."""
+    import openvino as ov
+
+    model = ov.convert_model(str(ctx.savedmodel_path))
+    if variant == "int8":
+        import nncf
+
+        calib = ctx.calibration
+        dataset = nncf.Dataset([calib[i:i + 1] for i in range(len(calib))])
+        model = nncf.quantize(model, dataset, subset_size=len(calib), preset=nncf.QuantizationPreset.MIXED)
+    elif variant != "float32":
+        raise ValueError(f"openvino.variants: unknown variant {variant!r}; expected one of {VARIANTS}")
+    tmp = out.parent.with_name(f".{out.parent.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    ov.save_model(model, str(tmp / out.name), compress_to_fp16=False)
+    if out.parent.exists():
+        shutil.rmtree(out.parent)
+    tmp.replace(out.parent)
+    return out
+
+
+def device_name(device: str) -> str:
+    """The OpenVINO device for cpu/gpu, or Skipped when OpenVINO sees no such device."""
+    import openvino as ov
+
+    if device == "cpu":
+        return "CPU"
+    if not any(d.startswith("GPU") for d in ov.Core().available_devices):
+        raise Skipped("OpenVINO sees no GPU it supports here (it runs on Intel GPUs, not NVIDIA)")
+    return "GPU"
+
+
+class OpenVINORunner(Runner):
+    """A compiled OpenVINO model with the LATENCY hint; float32 IR runs in f32 (no silent bf16 on AMX CPUs)."""
+
+    def __init__(self, path: Path, variant: str, device: str = "cpu", threads: int = 0):
+        import openvino as ov
+
+        require(path)
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads or os.cpu_count() or 1}
+        if device == "cpu":
+            config["INFERENCE_PRECISION_HINT"] = "f32"
+        try:
+            self.compiled = ov.Core().compile_model(str(path), device_name(device), config)
+        except Skipped:
+            raise
+        except Exception as exc:
+            raise FormatError(f"{path}: not a valid OpenVINO IR ({str(exc).splitlines()[0][:200]})") from None
+        self.request = self.compiled.create_infer_request()
+        self.output = next((o for o in self.compiled.outputs if "probabilities" in o.get_names()),
+                           self.compiled.outputs[0])
+        self.device = device
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities from one synchronous inference."""
+        result = self.request.infer([images.astype(np.float32, copy=False)])
+        return np.asarray(result[self.output])
+
+
+def load(path: Path, option: str = "float32", device: str = "cpu", threads: int = 0) -> Runner:
+    """Load an OpenVINO IR .xml."""
+    return OpenVINORunner(path, option, device, threads)

@@ -1,0 +1,115 @@
+"""TensorFlow SavedModel in TF Serving's layout, with raw-pixel, uint8 and encoded-image signatures."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from flowerpipe.formats.base import FormatError, Runner, require
+
+LABELS_FILE = "labels.txt"
+
+
+def build_module(model, classes: list[str], image_size: int):
+    """A tf.Module that tracks the model's variables once and defines the serving signatures."""
+    import tensorflow as tf
+
+    from flowerpipe.data.images import decode_resize
+
+    class Serving(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            self.labels_asset = None
+            self.classes = tf.constant(classes)
+
+        def _outputs(self, images):
+            probs = tf.cast(self.model(images, training=False), tf.float32)
+            index = tf.argmax(probs, axis=-1, output_type=tf.int32)
+            return {"probabilities": probs, "class_index": index, "class_name": tf.gather(self.classes, index)}
+
+        @tf.function(input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="image")])
+        def serve_float(self, image):
+            return self._outputs(image)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.uint8, name="image")])
+        def serve_uint8(self, image):
+            return self._outputs(tf.cast(image, tf.float32))
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+        def serve_bytes(self, image_bytes):
+            images = tf.map_fn(lambda b: decode_resize(b, image_size), image_bytes,
+                               fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32))
+            return self._outputs(images)
+
+    return Serving()
+
+
+def export(model, classes: list[str], image_size: int, out: Path) -> Path:
+    """Write a SavedModel to out (a versioned folder), atomically; class names go in assets/labels.txt."""
+    import tensorflow as tf
+
+    module = build_module(model, classes, image_size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        labels = Path(scratch) / LABELS_FILE
+        labels.write_text("\n".join(classes) + "\n")
+        module.labels_asset = tf.saved_model.Asset(str(labels))
+        tf.saved_model.save(module, str(tmp), signatures={
+            "serving_default": module.serve_float,
+            "serving_uint8": module.serve_uint8,
+            "serving_bytes": module.serve_bytes,
+        })
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.replace(out)
+    return out
+
+
+def export_probabilities(keras_path: Path, out: Path) -> Path:
+    """Keras' own export (one float32 signature, one output): the conversion source for TFLite and OpenVINO."""
+    from flowerpipe.model import load_model
+
+    load_model(keras_path).export(str(out), format="tf_saved_model", verbose=False)
+    return out
+
+
+def read_labels(path: Path) -> list[str]:
+    """Class names stored beside a SavedModel."""
+    f = Path(path) / "assets" / LABELS_FILE
+    if not f.exists():
+        raise FormatError(f"{path}: no class names (assets/{LABELS_FILE}) in this SavedModel")
+    return [line for line in f.read_text().splitlines() if line]
+
+
+class SavedModelRunner(Runner):
+    """Calls the serving_default signature's concrete function directly."""
+
+    def __init__(self, path: Path, device: str = "cpu"):
+        import tensorflow as tf
+
+        self.device = device
+        self._dev = "/GPU:0" if device == "gpu" else "/CPU:0"
+        try:
+            with tf.device(self._dev):
+                self.loaded = tf.saved_model.load(str(require(path, "SavedModel")))
+        except (OSError, ValueError, tf.errors.OpError) as exc:
+            raise FormatError(f"{path}: not a loadable SavedModel ({exc.__class__.__name__})") from None
+        self.fn = self.loaded.signatures["serving_default"]
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities from serving_default."""
+        import tensorflow as tf
+
+        with tf.device(self._dev):
+            return self.fn(image=tf.convert_to_tensor(images, tf.float32))["probabilities"].numpy()
+
+
+def load(path: Path, option: str = "", device: str = "cpu", threads: int = 0) -> Runner:
+    """Load the exported SavedModel."""
+    return SavedModelRunner(path, device)

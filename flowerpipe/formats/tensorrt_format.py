@@ -1,0 +1,236 @@
+"""TensorRT: TF-TRT where TensorFlow has it, else ONNX -> TensorRT engines; skipped without an NVIDIA GPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from flowerpipe.formats.base import ConvertContext, FormatError, Runner, Skipped, require
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class Environment:
+    """What decides whether and how TensorRT can run here."""
+
+    gpus: int
+    tf_has_tensorrt: bool
+    tensorrt_installed: bool
+    cuda_python_installed: bool
+
+
+def probe() -> Environment:
+    """Look at this machine: NVIDIA GPUs, a TensorRT-enabled TensorFlow, the tensorrt and cuda packages."""
+    import tensorflow as tf
+
+    return Environment(
+        gpus=len(tf.config.list_physical_devices("GPU")) or _nvml_gpus(),
+        tf_has_tensorrt=bool(tf.sysconfig.get_build_info().get("is_tensorrt_build", False)),
+        tensorrt_installed=importlib.util.find_spec("tensorrt") is not None,
+        cuda_python_installed=importlib.util.find_spec("cuda") is not None,
+    )
+
+
+def _nvml_gpus() -> int:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return int(pynvml.nvmlDeviceGetCount())
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no driver, no library: no usable NVIDIA GPU
+        return 0
+
+
+def select_backend(requested: str, env: Environment) -> str:
+    """'tftrt' or 'onnx' for a `trt.backend` value, or raise Skipped with the reason."""
+    if env.gpus == 0:
+        raise Skipped("no NVIDIA GPU visible (TensorRT runs only on NVIDIA GPUs)")
+    tftrt_reason = "this TensorFlow build has no TensorRT (TF-TRT was removed from pip TensorFlow after 2.17)"
+    onnx_reason = "the tensorrt and cuda-python packages are not installed (pip install -e .[gpu])"
+    onnx_ok = env.tensorrt_installed and env.cuda_python_installed
+    if requested == "tftrt":
+        if not env.tf_has_tensorrt:
+            raise Skipped(tftrt_reason)
+        return "tftrt"
+    if requested == "onnx":
+        if not onnx_ok:
+            raise Skipped(onnx_reason)
+        return "onnx"
+    if requested != "auto":
+        raise ValueError(f"trt.backend: expected auto, tftrt or onnx, got {requested!r}")
+    if env.tf_has_tensorrt:
+        return "tftrt"
+    if onnx_ok:
+        return "onnx"
+    raise Skipped(f"{tftrt_reason}; and {onnx_reason}")
+
+
+def filename(backend: str, precision: str) -> str:
+    """A TF-TRT SavedModel folder or a serialized engine file."""
+    return f"tftrt_{precision}" if backend == "tftrt" else f"model_{precision}.engine"
+
+
+# ---------------------------------------------------------------- conversion
+
+
+def convert_tftrt(ctx: ConvertContext, precision: str, out: Path, workspace_mb: int) -> Path:
+    """TF-TRT: TrtGraphConverterV2 on the SavedModel; INT8 calibrates on training images; engines pre-built."""
+    from tensorflow.python.compiler.tensorrt import trt_convert as trt
+
+    mode = {"fp32": trt.TrtPrecisionMode.FP32, "fp16": trt.TrtPrecisionMode.FP16, "int8": trt.TrtPrecisionMode.INT8}
+    params = trt.TrtConversionParams(precision_mode=mode[precision], max_workspace_size_bytes=workspace_mb << 20,
+                                     use_calibration=precision == "int8")
+    conv = trt.TrtGraphConverterV2(input_saved_model_dir=str(ctx.savedmodel_path), conversion_params=params)
+    calib = ctx.calibration
+
+    def batches():
+        for i in range(0, len(calib), 8):
+            yield (calib[i:i + 8],)
+
+    conv.convert(calibration_input_fn=batches if precision == "int8" else None)
+    conv.build(input_fn=batches)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    conv.save(str(tmp))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.replace(out)
+    return out
+
+
+def convert_onnx(onnx_path: Path, precision: str, out: Path, image_size: int, workspace_mb: int,
+                 max_batch: int = 64) -> Path:
+    """Parse an ONNX model with TensorRT's parser and serialize an engine (int8: a QDQ model, explicit)."""
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(require(onnx_path).read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise FormatError(f"{onnx_path}: TensorRT could not parse it: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    if precision in ("fp16", "int8"):
+        config.set_flag(trt.BuilderFlag.FP16)
+    if precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)
+    profile = builder.create_optimization_profile()
+    name = network.get_input(0).name
+    shape = (image_size, image_size, 3)
+    profile.set_shape(name, (1, *shape), (8, *shape), (max_batch, *shape))
+    config.add_optimization_profile(profile)
+    engine = builder.build_serialized_network(network, config)
+    if engine is None:
+        raise FormatError(f"{onnx_path}: TensorRT failed to build a {precision} engine")
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_bytes(bytes(engine))
+    tmp.replace(out)
+    return out
+
+
+# ---------------------------------------------------------------- runtime
+
+
+def _check(result):
+    """Unwrap a cuda-python (err, *values) tuple, raising on a CUDA error."""
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if int(err) != 0:
+        raise FormatError(f"CUDA error {err}")
+    return values[0] if len(values) == 1 else values
+
+
+class EngineRunner(Runner):
+    """A deserialized TensorRT engine run with the named-tensor API and execute_async_v3."""
+
+    device = "gpu"
+
+    def __init__(self, path: Path):
+        import tensorrt as trt
+        from cuda.bindings import runtime as cudart
+
+        self.cudart = cudart
+        self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(require(path).read_bytes())
+        if self.engine is None:
+            raise FormatError(f"{path}: not a TensorRT engine for this GPU and TensorRT version")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.input = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+        self.output = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+        self.stream = _check(cudart.cudaStreamCreate())
+        self._buffers: dict[str, tuple[int, int]] = {}
+
+    def _buffer(self, name: str, nbytes: int) -> int:
+        ptr, size = self._buffers.get(name, (0, 0))
+        if size < nbytes:
+            if ptr:
+                _check(self.cudart.cudaFree(ptr))
+            ptr = _check(self.cudart.cudaMalloc(nbytes))
+            self._buffers[name] = (ptr, nbytes)
+        return ptr
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Copy in, execute, copy out, synchronise."""
+        cudart = self.cudart
+        x = np.ascontiguousarray(images, dtype=np.float32)
+        self.context.set_input_shape(self.input, x.shape)
+        out = np.empty(tuple(self.context.get_tensor_shape(self.output)), dtype=np.float32)
+        d_in, d_out = self._buffer(self.input, x.nbytes), self._buffer(self.output, out.nbytes)
+        self.context.set_tensor_address(self.input, d_in)
+        self.context.set_tensor_address(self.output, d_out)
+        kind = cudart.cudaMemcpyKind
+        _check(cudart.cudaMemcpyAsync(d_in, x.ctypes.data, x.nbytes, kind.cudaMemcpyHostToDevice, self.stream))
+        if not self.context.execute_async_v3(self.stream):
+            raise FormatError("TensorRT execution failed")
+        _check(cudart.cudaMemcpyAsync(out.ctypes.data, d_out, out.nbytes, kind.cudaMemcpyDeviceToHost, self.stream))
+        self.synchronize()
+        return out
+
+    def synchronize(self) -> None:
+        """Wait for the stream."""
+        _check(self.cudart.cudaStreamSynchronize(self.stream))
+
+    def close(self) -> None:
+        """Free device buffers and the stream."""
+        for ptr, _ in self._buffers.values():
+            self.cudart.cudaFree(ptr)
+        self._buffers.clear()
+        self.cudart.cudaStreamDestroy(self.stream)
+
+
+class TFTRTRunner(Runner):
+    """A TF-TRT SavedModel's serving_default signature on the GPU."""
+
+    device = "gpu"
+
+    def __init__(self, path: Path):
+        import tensorflow as tf
+
+        with tf.device("/GPU:0"):
+            self.fn = tf.saved_model.load(str(require(path, "TF-TRT SavedModel"))).signatures["serving_default"]
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities (the .numpy() copy waits for the GPU)."""
+        import tensorflow as tf
+
+        with tf.device("/GPU:0"):
+            out = self.fn(image=tf.convert_to_tensor(images, tf.float32))
+        return out["probabilities"].numpy()
+
+
+def load(path: Path, option: str = "fp32", device: str = "gpu", threads: int = 0) -> Runner:
+    """Load a TensorRT engine or TF-TRT SavedModel (GPU only)."""
+    if device != "gpu":
+        raise Skipped("TensorRT runs on NVIDIA GPUs only")
+    if not Path(path).exists():
+        raise Skipped(f"{path}: no TensorRT model was built (see metrics/convert_trt.json)")
+    return TFTRTRunner(path) if Path(path).is_dir() else EngineRunner(path)

@@ -1,0 +1,93 @@
+"""Backbone + head, with the backbone's pixel scaling inside the graph (raw RGB 0-255 in, probabilities out)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flowerpipe.backbones import BACKBONES
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "probabilities"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def scaling_layer(scaling: str):
+    """The Keras layer that maps raw 0-255 RGB to what the backbone expects."""
+    import keras
+
+    if scaling == "tf":
+        return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale_to_pm1")
+    if scaling == "torch":
+        mean = [255.0 * m for m in IMAGENET_MEAN]
+        var = [(255.0 * s) ** 2 for s in IMAGENET_STD]
+        return keras.layers.Normalization(mean=mean, variance=var, name="imagenet_normalize")
+    return keras.layers.Identity(name="raw_pixels")
+
+
+def resolve_weights(weights: str) -> str | None:
+    """'imagenet' (downloaded by Keras), 'none' (from scratch), or an existing weights file path."""
+    if weights == "imagenet":
+        return "imagenet"
+    if weights.lower() in ("none", ""):
+        return None
+    if not Path(weights).is_file():
+        raise FileNotFoundError(f"model.weights: weights file {weights} does not exist")
+    return weights
+
+
+def build_backbone(arch: str, image_size: int, weights: str):
+    """The headless keras.applications backbone with global average pooling."""
+    import keras
+
+    spec = BACKBONES[arch]
+    ctor = getattr(keras.applications, spec.constructor)
+    return ctor(include_top=False, weights=resolve_weights(weights), input_shape=(image_size, image_size, 3),
+                pooling="avg")
+
+
+def build_model(arch: str, image_size: int, num_classes: int, weights: str = "none", dropout: float = 0.2,
+                bn_momentum: float | None = None):
+    """Raw-pixel classifier: scaling, backbone (in inference mode when pretrained), dropout, softmax head."""
+    import keras
+
+    backbone = build_backbone(arch, image_size, weights)
+    pretrained = resolve_weights(weights) is not None
+    if bn_momentum is not None:
+        for layer in backbone.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = bn_momentum
+    inputs = keras.Input((image_size, image_size, 3), name=INPUT_NAME)
+    x = scaling_layer(BACKBONES[arch].scaling)(inputs)
+    # A pretrained backbone keeps BatchNorm in inference mode, also while fine-tuning (Keras transfer guide).
+    x = backbone(x, training=False) if pretrained else backbone(x)
+    x = keras.layers.Dropout(dropout, name="dropout")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name=OUTPUT_NAME)(x)
+    return keras.Model(inputs, outputs, name=f"{arch}_classifier")
+
+
+def feature_extractor(model):
+    """The part of a built model up to the pooled backbone features."""
+    import keras
+
+    return keras.Model(model.inputs, model.get_layer("dropout").input, name="features")
+
+
+def backbone_of(model):
+    """The nested keras.applications backbone inside a built model."""
+    import keras
+
+    return next(layer for layer in model.layers if isinstance(layer, keras.Model))
+
+
+def load_model(path: str | Path):
+    """Load a .keras model saved by the train stage, naming the file on failure."""
+    import keras
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: model file not found (run the train stage)")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as exc:
+        raise ValueError(f"{path}: not a loadable Keras model ({exc.__class__.__name__}: {exc})") from None

@@ -1,0 +1,270 @@
+"""Typed, validated pipeline parameters loaded from params.yaml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+OFFICIAL_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
+# Published by TensorFlow Datasets (url_checksums/tf_flowers.txt) for the official archive.
+OFFICIAL_SHA256 = "4c54ace7911aaffe13a365c34f650e71dd5bf1be0a58b464e5a7183e3e595d9c"
+
+TFLITE_VARIANTS = ("float32", "float16", "dynamic", "int8")
+OPENVINO_VARIANTS = ("float32", "int8")
+TRT_PRECISIONS = ("fp32", "fp16", "int8")
+
+PosInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class ParamsError(ValueError):
+    """A params.yaml problem, one line per bad key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+
+class Paths(_Section):
+    """Where stages read and write; dvc.yaml interpolates the same values."""
+
+    raw: str = "data/raw"
+    tfrecords: str = "data/tfrecords"
+    model: str = "models/model.keras"
+    train_dir: str = "models/train"
+    serving: str = "models/serving"
+    converted: str = "models/converted"
+    metrics: str = "metrics"
+    plots: str = "plots"
+    reports: str = "reports"
+
+
+class Data(_Section):
+    """Where the photos come from."""
+
+    url: str = OFFICIAL_URL
+    sha256: str = "auto"
+    test_images: str = ""
+    retries: NonNegInt = 5
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v: str) -> str:
+        v = v.strip().lower()
+        if v in ("", "auto") or (len(v) == 64 and all(c in "0123456789abcdef" for c in v)):
+            return v
+        raise ValueError("expected 'auto', '' or a 64-character hex sha256")
+
+    def expected_sha256(self) -> str:
+        """The checksum to verify against ('' means only record it)."""
+        if self.sha256 == "auto":
+            return OFFICIAL_SHA256 if self.url == OFFICIAL_URL else ""
+        return self.sha256
+
+
+class Split(_Section):
+    """Stratified split fractions and seed."""
+
+    val: Fraction = 0.1
+    test: Fraction = 0.1
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _sum(self) -> Split:
+        if self.val + self.test >= 1.0:
+            raise ValueError(f"split.val + split.test must be below 1, got {self.val} + {self.test}")
+        return self
+
+
+class TFRecords(_Section):
+    """TFRecord sharding."""
+
+    shard_mb: PosInt = 64
+    workers: NonNegInt = 0
+
+
+class Model(_Section):
+    """Backbone, input size and head."""
+
+    arch: str = "xception"
+    image_size: PosInt = 180
+    weights: str = "imagenet"
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
+    name: str = "flowers"
+
+    @field_validator("arch")
+    @classmethod
+    def _arch(cls, v: str) -> str:
+        from flowerpipe.backbones import BACKBONES
+
+        if v not in BACKBONES:
+            raise ValueError(f"expected one of {sorted(BACKBONES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _size(self) -> Model:
+        from flowerpipe.backbones import BACKBONES
+
+        minimum = BACKBONES[self.arch].min_size
+        if self.image_size < minimum:
+            raise ValueError(f"model.image_size must be at least {minimum} for {self.arch}, got {self.image_size}")
+        return self
+
+
+class Train(_Section):
+    """Training schedule, distribution and reproducibility."""
+
+    batch_size: PosInt = 32
+    epochs: NonNegInt = 6
+    learning_rate: Annotated[float, Field(gt=0)] = 1e-3
+    fine_tune_epochs: NonNegInt = 6
+    fine_tune_layers: NonNegInt = 40
+    fine_tune_learning_rate: Annotated[float, Field(gt=0)] = 1e-5
+    scratch_epochs: PosInt = 30
+    scratch_learning_rate: Annotated[float, Field(gt=0)] = 1e-3
+    scratch_bn_momentum: Annotated[float, Field(gt=0, lt=1)] = 0.9
+    deterministic: bool = True
+    augment: bool = True
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    patience: NonNegInt = 5
+    cache_features: bool = True
+    strategy: Literal["auto", "default", "mirrored", "multi_worker"] = "auto"
+    mixed_precision: Literal["auto", "on", "off"] = "auto"
+    seed: int = 42
+    max_steps_per_epoch: NonNegInt = 0
+
+
+class Export(_Section):
+    """SavedModel version for TF Serving's models/<name>/<version>/ layout."""
+
+    version: PosInt = 1
+
+
+class TFLite(_Section):
+    """Which TFLite precisions to build."""
+
+    variants: list[Literal["float32", "float16", "dynamic", "int8"]] = list(TFLITE_VARIANTS)
+    calibration_images: PosInt = 100
+    threads: NonNegInt = 0
+
+
+class Onnx(_Section):
+    """ONNX export options."""
+
+    opset: Annotated[int, Field(ge=13)] = 17
+    int8: bool = True
+    calibration_images: PosInt = 100
+
+
+class OpenVINO(_Section):
+    """OpenVINO IR precisions."""
+
+    variants: list[Literal["float32", "int8"]] = list(OPENVINO_VARIANTS)
+    calibration_images: PosInt = 300
+
+
+class TRT(_Section):
+    """TensorRT backend and precisions."""
+
+    backend: Literal["auto", "tftrt", "onnx"] = "auto"
+    precisions: list[Literal["fp32", "fp16", "int8"]] = list(TRT_PRECISIONS)
+    calibration_images: PosInt = 100
+    workspace_mb: PosInt = 1024
+
+
+class Evaluate(_Section):
+    """Scoring of every format on the test split."""
+
+    batch_size: PosInt = 32
+
+
+class Benchmark(_Section):
+    """Timing matrix."""
+
+    runtimes: list[str] = ["keras", "savedmodel", "tflite-float32", "tflite-float16", "tflite-dynamic",
+                           "tflite-int8", "onnx", "onnx-int8", "openvino-float32", "openvino-int8",
+                           "tensorrt-fp32", "tensorrt-fp16", "tensorrt-int8"]
+    devices: list[Literal["cpu", "gpu"]] = ["cpu", "gpu"]
+    batch_sizes: list[PosInt] = [1, 8, 32]
+    warmup: NonNegInt = 3
+    iterations: PosInt = 20
+    min_seconds: Annotated[float, Field(ge=0)] = 2.0
+    max_seconds: Annotated[float, Field(gt=0)] = 30.0
+    threads: NonNegInt = 0
+    inter_op_threads: NonNegInt = 1
+
+
+class Infer(_Section):
+    """Predictions for a folder of the user's images."""
+
+    format: str = "keras"
+    top_k: PosInt = 3
+
+
+class Serve(_Section):
+    """REST server settings and the serve_check load test."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8501
+    format: str = "auto"
+    max_body_mb: PosInt = 32
+    max_batch: PosInt = 64
+    batch_window_ms: Annotated[float, Field(ge=0)] = 2.0
+    concurrency: list[PosInt] = [1, 4]
+    requests: PosInt = 40
+
+
+class Params(_Section):
+    """Every knob of the pipeline."""
+
+    paths: Paths = Paths()
+    data: Data = Data()
+    split: Split = Split()
+    tfrecords: TFRecords = TFRecords()
+    model: Model = Model()
+    train: Train = Train()
+    export: Export = Export()
+    tflite: TFLite = TFLite()
+    onnx: Onnx = Onnx()
+    openvino: OpenVINO = OpenVINO()
+    trt: TRT = TRT()
+    evaluate: Evaluate = Evaluate()
+    benchmark: Benchmark = Benchmark()
+    infer: Infer = Infer()
+    serve: Serve = Serve()
+
+
+def _describe(err: dict[str, Any]) -> str:
+    """One line for one pydantic error: key, what was expected, what was given."""
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        return f"{key}: unknown key"
+    if err["type"] == "missing":
+        return f"{key}: required key is missing"
+    return f"{key}: {msg} (got {err.get('input')!r})"
+
+
+def parse(raw: dict[str, Any] | None, source: str = "params.yaml") -> Params:
+    """Validate a params mapping; raise ParamsError naming every bad key."""
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as exc:
+        lines = [f"{source}: {_describe(e)}" for e in exc.errors(include_url=False)]
+        raise ParamsError("\n".join(lines)) from None
+
+
+def load(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) if path.exists() else {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    return parse(raw, str(path))

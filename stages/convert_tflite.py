@@ -1,0 +1,22 @@
+"""convert_tflite stage: TFLite float32, float16, dynamic-range and int8 (calibrated on the train split)."""
+
+from pathlib import Path
+
+from flowerpipe import stage
+from flowerpipe.params import Params
+
+
+def main(p: Params) -> None:
+    from flowerpipe.convert import context, run_all
+    from flowerpipe.formats import tflite
+    from flowerpipe.formats.registry import variants
+
+    todo = [v for v in variants(p) if v.family == "tflite"]
+    Path(p.paths.converted, "tflite").mkdir(parents=True, exist_ok=True)
+    with context(p, p.tflite.calibration_images) as ctx:
+        record = run_all({v.name: (v.path, lambda v=v: tflite.convert(ctx, v.option, v.path)) for v in todo})
+    stage.write_json(Path(p.paths.metrics) / "convert_tflite.json", record)
+
+
+if __name__ == "__main__":
+    stage.run(main)

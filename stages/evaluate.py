@@ -1,0 +1,56 @@
+"""evaluate stage: score every available model format on the held-out test split, against the Keras model."""
+
+import time
+from pathlib import Path
+
+from flowerpipe import stage
+from flowerpipe.params import Params
+
+
+def main(p: Params) -> None:
+    import pandas as pd
+
+    from flowerpipe.data.tfrecord import Manifest, arrays
+    from flowerpipe.evaluate import agreement, conversion_status, predict_batches, score
+    from flowerpipe.formats.base import Skipped, size_mb
+    from flowerpipe.formats.registry import load, variants
+
+    classes = Manifest.read(p.paths.tfrecords).classes
+    Path(p.paths.plots).mkdir(parents=True, exist_ok=True)
+    images, labels = arrays(p.paths.tfrecords, "test", p.model.image_size)
+    converted = conversion_status(p)
+    table: dict[str, dict] = {}
+    reference = None
+    per_class: dict[str, dict] = {}
+    for v in variants(p):
+        rec = converted.get(v.name, {})
+        if rec.get("status") == "skipped":
+            table[v.name] = {"status": "skipped", "reason": rec.get("reason", "")}
+            continue
+        try:
+            runner = load(v, "cpu", p.benchmark.threads)
+        except Skipped as exc:
+            table[v.name] = {"status": "skipped", "reason": str(exc)}
+            continue
+        t = time.perf_counter()
+        probs = predict_batches(runner, images, p.evaluate.batch_size)
+        secs = time.perf_counter() - t
+        runner.close()
+        if reference is None:
+            reference = probs  # the first variant is the Keras model itself
+            pd.DataFrame({"actual": [classes[i] for i in labels],
+                          "predicted": [classes[i] for i in probs.argmax(1)]}).to_csv(
+                Path(p.paths.plots) / "confusion.csv", index=False)
+        s = score(probs, labels, classes)
+        table[v.name] = {"status": "ok", **{k: s[k] for k in ("accuracy", "macro_f1")},
+                         **agreement(probs, reference), "size_mb": size_mb(v.path),
+                         "conversion_seconds": rec.get("seconds", 0.0), "eval_seconds": round(secs, 2)}
+        per_class[v.name] = s["per_class"]
+        print(f"{v.name:18s} accuracy {s['accuracy']:.4f}  agreement {table[v.name]['top1_agreement']:.4f}  "
+              f"max|dp| {table[v.name]['max_prob_diff']:.2e}")
+    stage.write_json(Path(p.paths.metrics) / "evaluate.json", {"test_images": int(len(labels)), "formats": table})
+    stage.write_json(Path(p.paths.metrics) / "per_class.json", per_class)
+
+
+if __name__ == "__main__":
+    stage.run(main)

@@ -1,0 +1,24 @@
+"""export stage: the trained .keras model as a versioned TF Serving SavedModel with class names."""
+
+from pathlib import Path
+
+from flowerpipe import stage
+from flowerpipe.params import Params
+
+
+def main(p: Params) -> None:
+    from flowerpipe.data.tfrecord import Manifest
+    from flowerpipe.formats.base import size_mb, timed
+    from flowerpipe.formats.savedmodel import export
+    from flowerpipe.model import load_model
+
+    classes = Manifest.read(p.paths.tfrecords).classes
+    out = Path(p.paths.serving) / p.model.name / str(p.export.version)
+    _, secs = timed(export, load_model(p.paths.model), classes, p.model.image_size, out)
+    stage.write_json(Path(p.paths.metrics) / "export.json", {
+        "savedmodel": {"status": "ok", "path": str(out), "size_mb": size_mb(out), "seconds": round(secs, 2)}})
+    print(f"SavedModel -> {out} ({size_mb(out)} MB)")
+
+
+if __name__ == "__main__":
+    stage.run(main)
