@@ -32,7 +32,7 @@ def tf_config_workers() -> int:
     return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
 
 
-def choose_strategy(name: str, gpus: int, logical_cpus: int, workers: int) -> str:
+def choose_strategy(name: str, gpus: int, workers: int) -> str:
     """Which tf.distribute strategy a `train.strategy` value means on this machine."""
     if name == "auto":
         if workers > 1:
@@ -47,11 +47,12 @@ def make_strategy(name: str):
     """Build the tf.distribute strategy for a `train.strategy` value."""
     import tensorflow as tf
 
-    gpus = tf.config.list_logical_devices("GPU")
-    cpus = tf.config.list_logical_devices("CPU")
-    kind = choose_strategy(name, len(gpus), len(cpus), tf_config_workers())
+    gpus = tf.config.list_physical_devices("GPU")  # physical: listing logical devices would start the runtime
+    kind = choose_strategy(name, len(gpus), tf_config_workers())
     if kind == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    cpus = tf.config.list_logical_devices("CPU")
     if kind == "mirrored":
         devices = [d.name for d in gpus] or [d.name for d in cpus]
         return tf.distribute.MirroredStrategy(devices=devices)
@@ -182,18 +183,28 @@ def augmenter(seed: int):
     ], name="augment")
 
 
-def _datasets(data_dir: Path, image_size: int, global_batch: int, train: Train, augment: bool, num_classes: int):
-    """Train and val datasets with one-hot labels (for label smoothing), sharded by data for multi-worker."""
+def _datasets(data_dir: Path, image_size: int, global_batch: int, train: Train, augment: bool, num_classes: int,
+              replicas: int = 1, n_val: int = 0):
+    """Train and val datasets with one-hot labels (for label smoothing), sharded by data for multi-worker.
+
+    With several replicas every batch must split evenly (keras-team/keras#19246), so the last partial
+    validation batch is dropped there.
+    """
     import tensorflow as tf
 
     def onehot(x, y):
         return x, tf.one_hot(y, num_classes)
 
-    train_ds = tfrecord.dataset(data_dir, "train", image_size, global_batch, shuffle=True, seed=train.seed)
+    train_ds = tfrecord.dataset(data_dir, "train", image_size, global_batch, shuffle=True, seed=train.seed,
+                                repeat=True, drop_remainder=True)
     if augment:
         aug = augmenter(train.seed)
         train_ds = train_ds.map(lambda x, y: (aug(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
-    val_ds = tfrecord.dataset(data_dir, "val", image_size, global_batch)
+    if replicas > 1:
+        val_batch = min(global_batch, (n_val // replicas) * replicas) or replicas
+        val_ds = tfrecord.dataset(data_dir, "val", image_size, val_batch, drop_remainder=True)
+    else:
+        val_ds = tfrecord.dataset(data_dir, "val", image_size, global_batch)
     opts = tf.data.Options()
     opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return (train_ds.map(onehot).prefetch(tf.data.AUTOTUNE).with_options(opts),
@@ -236,7 +247,7 @@ def _fit_phase(model, phase, epochs, lr, train_ds, val_ds, p: Train, n_train, n_
         return
     start = len(result.history)
     _compile(model, lr, p.label_smoothing)
-    model.fit(train_ds.repeat(), validation_data=val_ds if n_val else None, epochs=epochs,
+    model.fit(train_ds, validation_data=val_ds if n_val else None, epochs=epochs,
               steps_per_epoch=_steps(n_train, batch, p.max_steps_per_epoch), verbose=2,
               callbacks=_callbacks(result, phase, min(n_train, _steps(n_train, batch, p.max_steps_per_epoch) * batch),
                                    p.patience, ckpt.backup_dir(phase), n_val > 0))
@@ -298,6 +309,7 @@ def fit(data_dir: Path, m: Model, p: Train, checkpoint_dir: Path):
     import keras
     import tensorflow as tf
 
+    strategy = make_strategy(p.strategy)  # first: collective ops must be configured before any other TF work
     keras.utils.set_random_seed(p.seed)
     if p.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -309,11 +321,11 @@ def fit(data_dir: Path, m: Model, p: Train, checkpoint_dir: Path):
     gpus = len(tf.config.list_physical_devices("GPU"))
     mixed = use_mixed_precision(p.mixed_precision, gpus)
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
-    strategy = make_strategy(p.strategy)
     replicas = strategy.num_replicas_in_sync
     batch = p.batch_size * replicas
-    kind = {"MirroredStrategy": "mirrored", "MultiWorkerMirroredStrategy": "multi_worker"}
-    result = Result(replicas=replicas, strategy=kind.get(type(strategy).__name__, "default"), mixed_precision=mixed)
+    kind = ("multi_worker" if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            else "mirrored" if isinstance(strategy, tf.distribute.MirroredStrategy) else "default")
+    result = Result(replicas=replicas, strategy=kind, mixed_precision=mixed)
     ckpt = Checkpoints(checkpoint_dir, fingerprint(m, p, data_dir / tfrecord.MANIFEST))
     pretrained = resolve_weights(m.weights) is not None
     with strategy.scope():
@@ -325,7 +337,7 @@ def fit(data_dir: Path, m: Model, p: Train, checkpoint_dir: Path):
         if p.cache_features and p.epochs and replicas == 1:
             _head_on_cached_features(model, data_dir, m, p, num_classes, batch, result, ckpt)
         else:
-            train_ds, val_ds = _datasets(data_dir, m.image_size, batch, p, p.augment, num_classes)
+            train_ds, val_ds = _datasets(data_dir, m.image_size, batch, p, p.augment, num_classes, replicas, n_val)
             with strategy.scope():
                 _fit_phase(model, "head", p.epochs, p.learning_rate, train_ds, val_ds, p, n_train, n_val, batch,
                            ckpt, result)
@@ -337,12 +349,12 @@ def fit(data_dir: Path, m: Model, p: Train, checkpoint_dir: Path):
             for layer in backbone.layers:
                 if isinstance(layer, keras.layers.BatchNormalization):
                     layer.trainable = False
-            train_ds, val_ds = _datasets(data_dir, m.image_size, batch, p, p.augment, num_classes)
+            train_ds, val_ds = _datasets(data_dir, m.image_size, batch, p, p.augment, num_classes, replicas, n_val)
             with strategy.scope():
                 _fit_phase(model, "fine_tune", p.fine_tune_epochs, p.fine_tune_learning_rate, train_ds, val_ds, p,
                            n_train, n_val, batch, ckpt, result)
     else:
-        train_ds, val_ds = _datasets(data_dir, m.image_size, batch, p, p.augment, num_classes)
+        train_ds, val_ds = _datasets(data_dir, m.image_size, batch, p, p.augment, num_classes, replicas, n_val)
         with strategy.scope():
             _fit_phase(model, "scratch", p.scratch_epochs, p.scratch_learning_rate, train_ds, val_ds, p, n_train,
                        n_val, batch, ckpt, result)

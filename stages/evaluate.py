@@ -27,6 +27,9 @@ def main(p: Params) -> None:
         if rec.get("status") == "skipped":
             table[v.name] = {"status": "skipped", "reason": rec.get("reason", "")}
             continue
+        if not v.path.exists() and not rec:
+            table[v.name] = {"status": "not_built", "reason": f"{v.path} not found: its conversion stage has not run"}
+            continue
         try:
             runner = load(v, "cpu", p.benchmark.threads)
         except Skipped as exc:

@@ -36,7 +36,7 @@ def _features(rec: Checked, label: int, class_name: str):
         "image/width": i(rec.width),
         "image/source": b(rec.path.encode()),
         "image/sha256": b(rec.sha256.encode()),
-    })).SerializeToString()
+    })).SerializeToString(deterministic=True)  # map order fixed: byte-identical rebuilds
 
 
 def write_shards(records: Iterable[tuple[Checked, int]], classes: list[str], folder: Path, split: str,

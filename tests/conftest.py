@@ -1,0 +1,94 @@
+"""Shared fixtures: small generated photo sets, archives and a tiny trained model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
+COLORS = [(230, 230, 230), (240, 220, 30), (200, 30, 60), (250, 160, 20), (150, 40, 200)]
+
+
+def make_photos(root: Path, per_class: int = 8, size: int = 64, seed: int = 0) -> Path:
+    """Class folders of JPEGs whose colour and texture depend on the class (learnable, not trivial)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for c, name in enumerate(CLASSES):
+        d = root / name
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            base = np.array(COLORS[c], np.float32)
+            stripes = 40 * np.sin((xx * (c + 1) + yy * (5 - c)) / 6.0 + rng.uniform(0, 6))[..., None]
+            img = base * rng.uniform(0.7, 1.0) + stripes + rng.normal(0, 20, (size, size, 3))
+            w, h = size + int(rng.integers(0, 24)), size + int(rng.integers(0, 24))
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).resize((w, h)).save(d / f"{name}_{i:03d}.jpg",
+                                                                                       quality=90)
+    (root / "LICENSE.txt").write_text("photos made by the test suite\n")
+    return root
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    """A small folder dataset: 5 classes x 8 images."""
+    return make_photos(tmp_path / "flower_photos")
+
+
+def write_params(folder: Path, overrides: dict) -> Path:
+    """params.yaml in folder: the project's defaults with nested overrides."""
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in overrides.items():
+        p.setdefault(section, {}).update(values)
+    out = folder / "params.yaml"
+    out.write_text(yaml.safe_dump(p, sort_keys=False))
+    return out
+
+
+TINY = {
+    "split": {"val": 0.2, "test": 0.2},
+    "model": {"image_size": 71, "weights": "none"},
+    "train": {"batch_size": 8, "scratch_epochs": 1, "epochs": 3, "fine_tune_epochs": 1, "patience": 0},
+    "tflite": {"calibration_images": 16},
+    "onnx": {"calibration_images": 16},
+    "openvino": {"calibration_images": 16},
+    "benchmark": {"batch_sizes": [1, 2], "warmup": 1, "iterations": 2, "min_seconds": 0.0, "max_seconds": 5.0},
+    "serve": {"concurrency": [1, 2], "requests": 6},
+}
+
+
+def run_stage(name: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run stages/<name>.py in cwd, as dvc would."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "stages" / f"{name}.py")], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"stage {name} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> Path:
+    """A project folder with tiny TFRecords and a trained model (random frozen backbone + trained head)."""
+    work = tmp_path_factory.mktemp("trained")
+    make_photos(work / "photos", per_class=16)
+    weights = work / "backbone.weights.h5"
+    code = ("import keras; keras.utils.set_random_seed(1); "
+            "keras.applications.Xception(include_top=False, weights=None, input_shape=(71, 71, 3), pooling='avg')"
+            f".save_weights({str(weights)!r})")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+    write_params(work, {**TINY, "data": {"url": str(work / "photos")},
+                        "model": {"image_size": 71, "weights": str(weights)}})
+    for stage in ("download", "tfrecords", "train", "export"):
+        run_stage(stage, work)
+    return work

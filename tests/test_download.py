@@ -1,0 +1,176 @@
+import hashlib
+import io
+import tarfile
+import threading
+import zipfile
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from conftest import CLASSES, make_photos, run_stage, write_params
+
+from flowerpipe.data.download import DownloadError, Source, extract, fetch, find_class_root, local_path
+
+
+def make_tgz(photos: Path, out: Path, top: str = "flower_photos") -> Path:
+    with tarfile.open(out, "w:gz") as tar:
+        tar.add(photos, arcname=top)
+    return out
+
+
+def test_local_folder(photos, tmp_path):
+    src = fetch(str(photos), tmp_path / "cache")
+    assert src.kind == "folder" and len(src.sha256) == 64
+    report = extract(src, tmp_path / "raw")
+    assert report.classes == CLASSES
+    assert not (tmp_path / "raw" / "LICENSE.txt").exists()
+    assert len(list((tmp_path / "raw" / "daisy").iterdir())) == 8
+
+
+@pytest.mark.parametrize("top", ["flower_photos", "any-name"])
+def test_tgz_under_a_top_folder_and_file_url(photos, tmp_path, top):
+    archive = make_tgz(photos, tmp_path / "f.tgz", top)
+    src = fetch(f"file://{archive}", tmp_path / "cache")
+    assert src.sha256 == hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert extract(src, tmp_path / "raw").classes == CLASSES
+
+
+def test_zip_at_root(photos, tmp_path):
+    archive = tmp_path / "f.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in sorted(photos.rglob("*")):
+            if p.is_file():
+                zf.write(p, p.relative_to(photos).as_posix())
+    assert extract(fetch(str(archive), tmp_path / "c"), tmp_path / "raw").classes == CLASSES
+
+
+def test_escaping_entries_links_and_devices_are_refused(photos, tmp_path):
+    archive = tmp_path / "evil.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(photos, arcname="flower_photos")
+        data = b"owned"
+        info = tarfile.TarInfo("flower_photos/../../escaped.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("flower_photos/daisy/link.jpg")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+        dev = tarfile.TarInfo("flower_photos/daisy/null")
+        dev.type = tarfile.CHRTYPE
+        tar.addfile(dev)
+    report = extract(fetch(str(archive), tmp_path / "c"), tmp_path / "out" / "raw")
+    reasons = {r["path"]: r["reason"] for r in report.refused}
+    assert "escapes" in reasons["flower_photos/../../escaped.txt"]
+    assert "links" in reasons["flower_photos/daisy/link.jpg"] and "flower_photos/daisy/null" in reasons
+    assert not list(tmp_path.rglob("escaped.txt"))
+    assert not (tmp_path / "out" / "raw" / "daisy" / "link.jpg").exists()
+
+
+def test_wrong_checksum_fails_and_leaves_nothing(photos, tmp_path):
+    archive = make_tgz(photos, tmp_path / "f.tgz")
+    with pytest.raises(DownloadError, match="checksum mismatch"):
+        fetch(str(archive), tmp_path / "c", expected_sha256="0" * 64)
+
+
+def test_truncated_archive_fails_cleanly(photos, tmp_path):
+    archive = make_tgz(photos, tmp_path / "f.tgz")
+    cut = tmp_path / "cut.tgz"
+    cut.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    with pytest.raises(DownloadError, match="truncated or corrupt"):
+        extract(fetch(str(cut), tmp_path / "c"), tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".raw")]
+
+
+def test_no_class_folders(tmp_path):
+    (tmp_path / "empty" / "docs").mkdir(parents=True)
+    (tmp_path / "empty" / "docs" / "a.txt").write_text("x")
+    with pytest.raises(DownloadError, match="no class folders"):
+        find_class_root(tmp_path / "empty")
+
+
+def test_unsupported_scheme():
+    with pytest.raises(DownloadError, match="unsupported scheme"):
+        local_path("ftp://example/x.tgz")
+
+
+class FlakyHandler(SimpleHTTPRequestHandler):
+    """Serves files with Range support; the first full request is cut off halfway."""
+
+    cut_once = True
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        start = 0
+        rng = self.headers.get("Range")
+        if rng:
+            start = int(rng.split("=")[1].split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if FlakyHandler.cut_once and not rng:
+            FlakyHandler.cut_once = False
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.connection.shutdown(2)
+            return
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(FlakyHandler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_http_download_resumes_and_verifies(photos, tmp_path, http_server):
+    root, base = http_server
+    archive = make_tgz(photos, root / "flower_photos.tgz")
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    FlakyHandler.cut_once = True
+    src = fetch(f"{base}/flower_photos.tgz", tmp_path / "cache", expected_sha256=digest, retries=2)
+    assert src.sha256 == digest and src.path.read_bytes() == archive.read_bytes()
+    assert not FlakyHandler.cut_once  # the first attempt really was cut
+    assert extract(src, tmp_path / "raw").classes == CLASSES
+
+
+def test_http_404_is_one_clear_error(tmp_path, http_server):
+    _, base = http_server
+    with pytest.raises(DownloadError, match="404"):
+        fetch(f"{base}/missing.tgz", tmp_path / "cache", retries=0)
+
+
+def test_download_stage_checksum_error_then_fix(tmp_path):
+    photos = make_photos(tmp_path / "p", per_class=3)
+    archive = make_tgz(photos, tmp_path / "f.tgz")
+    write_params(tmp_path, {"data": {"url": str(archive), "sha256": "1" * 64}})
+    proc = run_stage("download", tmp_path, check=False)
+    assert proc.returncode == 1 and "checksum mismatch" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "data" / "raw").exists()
+    write_params(tmp_path, {"data": {"url": str(archive), "sha256": hashlib.sha256(archive.read_bytes()).hexdigest()}})
+    run_stage("download", tmp_path)
+    assert sorted(p.name for p in (tmp_path / "data" / "raw").iterdir()) == CLASSES
+
+
+def test_source_record_for_archive(photos, tmp_path):
+    archive = make_tgz(photos, tmp_path / "f.tgz")
+    src = fetch(str(archive), tmp_path / "c")
+    assert isinstance(src, Source) and src.kind == "archive" and src.size == archive.stat().st_size

@@ -1,0 +1,53 @@
+from pathlib import Path
+
+import pytest
+
+from flowerpipe.params import OFFICIAL_SHA256, OFFICIAL_URL, ParamsError, load, parse
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_project_params_are_valid():
+    p = load(ROOT / "params.yaml")
+    assert p.model.arch == "xception" and p.model.image_size == 180
+    assert p.data.expected_sha256() == OFFICIAL_SHA256
+
+
+@pytest.mark.parametrize("raw, key, words", [
+    ({"train": {"epochs": -1}}, "train.epochs", "greater than or equal to 0"),
+    ({"train": {"epoks": 3}}, "train.epoks", "unknown key"),
+    ({"trian": {}}, "trian", "unknown key"),
+    ({"split": {"val": 0.6, "test": 0.5}}, "split", "below 1"),
+    ({"model": {"image_size": 64}}, "model", "at least 71"),
+    ({"model": {"arch": "resnet9000"}}, "model.arch", "expected one of"),
+    ({"train": {"batch_size": "many"}}, "train.batch_size", "'many'"),
+    ({"data": {"sha256": "abc"}}, "data.sha256", "64-character"),
+    ({"train": {"strategy": "tpu"}}, "train.strategy", "'tpu'"),
+])
+def test_bad_params_name_the_key(raw, key, words):
+    with pytest.raises(ParamsError) as err:
+        parse(raw)
+    line = str(err.value)
+    assert len(line.splitlines()) == 1
+    assert line.startswith(f"params.yaml: {key}") and words in line
+
+
+def test_every_bad_key_is_reported(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("train: {epochs: -1, batch_size: 0}\n")
+    with pytest.raises(ParamsError) as err:
+        load(f)
+    assert len(str(err.value).splitlines()) == 2
+
+
+def test_sha256_auto_only_for_the_official_url():
+    assert parse({"data": {"url": OFFICIAL_URL}}).data.expected_sha256() == OFFICIAL_SHA256
+    assert parse({"data": {"url": "/tmp/x.tgz"}}).data.expected_sha256() == ""
+    assert parse({"data": {"url": "/tmp/x.tgz", "sha256": "A" * 64}}).data.expected_sha256() == "a" * 64
+
+
+def test_not_yaml(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("train: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load(f)

@@ -1,0 +1,130 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import ROOT, TINY, make_photos, run_stage, write_params
+
+from flowerpipe.train import choose_strategy, is_chief, use_mixed_precision
+
+
+@pytest.mark.parametrize("name, gpus, workers, expected", [
+    ("auto", 0, 0, "default"), ("auto", 1, 0, "default"), ("auto", 4, 0, "mirrored"),
+    ("auto", 0, 2, "multi_worker"), ("mirrored", 0, 0, "mirrored"), ("default", 8, 0, "default"),
+])
+def test_strategy_choice(name, gpus, workers, expected):
+    assert choose_strategy(name, gpus, workers) == expected
+
+
+def test_multi_worker_needs_tf_config():
+    with pytest.raises(ValueError, match="TF_CONFIG"):
+        choose_strategy("multi_worker", 0, 0)
+
+
+def test_mixed_precision_choice():
+    assert use_mixed_precision("auto", 1) and not use_mixed_precision("auto", 0)
+    assert use_mixed_precision("on", 0) and not use_mixed_precision("off", 2)
+
+
+def test_chief(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert is_chief()
+    cluster = {"worker": ["a:1", "b:2"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}}))
+    assert not is_chief()
+
+
+@pytest.mark.slow
+def test_train_outputs_and_reload(trained):
+    metrics = json.loads((trained / "metrics" / "train.json").read_text())
+    assert {"best_val_accuracy", "epochs_run", "wall_seconds", "train_images_per_second"} <= metrics.keys()
+    assert metrics["epochs_run"] == 3 + 1 and metrics["strategy"] == "default"
+    hist = pd.read_csv(trained / "plots" / "train_history.csv")
+    assert list(hist.phase) == ["head"] * 3 + ["fine_tune"]
+    assert {"accuracy", "val_accuracy", "loss", "val_loss"} <= set(hist.columns)
+    assert not (trained / "models" / "train" / "checkpoints").exists()
+    code = textwrap.dedent(f"""
+        import numpy as np
+        from flowerpipe.data.tfrecord import arrays
+        from flowerpipe.model import load_model
+        x, _ = arrays({str(trained / 'data/tfrecords')!r}, 'test', 71)
+        a = load_model({str(trained / 'models/model.keras')!r}).predict(x, verbose=0)
+        b = load_model({str(trained / 'models/model.keras')!r})(x, training=False).numpy()
+        np.save({str(trained / 'reload.npy')!r}, np.stack([a, b]))
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    a, b = np.load(trained / "reload.npy")
+    assert np.allclose(a, b, atol=1e-5) and np.allclose(a.sum(1), 1, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_phase_resume_and_stale_checkpoints(tmp_path):
+    """A finished phase is not trained again after an interruption; checkpoints of other params are dropped."""
+    make_photos(tmp_path / "photos", per_class=6)
+    write_params(tmp_path, {**TINY, "data": {"url": str(tmp_path / "photos")}})
+    run_stage("download", tmp_path)
+    run_stage("tfrecords", tmp_path)
+    code = textwrap.dedent("""
+        import json, sys
+        from pathlib import Path
+        from flowerpipe.params import load
+        from flowerpipe.train import fit
+        p = load("params.yaml")
+        _, r, _ = fit(Path(p.paths.tfrecords), p.model, p.train, Path("ckpt"))
+        print(json.dumps({"resumed": r.resumed_from, "epochs": r.epochs_run}))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def run():
+        out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=600, check=True).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
+    assert run() == {"resumed": "", "epochs": 1}
+    assert run() == {"resumed": "scratch", "epochs": 1}  # same params: the finished phase is restored, not rerun
+    write_params(tmp_path, {**TINY, "data": {"url": str(tmp_path / "photos")}, "train": {**TINY["train"], "seed": 5}})
+    assert run() == {"resumed": "", "epochs": 1}
+
+
+FIT_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    import tensorflow as tf
+    if sys.argv[1] == "logical":
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from flowerpipe.params import load
+    from flowerpipe.train import fit
+    p = load("params.yaml")
+    model, r, _ = fit(Path(p.paths.tfrecords), p.model, p.train, Path(sys.argv[2]))
+    print(json.dumps({"replicas": r.replicas, "strategy": r.strategy, "epochs": r.epochs_run}))
+""")
+
+
+@pytest.fixture
+def tiny_records(tmp_path):
+    make_photos(tmp_path / "photos", per_class=6)
+    return tmp_path
+
+
+def _prepare(folder: Path, strategy: str) -> None:
+    write_params(folder, {**TINY, "data": {"url": str(folder / "photos")},
+                          "train": {**TINY["train"], "strategy": strategy, "batch_size": 4, "max_steps_per_epoch": 2,
+                                    "deterministic": False}})
+    run_stage("download", folder)
+    run_stage("tfrecords", folder)
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_on_two_logical_cpus(tiny_records):
+    _prepare(tiny_records, "mirrored")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", FIT_SCRIPT, "logical", "ckpt"], cwd=tiny_records, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"replicas": 2, "strategy": "mirrored", "epochs": 1}
