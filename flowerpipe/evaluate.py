@@ -28,7 +28,7 @@ def score(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
 
 
 def agreement(probs: np.ndarray, reference: np.ndarray) -> dict:
-    """Top-1 agreement with the reference, the largest probability difference, and how far rows are from summing to 1."""
+    """Top-1 agreement with the reference, largest probability difference, worst deviation of a row sum from 1."""
     return {
         "top1_agreement": round(float((probs.argmax(1) == reference.argmax(1)).mean()), 4) if len(probs) else 1.0,
         "max_prob_diff": round(float(np.abs(probs - reference).max()), 6) if len(probs) else 0.0,

@@ -93,26 +93,26 @@ class Result:
     resumed_from: str = ""
 
 
-class History:
-    """A Keras callback that appends each epoch's logs, tagged with phase and global epoch."""
+def history_callback(result: Result, phase: str, images_per_epoch: int):
+    """A Keras callback that appends each epoch's logs to result.history, tagged with phase and global epoch."""
+    import keras
 
-    def __new__(cls, result: Result, phase: str, images_per_epoch: int):
-        import keras
+    class _History(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            """Start the epoch's clock."""
+            self._t = time.perf_counter()
 
-        class _History(keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch, logs=None):
-                self._t = time.perf_counter()
+        def on_epoch_end(self, epoch, logs=None):
+            """Record the epoch's logs, time and images/s."""
+            secs = time.perf_counter() - self._t
+            row = {"epoch": len(result.history) + 1, "phase": phase,
+                   **{k: float(v) for k, v in (logs or {}).items() if k in _KEYS}, "seconds": round(secs, 3),
+                   "images_per_second": round(images_per_epoch / secs, 3) if secs else 0.0}
+            result.history.append(row)
+            result.images_seen += images_per_epoch
+            result.train_seconds += secs
 
-            def on_epoch_end(self, epoch, logs=None):
-                secs = time.perf_counter() - self._t
-                row = {"epoch": len(result.history) + 1, "phase": phase,
-                       **{k: float(v) for k, v in (logs or {}).items() if k in _KEYS}, "seconds": round(secs, 3),
-                       "images_per_second": round(images_per_epoch / secs, 3) if secs else 0.0}
-                result.history.append(row)
-                result.images_seen += images_per_epoch
-                result.train_seconds += secs
-
-        return _History()
+    return _History()
 
 
 _KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -222,7 +222,8 @@ def _compile(model, learning_rate: float, label_smoothing: float) -> None:
 def _callbacks(result: Result, phase: str, n_train: int, patience: int, backup: Path, has_val: bool):
     import keras
 
-    cbs = [keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=True), History(result, phase, n_train)]
+    cbs = [keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=True),
+           history_callback(result, phase, n_train)]
     if patience and has_val:
         cbs.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=patience,
                                                  restore_best_weights=True, mode="max"))

@@ -7,6 +7,7 @@ from flowerpipe.params import Params
 
 
 def main(p: Params) -> None:
+    """Read params, do the work, write the outputs dvc.yaml declares."""
     from flowerpipe.convert import context, run_all
     from flowerpipe.formats import openvino_format
     from flowerpipe.formats.registry import variants

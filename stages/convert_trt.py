@@ -7,6 +7,7 @@ from flowerpipe.params import Params
 
 
 def main(p: Params) -> None:
+    """Read params, do the work, write the outputs dvc.yaml declares."""
     from flowerpipe.convert import context, run_all, skipped
     from flowerpipe.formats import tensorrt_format as trt
     from flowerpipe.formats.base import Skipped

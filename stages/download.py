@@ -7,6 +7,7 @@ from flowerpipe.params import Params
 
 
 def main(p: Params) -> None:
+    """Read params, do the work, write the outputs dvc.yaml declares."""
     from flowerpipe.data.download import extract, fetch
 
     source = fetch(p.data.url, Path("data/.cache"), p.data.expected_sha256(), p.data.retries)

@@ -7,6 +7,7 @@ from flowerpipe.params import Params
 
 
 def main(p: Params) -> None:
+    """Read params, do the work, write the outputs dvc.yaml declares."""
     from flowerpipe.data.tfrecord import Manifest
     from flowerpipe.formats.base import size_mb, timed
     from flowerpipe.formats.savedmodel import export

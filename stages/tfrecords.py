@@ -7,6 +7,7 @@ from flowerpipe.params import Params
 
 
 def main(p: Params) -> None:
+    """Read params, do the work, write the outputs dvc.yaml declares."""
     from flowerpipe.data.build import build
 
     m = build(Path(p.paths.raw), Path(p.paths.tfrecords), p.split, p.tfrecords.shard_mb, p.tfrecords.workers)

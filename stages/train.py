@@ -8,6 +8,7 @@ from flowerpipe.params import Params
 
 
 def main(p: Params) -> None:
+    """Read params, do the work, write the outputs dvc.yaml declares."""
     import pandas as pd
 
     from flowerpipe.train import fit, inference_copy, is_chief

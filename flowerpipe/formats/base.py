@@ -49,10 +49,10 @@ class Runner(ABC):
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities for a batch of raw RGB images."""
 
-    def synchronize(self) -> None:
+    def synchronize(self) -> None:  # noqa: B027 (optional hook)
         """Wait for queued device work (no-op on the CPU)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook)
         """Release resources held by the runtime."""
 
 

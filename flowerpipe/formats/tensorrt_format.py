@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flowerpipe.devices import gpu_names
 from flowerpipe.formats.base import ConvertContext, FormatError, Runner, Skipped, require
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -29,24 +30,11 @@ def probe() -> Environment:
     import tensorflow as tf
 
     return Environment(
-        gpus=len(tf.config.list_physical_devices("GPU")) or _nvml_gpus(),
+        gpus=len(tf.config.list_physical_devices("GPU")) or len(gpu_names()),
         tf_has_tensorrt=bool(tf.sysconfig.get_build_info().get("is_tensorrt_build", False)),
         tensorrt_installed=importlib.util.find_spec("tensorrt") is not None,
         cuda_python_installed=importlib.util.find_spec("cuda") is not None,
     )
-
-
-def _nvml_gpus() -> int:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            return int(pynvml.nvmlDeviceGetCount())
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # no driver, no library: no usable NVIDIA GPU
-        return 0
 
 
 def select_backend(requested: str, env: Environment) -> str:

@@ -1,0 +1,169 @@
+"""The timing harness: matmul peak, model FLOPs, and per-runtime latency cells in isolated worker processes."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long to time one cell: warm-up calls, then at least `iterations` and `min_seconds`, at most `max_seconds`."""
+
+    warmup: int = 3
+    iterations: int = 20
+    min_seconds: float = 2.0
+    max_seconds: float = 30.0
+
+
+def summarize(latencies: list[float], batch: int) -> dict:
+    """Median, mean, p90, p99 latency (ms) and throughput (images/s) from per-call seconds."""
+    a = np.asarray(latencies, dtype=np.float64)
+    return {
+        "iterations": int(a.size),
+        "latency_ms_median": round(float(np.median(a)) * 1e3, 4),
+        "latency_ms_mean": round(float(a.mean()) * 1e3, 4),
+        "latency_ms_p90": round(float(np.percentile(a, 90)) * 1e3, 4),
+        "latency_ms_p99": round(float(np.percentile(a, 99)) * 1e3, 4),
+        "throughput_ips": round(batch * a.size / float(a.sum()), 3),
+    }
+
+
+def time_calls(fn, sync, budget: Budget) -> list[float]:
+    """Per-call wall times of fn() (then sync()), after warm-up, within the budget."""
+    for _ in range(budget.warmup):
+        fn()
+        sync()
+    times: list[float] = []
+    start = time.perf_counter()
+    while True:
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+        elapsed = time.perf_counter() - start
+        if elapsed >= budget.max_seconds or (len(times) >= budget.iterations and elapsed >= budget.min_seconds):
+            return times
+
+
+def matmul_peak(n: int = 2048, seconds: float = 1.0) -> dict:
+    """Measured float32 matrix-multiply GFLOP/s with TensorFlow (oneDNN/Eigen) and NumPy; the peak is the larger."""
+    import tensorflow as tf
+
+    a = tf.random.uniform((n, n), dtype=tf.float32)
+    b = tf.random.uniform((n, n), dtype=tf.float32)
+    mm = tf.function(lambda x, y: tf.linalg.matmul(x, y))
+    tf_times = time_calls(lambda: mm(a, b).numpy(), lambda: None, Budget(2, 5, seconds, 10 * seconds))
+    an, bn = a.numpy(), b.numpy()
+    np_times = time_calls(lambda: an @ bn, lambda: None, Budget(2, 5, seconds, 10 * seconds))
+    flops = 2.0 * n**3
+    tf_g = flops / float(np.median(tf_times)) / 1e9
+    np_g = flops / float(np.median(np_times)) / 1e9
+    return {"matrix_size": n, "tensorflow_gflops": round(tf_g, 2), "numpy_gflops": round(np_g, 2),
+            "peak_gflops": round(max(tf_g, np_g), 2)}
+
+
+def model_flops(keras_path: Path, image_size: int) -> float:
+    """Floating-point operations for one image (multiply-adds count as two), from TensorFlow's graph profiler."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    from tensorflow.python.profiler.model_analyzer import profile
+    from tensorflow.python.profiler.option_builder import ProfileOptionBuilder
+
+    from flowerpipe.model import load_model
+
+    model = load_model(keras_path)
+    fn = tf.function(lambda x: model(x, training=False))
+    concrete = fn.get_concrete_function(tf.TensorSpec([1, image_size, image_size, 3], tf.float32))
+    frozen = convert_variables_to_constants_v2(concrete)
+    opts = ProfileOptionBuilder(ProfileOptionBuilder.float_operation()).with_empty_output().build()
+    info = profile(graph=frozen.graph, options=opts)
+    return float(info.total_float_ops)
+
+
+def environment(threads: int) -> dict:
+    """CPU, cores, threads, GPU and library versions for the record."""
+    import importlib.metadata as md
+
+    import cpuinfo
+
+    versions = {}
+    for pkg in ("tensorflow-cpu", "tensorflow", "keras", "numpy", "onnxruntime", "onnxruntime-gpu", "openvino",
+                "ai-edge-litert", "tensorrt"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            continue
+    from flowerpipe.devices import gpu_names
+
+    return {"cpu": cpuinfo.get_cpu_info().get("brand_raw", platform.processor()), "cores": os.cpu_count(),
+            "threads": threads or os.cpu_count(), "gpus": gpu_names(), "python": platform.python_version(),
+            "versions": versions}
+
+
+# ---------------------------------------------------------------- worker process
+
+
+def _configure_threads(threads: int, inter_op: int) -> None:
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+
+
+def run_runtime(task: dict) -> dict:
+    """In a fresh process: load one variant on one device and time every batch size (peak RSS is this process's)."""
+    from flowerpipe.stage import quiet_tensorflow
+
+    quiet_tensorflow()
+    _configure_threads(task["threads"], task["inter_op_threads"])
+    from flowerpipe.formats.base import Skipped, Variant
+    from flowerpipe.formats.registry import load
+
+    variant = Variant(**{**task["variant"], "path": Path(task["variant"]["path"])})
+    budget = Budget(**task["budget"])
+    try:
+        runner = load(variant, task["device"], task["threads"])
+    except Skipped as exc:
+        return {str(b): {"status": "skipped", "reason": str(exc)} for b in task["batch_sizes"]}
+    rng = np.random.default_rng(0)
+    size = task["image_size"]
+    cells = {}
+    for b in task["batch_sizes"]:
+        x = rng.integers(0, 256, (b, size, size, 3)).astype(np.float32)  # prepared before timing
+        times = time_calls(lambda x=x: runner.predict(x), runner.synchronize, budget)
+        cells[str(b)] = {"status": "ok", **summarize(times, b)}
+    runner.close()
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    for c in cells.values():
+        c["peak_rss_mb"] = round(peak_mb, 1)
+    return cells
+
+
+def overhead(budget: Budget, batch: int = 1, size: int = 8) -> dict:
+    """The harness's own cost: timing an identity 'model' (the input returned as is)."""
+    x = np.zeros((batch, size, size, 3), np.float32)
+    return summarize(time_calls(lambda: x, lambda: None, budget), batch)
+
+
+def run_isolated(task: dict) -> dict:
+    """run_runtime in a spawned single-worker process."""
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(run_runtime, task).result()
+
+
+def task_for(variant, device: str, batch_sizes: list[int], image_size: int, budget: Budget, threads: int,
+             inter_op_threads: int) -> dict:
+    """A picklable description of one runtime/device to time."""
+    v = asdict(variant)
+    v["path"] = str(v["path"])
+    return {"variant": v, "device": device, "batch_sizes": batch_sizes, "image_size": image_size,
+            "budget": asdict(budget), "threads": threads or os.cpu_count(), "inter_op_threads": inter_op_threads}

@@ -1,0 +1,68 @@
+"""The `flowerpipe` command: predict, info."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from flowerpipe.stage import quiet_tensorflow
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from flowerpipe.data.tfrecord import Manifest
+    from flowerpipe.formats.registry import find, load
+    from flowerpipe.infer import list_images, predict_files
+    from flowerpipe.params import load as load_params
+
+    p = load_params(args.params)
+    runner = load(find(p, args.format or p.infer.format), "cpu", p.benchmark.threads)
+    classes = Manifest.read(p.paths.tfrecords).classes
+    table, skipped = predict_files(runner, list_images(args.paths), classes, p.model.image_size,
+                                   args.top_k or p.infer.top_k)
+    for s in skipped:
+        print(f"skipped {s['path']}: {s['reason']}", file=sys.stderr)
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+    print(table.to_string(index=False) if len(table) else "no readable images")
+    return 0 if len(table) else 1
+
+
+def _info(args: argparse.Namespace) -> int:
+    from flowerpipe.evaluate import conversion_status
+    from flowerpipe.formats.registry import variants
+    from flowerpipe.params import load as load_params
+
+    p = load_params(args.params)
+    status = conversion_status(p)
+    for v in variants(p):
+        state = status.get(v.name, {}).get("status") or ("ok" if v.path.exists() else "not built")
+        print(f"{v.name:18s} {state:10s} {v.path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the flowerpipe console script."""
+    parser = argparse.ArgumentParser(prog="flowerpipe", description=__doc__)
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    pr = sub.add_parser("predict", help="top-k classes for image files or folders")
+    pr.add_argument("paths", nargs="+")
+    pr.add_argument("--format", help="model format, e.g. keras, onnx, tflite-int8, openvino-float32")
+    pr.add_argument("--top-k", type=int, default=0)
+    pr.add_argument("--csv", help="also write the table to this CSV file")
+    pr.set_defaults(fn=_predict)
+    sub.add_parser("info", help="every model format, its status and path").set_defaults(fn=_info)
+    args = parser.parse_args(argv)
+    quiet_tensorflow(preload=args.command != "info")
+    from flowerpipe.formats.base import FormatError
+    from flowerpipe.params import ParamsError
+
+    try:
+        return args.fn(args)
+    except (ParamsError, FormatError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+import json
+
+import numpy as np
+import pytest
+from conftest import run_stage
+
+from flowerpipe.bench import Budget, overhead, summarize, time_calls
+
+
+def test_summary_percentiles_are_ordered():
+    s = summarize([0.010, 0.011, 0.012, 0.013, 0.050], batch=4)
+    assert s["latency_ms_median"] == 12.0
+    assert s["latency_ms_median"] <= s["latency_ms_p90"] <= s["latency_ms_p99"] <= 50.0
+    assert s["throughput_ips"] == pytest.approx(4 * 5 / 0.096, rel=1e-3)
+
+
+def test_budget_counts_iterations_and_time():
+    calls = []
+    times = time_calls(lambda: calls.append(1), lambda: None, Budget(warmup=2, iterations=5, min_seconds=0,
+                                                                       max_seconds=10))
+    assert len(times) == 5 and len(calls) == 7
+
+
+def test_harness_overhead_is_tiny():
+    assert overhead(Budget(2, 200, 0.0, 5.0))["latency_ms_median"] < 1.0
+
+
+def test_matmul_peak_is_measured():
+    from flowerpipe.bench import matmul_peak
+
+    a, b = matmul_peak(n=256, seconds=0.05), matmul_peak(n=512, seconds=0.05)
+    assert a["peak_gflops"] > 0 and b["peak_gflops"] > 0
+    assert a["peak_gflops"] == max(a["tensorflow_gflops"], a["numpy_gflops"])
+    assert a != b  # measured each time, not a constant
+
+
+@pytest.mark.slow
+def test_benchmark_stage_schema_and_skips(trained):
+    import yaml
+    from conftest import write_params
+
+    p = yaml.safe_load((trained / "params.yaml").read_text())
+    write_params(trained, {**p, "benchmark": {**p["benchmark"], "runtimes": ["keras", "savedmodel", "tensorrt-fp16"],
+                                              "batch_sizes": [1, 2]}})
+    for stage in ("convert_onnx", "convert_trt", "benchmark"):
+        run_stage(stage, trained)
+    record = json.loads((trained / "metrics" / "benchmark.json").read_text())
+    assert record["matmul"]["peak_gflops"] > 0
+    flops = record["model_gflop_per_image"]
+    assert 0.5 < flops < 2.0  # Xception at 71x71: ~1 GFLOP (16.8 at 299x299, scaled by area)
+    cell = record["results"]["keras"]["cpu"]["b2"]
+    assert cell["status"] == "ok"
+    assert cell["latency_ms_median"] <= cell["latency_ms_p90"] <= cell["latency_ms_p99"]
+    expected = flops * 2 / (cell["latency_ms_median"] / 1e3)
+    assert cell["gflops"] == pytest.approx(expected, rel=0.01)
+    assert cell["fraction_of_peak"] == pytest.approx(cell["gflops"] / record["matmul"]["peak_gflops"], rel=0.01)
+    assert cell["peak_rss_mb"] > 100
+    assert record["results"]["keras"]["gpu"]["b1"]["status"] == "skipped"
+    assert record["results"]["tensorrt-fp16"]["cpu"]["b1"]["status"] == "skipped"
+    assert record["environment"]["cores"] >= 1 and "tensorflow-cpu" in record["environment"]["versions"]
+    rows = (trained / "plots" / "benchmark.csv").read_text().splitlines()
+    assert rows[0].startswith("runtime,device,batch_size") and len(rows) == 1 + 3 * 2 * 2
+    assert np.isfinite(record["overhead"]["latency_ms_median"])
+
+
+def test_unknown_runtime_is_one_line(tmp_path):
+    from conftest import write_params
+
+    write_params(tmp_path, {"benchmark": {"runtimes": ["keras", "tflite-int4"]}})
+    proc = run_stage("benchmark", tmp_path, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown model format 'tflite-int4'")

@@ -1,0 +1,135 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, run_stage
+
+from flowerpipe.formats.base import FormatError, Skipped
+from flowerpipe.formats.tensorrt_format import Environment, select_backend
+
+FLOAT = ["savedmodel", "tflite-float32", "tflite-float16", "onnx", "openvino-float32"]
+INT8 = ["tflite-int8", "onnx-int8", "openvino-int8"]
+
+
+@pytest.fixture(scope="module")
+def converted(trained):
+    for stage in ("convert_tflite", "convert_onnx", "convert_openvino", "convert_trt", "evaluate"):
+        run_stage(stage, trained)
+    return trained
+
+
+@pytest.mark.slow
+def test_every_cpu_format_agrees_with_keras(converted):
+    table = json.loads((converted / "metrics" / "evaluate.json").read_text())["formats"]
+    keras = table["keras"]
+    assert keras["status"] == "ok" and keras["accuracy"] > 0.5, keras  # the tiny model really discriminates
+    for name in FLOAT + ["tflite-dynamic"]:
+        assert table[name]["status"] == "ok", name
+        assert table[name]["top1_agreement"] == 1.0, (name, table[name])
+        assert table[name]["max_sum_error"] < 1e-3
+    for name in INT8:
+        assert table[name]["top1_agreement"] >= 0.95, (name, table[name])
+        assert table[name]["max_sum_error"] < 0.02, (name, table[name])
+    for name in ("tensorrt-fp32", "tensorrt-fp16", "tensorrt-int8"):
+        assert table[name]["status"] == "skipped" and "GPU" in table[name]["reason"]
+    trt = json.loads((converted / "metrics" / "convert_trt.json").read_text())
+    assert trt["status"] == "skipped" and (converted / "models" / "converted" / "tensorrt" / "status.json").exists()
+
+
+@pytest.mark.slow
+def test_serving_layout_and_saved_model_cli(converted):
+    version = converted / "models" / "serving" / "flowers" / "1"
+    assert (version / "saved_model.pb").exists() and (version / "variables").is_dir()
+    assert (version / "assets" / "labels.txt").read_text().split() == ["daisy", "dandelion", "roses", "sunflowers",
+                                                                         "tulips"]
+    cli = Path(sys.executable).with_name("saved_model_cli")
+    out = subprocess.run([str(cli), "show", "--dir", str(version), "--tag_set", "serve", "--signature_def",
+                          "serving_default"], capture_output=True, text=True, check=True).stdout
+    assert "inputs['image']" in out and "DT_FLOAT" in out and "(-1, 71, 71, 3)" in out
+    assert "outputs['probabilities']" in out and "outputs['class_name']" in out
+    size = sum(f.stat().st_size for f in (version / "variables").rglob("*"))
+    keras_size = (converted / "models" / "model.keras").stat().st_size
+    assert size < 1.1 * keras_size  # variables stored once
+
+
+@pytest.mark.slow
+def test_savedmodel_in_fresh_process_from_uint8_and_bytes(converted):
+    code = f"""
+import numpy as np, tensorflow as tf, io
+from PIL import Image
+m = tf.saved_model.load({str(converted / 'models/serving/flowers/1')!r})
+x = np.random.default_rng(0).integers(0, 256, (3, 71, 71, 3)).astype(np.uint8)
+a = m.signatures['serving_uint8'](image=tf.constant(x))
+b = m.signatures['serving_default'](image=tf.constant(x.astype(np.float32)))
+buf = io.BytesIO(); Image.fromarray(x[0]).save(buf, 'PNG')
+c = m.signatures['serving_bytes'](image_bytes=tf.constant([buf.getvalue()]))
+assert np.allclose(a['probabilities'], b['probabilities'], atol=1e-6)
+assert np.allclose(c['probabilities'][0], b['probabilities'][0], atol=1e-4)
+print(a['class_name'].numpy()[0].decode())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] in {"daisy", "dandelion", "roses", "sunflowers", "tulips"}
+
+
+@pytest.mark.slow
+def test_corrupt_model_files_name_the_file(converted, tmp_path):
+    from flowerpipe.formats import onnx_format, openvino_format, tflite
+
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"not a flatbuffer")
+    with pytest.raises(FormatError, match="bad.tflite"):
+        tflite.load(bad)
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x00garbage")
+    with pytest.raises(FormatError, match="bad.onnx"):
+        onnx_format.load(bad)
+    with pytest.raises(FormatError, match="missing.xml"):
+        openvino_format.load(tmp_path / "missing.xml")
+
+
+@pytest.mark.slow
+def test_int8_tflite_uses_scale_and_zero_point(converted):
+    from flowerpipe.formats.tflite import TFLiteRunner
+
+    r = TFLiteRunner(converted / "models" / "converted" / "tflite" / "model_int8.tflite")
+    assert r.inp["dtype"] == np.uint8
+    scale, zero = r.inp["quantization"]
+    x = np.array([[[[0.0, 127.5, 255.0]]]], np.float32)
+    assert np.array_equal(r.quantize(x).ravel(), np.clip(np.round(x / scale + zero), 0, 255).astype(np.uint8).ravel())
+
+
+def test_tflite_refuses_gpu_with_reason():
+    from flowerpipe.formats import tflite
+
+    with pytest.raises(Skipped, match="CPU only"):
+        tflite.load(Path("x.tflite"), device="gpu")
+
+
+ENVS = {
+    "none": Environment(gpus=0, tf_has_tensorrt=True, tensorrt_installed=True, cuda_python_installed=True),
+    "tftrt": Environment(gpus=1, tf_has_tensorrt=True, tensorrt_installed=False, cuda_python_installed=False),
+    "onnx": Environment(gpus=2, tf_has_tensorrt=False, tensorrt_installed=True, cuda_python_installed=True),
+    "bare": Environment(gpus=1, tf_has_tensorrt=False, tensorrt_installed=False, cuda_python_installed=False),
+}
+
+
+@pytest.mark.parametrize("requested, env, expected", [
+    ("auto", "tftrt", "tftrt"), ("auto", "onnx", "onnx"), ("tftrt", "tftrt", "tftrt"), ("onnx", "onnx", "onnx"),
+])
+def test_trt_backend_selection(requested, env, expected):
+    assert select_backend(requested, ENVS[env]) == expected
+
+
+@pytest.mark.parametrize("requested, env, reason", [
+    ("auto", "none", "no NVIDIA GPU"), ("tftrt", "onnx", "removed from pip TensorFlow"),
+    ("onnx", "tftrt", "tensorrt and cuda-python"), ("auto", "bare", "TF-TRT was removed"),
+])
+def test_trt_skip_reasons(requested, env, reason):
+    with pytest.raises(Skipped, match=reason):
+        select_backend(requested, ENVS[env])
