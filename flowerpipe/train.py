@@ -16,6 +16,7 @@ import numpy as np
 from flowerpipe.data import tfrecord
 from flowerpipe.model import OUTPUT_NAME, backbone_of, build_model, feature_extractor, resolve_weights
 from flowerpipe.params import Model, Train
+from flowerpipe.stage import StageError
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,8 @@ def make_strategy(name: str):
     gpus = tf.config.list_physical_devices("GPU")  # physical: listing logical devices would start the runtime
     kind = choose_strategy(name, len(gpus), tf_config_workers())
     if kind == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        raise StageError("train.strategy: multi_worker is not usable yet: Keras 3.15 model.fit fails under "
+                         "MultiWorkerMirroredStrategy (it all-reduces scalar logs with axis=0); use mirrored")
     gpus = tf.config.list_logical_devices("GPU")
     cpus = tf.config.list_logical_devices("CPU")
     if kind == "mirrored":

@@ -26,6 +26,16 @@ def test_multi_worker_needs_tf_config():
         choose_strategy("multi_worker", 0, 0)
 
 
+def test_multi_worker_is_refused_clearly(monkeypatch):
+    from flowerpipe.stage import StageError
+    from flowerpipe.train import make_strategy
+
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    with pytest.raises(StageError, match="multi_worker is not usable yet"):
+        make_strategy("auto")
+
+
 def test_mixed_precision_choice():
     assert use_mixed_precision("auto", 1) and not use_mixed_precision("auto", 0)
     assert use_mixed_precision("on", 0) and not use_mixed_precision("off", 2)
