@@ -78,6 +78,11 @@ def build(metrics: Path, plots: Path, out: Path) -> Path:
         skipped = bench_df[bench_df.status != "ok"].groupby(["runtime", "device"]).reason.first().reset_index()
         if len(skipped):
             sections.append(("Benchmark cells skipped here", skipped))
+    serve = read_json(metrics / "serve.json", {})
+    if serve:
+        rows = [{"concurrency": k[1:], **v} for k, v in serve.get("load", {}).items()]
+        sections.append((f"REST serving ({serve.get('format')}), answers checked against local inference",
+                         pd.DataFrame(rows)))
     if bench:
         env = {**{k: v for k, v in bench.get("environment", {}).items() if k != "versions"},
                **bench.get("environment", {}).get("versions", {}),

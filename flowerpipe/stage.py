@@ -63,6 +63,7 @@ def run(main: Callable[[Params], None], params_file: str = "params.yaml", tensor
     """Run a stage's main(params); known errors become one line on stderr and exit code 1."""
     quiet_tensorflow(preload=tensorflow)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         main(load(os.environ.get("FLOWERPIPE_PARAMS", params_file)))
     except (ParamsError, StageError, FileNotFoundError) as exc:

@@ -16,7 +16,6 @@ import numpy as np
 from flowerpipe.data import tfrecord
 from flowerpipe.model import OUTPUT_NAME, backbone_of, build_model, feature_extractor, resolve_weights
 from flowerpipe.params import Model, Train
-from flowerpipe.stage import StageError
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +50,7 @@ def make_strategy(name: str):
     gpus = tf.config.list_physical_devices("GPU")  # physical: listing logical devices would start the runtime
     kind = choose_strategy(name, len(gpus), tf_config_workers())
     if kind == "multi_worker":
-        raise StageError("train.strategy: multi_worker is not usable yet: Keras 3.15 model.fit fails under "
-                         "MultiWorkerMirroredStrategy (it all-reduces scalar logs with axis=0); use mirrored")
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     cpus = tf.config.list_logical_devices("CPU")
     if kind == "mirrored":
@@ -249,12 +247,73 @@ def _fit_phase(model, phase, epochs, lr, train_ds, val_ds, p: Train, n_train, n_
     if epochs == 0:
         return
     start = len(result.history)
-    _compile(model, lr, p.label_smoothing)
-    model.fit(train_ds, validation_data=val_ds if n_val else None, epochs=epochs,
-              steps_per_epoch=_steps(n_train, batch, p.max_steps_per_epoch), verbose=2,
-              callbacks=_callbacks(result, phase, min(n_train, _steps(n_train, batch, p.max_steps_per_epoch) * batch),
-                                   p.patience, ckpt.backup_dir(phase), n_val > 0))
+    steps = _steps(n_train, batch, p.max_steps_per_epoch)
+    if result.strategy == "multi_worker":
+        _fit_multi_worker(model, phase, epochs, lr, train_ds, val_ds if n_val else None, p, steps, batch, result)
+    else:
+        _compile(model, lr, p.label_smoothing)
+        model.fit(train_ds, validation_data=val_ds if n_val else None, epochs=epochs, steps_per_epoch=steps,
+                  verbose=2, callbacks=_callbacks(result, phase, min(n_train, steps * batch), p.patience,
+                                                  ckpt.backup_dir(phase), n_val > 0))
     ckpt.finish(phase, model, result.history[start:])
+
+
+def _fit_multi_worker(model, phase, epochs, lr, train_ds, val_ds, p: Train, steps, batch, result) -> None:
+    """A plain strategy.run loop for MultiWorkerMirroredStrategy, where Keras 3.15's fit() fails.
+
+    Keras all-reduces the first input batch and its scalar logs with axis=0 under MWMS; this loop
+    reduces only losses and counts. Same loss, optimizer and per-epoch history as fit(); no early stopping.
+    """
+    import keras
+    import tensorflow as tf
+
+    strategy = model.distribute_strategy
+    with strategy.scope():
+        optimizer = keras.optimizers.Adam(lr)
+        optimizer.build(model.trainable_variables)
+        loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=p.label_smoothing, reduction="none")
+
+    def correct(y, probs):
+        return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probs, 1), tf.argmax(y, 1)), tf.float32))
+
+    @tf.function
+    def train_step(iterator):
+        def step(x, y):
+            with tf.GradientTape() as tape:
+                probs = model(x, training=True)
+                loss = tf.nn.compute_average_loss(loss_fn(y, probs), global_batch_size=batch)
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+            return loss, correct(y, probs)
+
+        loss, right = strategy.run(step, args=next(iterator))
+        return strategy.reduce("SUM", loss, axis=None), strategy.reduce("SUM", right, axis=None)
+
+    @tf.function
+    def val_step(x, y):
+        def step(x, y):
+            probs = model(x, training=False)
+            return tf.reduce_sum(loss_fn(y, probs)), correct(y, probs), tf.cast(tf.shape(y)[0], tf.float32)
+
+        out = strategy.run(step, args=(x, y))
+        return [strategy.reduce("SUM", v, axis=None) for v in out]
+
+    history = history_callback(result, phase, steps * batch)
+    iterator = iter(strategy.experimental_distribute_dataset(train_ds))
+    for epoch in range(epochs):
+        history.on_epoch_begin(epoch)
+        loss_sum = right_sum = 0.0
+        for _ in range(steps):
+            loss, right = train_step(iterator)
+            loss_sum, right_sum = loss_sum + float(loss), right_sum + float(right)
+        logs = {"loss": loss_sum / steps, "accuracy": right_sum / (steps * batch)}
+        if val_ds is not None:
+            totals = np.zeros(3)
+            for x, y in strategy.experimental_distribute_dataset(val_ds):
+                totals += [float(v) for v in val_step(x, y)]
+            logs.update(val_loss=totals[0] / max(totals[2], 1), val_accuracy=totals[1] / max(totals[2], 1))
+        print(f"epoch {epoch + 1}/{epochs} " + " ".join(f"{k}={v:.4f}" for k, v in logs.items()), flush=True)
+        history.on_epoch_end(epoch, logs)
 
 
 def _head_on_cached_features(model, data_dir, m: Model, p: Train, num_classes, batch, result, ckpt):

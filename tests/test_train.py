@@ -1,5 +1,6 @@
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -24,16 +25,6 @@ def test_strategy_choice(name, gpus, workers, expected):
 def test_multi_worker_needs_tf_config():
     with pytest.raises(ValueError, match="TF_CONFIG"):
         choose_strategy("multi_worker", 0, 0)
-
-
-def test_multi_worker_is_refused_clearly(monkeypatch):
-    from flowerpipe.stage import StageError
-    from flowerpipe.train import make_strategy
-
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
-                                                "task": {"type": "worker", "index": 0}}))
-    with pytest.raises(StageError, match="multi_worker is not usable yet"):
-        make_strategy("auto")
 
 
 def test_mixed_precision_choice():
@@ -159,3 +150,28 @@ def test_pretrained_weights_file_cached_head_then_fine_tune(tmp_path):
     write_params(tmp_path, {"model": {"image_size": 71, "weights": str(tmp_path / "nope.h5")}})
     proc = run_stage("train", tmp_path, check=False)
     assert proc.returncode == 1 and "nope.h5" in proc.stderr and "does not exist" in proc.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_multi_worker_two_local_workers(tiny_records):
+    """Two MultiWorkerMirroredStrategy workers on loopback ports train one short epoch together."""
+    _prepare(tiny_records, "multi_worker")
+    cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
+    procs = []
+    for i in range(2):
+        env = {**os.environ, "PYTHONPATH": str(ROOT),
+               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
+        procs.append(subprocess.Popen([sys.executable, "-c", FIT_SCRIPT, "plain", f"ckpt{i}"], cwd=tiny_records,
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    assert results == [{"replicas": 2, "strategy": "multi_worker", "epochs": 1}] * 2
