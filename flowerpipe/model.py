@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from flowerpipe.backbones import BACKBONES
+from flowerpipe.formats.base import FormatError
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
@@ -90,4 +91,4 @@ def load_model(path: str | Path):
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as exc:
-        raise ValueError(f"{path}: not a loadable Keras model ({exc.__class__.__name__}: {exc})") from None
+        raise FormatError(f"{path}: not a loadable Keras model ({exc.__class__.__name__}: {exc})") from None

@@ -16,6 +16,7 @@ import numpy as np
 from flowerpipe.data import tfrecord
 from flowerpipe.model import OUTPUT_NAME, backbone_of, build_model, feature_extractor, resolve_weights
 from flowerpipe.params import Model, Train
+from flowerpipe.stage import StageError
 
 log = logging.getLogger(__name__)
 
@@ -23,12 +24,17 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------- distribution
 
 
+def tf_config() -> dict:
+    """The parsed TF_CONFIG environment variable ({} when unset)."""
+    try:
+        return json.loads(os.environ.get("TF_CONFIG", "{}"))
+    except json.JSONDecodeError:
+        raise StageError("TF_CONFIG is not valid JSON") from None
+
+
 def tf_config_workers() -> int:
     """Number of workers TF_CONFIG declares (0 when unset)."""
-    try:
-        cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
-    except json.JSONDecodeError:
-        raise ValueError("TF_CONFIG is not valid JSON") from None
+    cluster = tf_config().get("cluster", {})
     return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
 
 
@@ -39,7 +45,7 @@ def choose_strategy(name: str, gpus: int, workers: int) -> str:
             return "multi_worker"
         return "mirrored" if gpus > 1 else "default"
     if name == "multi_worker" and workers < 1:
-        raise ValueError("train.strategy: multi_worker needs TF_CONFIG with a cluster of workers")
+        raise StageError("train.strategy: multi_worker needs TF_CONFIG with a cluster of workers")
     return name
 
 
@@ -61,8 +67,8 @@ def make_strategy(name: str):
 
 def is_chief() -> bool:
     """True unless TF_CONFIG names this process a non-chief worker."""
-    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
-    cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+    config = tf_config()
+    task, cluster = config.get("task", {}), config.get("cluster", {})
     if not task:
         return True
     if "chief" in cluster:
@@ -379,7 +385,7 @@ def fit(data_dir: Path, m: Model, p: Train, checkpoint_dir: Path):
     num_classes = len(manifest.classes)
     n_train, n_val = manifest.count("train"), manifest.count("val")
     if n_train == 0:
-        raise ValueError(f"{data_dir}: the train split is empty")
+        raise StageError(f"{data_dir}: the train split is empty")
     gpus = len(tf.config.list_physical_devices("GPU"))
     mixed = use_mixed_precision(p.mixed_precision, gpus)
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
