@@ -119,6 +119,17 @@ def _configure_threads(threads: int, inter_op: int) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(inter_op)
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory: VmHWM (reset by exec, unlike ru_maxrss, which a spawned child inherits)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run_runtime(task: dict) -> dict:
     """In a fresh process: load one variant on one device and time every batch size (peak RSS is this process's)."""
     from flowerpipe.stage import quiet_tensorflow
@@ -142,7 +153,7 @@ def run_runtime(task: dict) -> dict:
         times = time_calls(lambda x=x: runner.predict(x), runner.synchronize, budget)
         cells[str(b)] = {"status": "ok", **summarize(times, b)}
     runner.close()
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     for c in cells.values():
         c["peak_rss_mb"] = round(peak_mb, 1)
     return cells

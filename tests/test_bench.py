@@ -70,3 +70,11 @@ def test_unknown_runtime_is_one_line(tmp_path):
     proc = run_stage("benchmark", tmp_path, check=False)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown model format 'tflite-int4'")
+
+
+def test_peak_rss_is_this_process():
+    from flowerpipe.bench import peak_rss_mb
+
+    before = peak_rss_mb()
+    block = np.ones(40_000_000)  # 320 MB touched
+    assert peak_rss_mb() > before + 250 and block.sum() > 0
