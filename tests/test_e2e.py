@@ -74,7 +74,8 @@ def test_exp_run_then_metrics_diff(project):
 
 def test_queued_sweep_and_plots(project):
     repo, env = project
-    sh(["dvc", "exp", "run", "--queue", "-S", "evaluate.batch_size=4,8"], repo, env)
+    for sizes in ("[1]", "[1,3]"):
+        sh(["dvc", "exp", "run", "--queue", "-S", f"benchmark.batch_sizes={sizes}"], repo, env)
     sh(["dvc", "queue", "start", "-j", "1"], repo, env)
     deadline = time.time() + 1200
     while time.time() < deadline:
@@ -89,13 +90,15 @@ def test_queued_sweep_and_plots(project):
     for exp in exps:
         for run in exp.get("revs", []):
             data = run.get("data", {})
-            batch = data.get("params", {}).get("params.yaml", {}).get("data", {}).get("evaluate", {}).get("batch_size")
+            params = data.get("params", {}).get("params.yaml", {}).get("data", {})
+            sizes = params.get("benchmark", {}).get("batch_sizes")
             metrics = data.get("metrics", {})
-            if batch in (4, 8) and "metrics/evaluate.json" in metrics:
-                assert metrics["metrics/evaluate.json"]["data"]["formats"]["keras"]["status"] == "ok"
-                assert "metrics/benchmark.json" in metrics
-                done.append(batch)
-    assert sorted(done) == [4, 8], json.dumps(shown)[:3000]
+            if sizes in ([1], [1, 3]) and "metrics/benchmark.json" in metrics:
+                cells = metrics["metrics/benchmark.json"]["data"]["results"]["onnx"]["cpu"]
+                assert sorted(cells) == [f"b{n}" for n in sizes] and cells["b1"]["status"] == "ok"
+                assert metrics["metrics/serve.json"]["data"]["load"]["c1"]["errors"] == 0
+                done.append(len(sizes))
+    assert sorted(done) == [1, 2], json.dumps(shown)[:3000]
     names = sh(["dvc", "exp", "ls", "--name-only"], repo, env).split()
     diff = json.loads(sh(["dvc", "metrics", "diff", "--json", "HEAD", names[0]], repo, env))
     assert "metrics/benchmark.json" in diff
