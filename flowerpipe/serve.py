@@ -162,7 +162,7 @@ class Batcher:
                 except TimeoutError:
                     break
                 if size + len(nxt[0]) > self.max_batch:
-                    await self._run([nxt])  # too big to merge: run it on its own after this batch
+                    await self._run([nxt])  # too big to merge: run it on its own, then carry on
                     continue
                 items.append(nxt)
                 size += len(nxt[0])
