@@ -51,6 +51,13 @@ def test_serving_layout_and_saved_model_cli(converted):
                           "serving_default"], capture_output=True, text=True, check=True).stdout
     assert "inputs['image']" in out and "DT_FLOAT" in out and "(-1, 71, 71, 3)" in out
     assert "outputs['probabilities']" in out and "outputs['class_name']" in out
+    # the TF1 session loader, the path TensorFlow Serving's C++ loader takes, restores every variable
+    x = converted / "x.npy"
+    np.save(x, np.full((2, 71, 71, 3), 120, dtype=np.uint8))
+    run = subprocess.run([str(cli), "run", "--dir", str(version), "--tag_set", "serve", "--signature_def",
+                          "serving_uint8", "--inputs", f"image={x}"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "Result for output key probabilities" in run.stdout and "Result for output key class_name" in run.stdout
     size = sum(f.stat().st_size for f in (version / "variables").rglob("*"))
     keras_size = (converted / "models" / "model.keras").stat().st_size
     assert size < 1.1 * keras_size  # variables stored once
