@@ -41,7 +41,8 @@ def conversion_status(p: Params) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for name in CONVERT_RECORDS:
         record = read_json(Path(p.paths.metrics) / f"{name}.json", {}) or {}
-        out.update(record.get("variants", record) if isinstance(record.get("variants"), dict) else record)
+        variants = record.get("variants")  # convert_trt nests its per-precision records
+        out.update(variants if isinstance(variants, dict) else record)
     return {k: v for k, v in out.items() if isinstance(v, dict)}
 
 

@@ -10,6 +10,7 @@ from PIL import UnidentifiedImageError
 
 from flowerpipe.data.download import IMAGE_SUFFIXES
 from flowerpipe.data.images import load_image
+from flowerpipe.evaluate import predict_batches
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,7 @@ def predict_files(runner, files: list[Path], classes: list[str], image_size: int
     import pandas as pd
 
     x, kept, skipped = read_images(files, image_size)
-    probs = np.concatenate([runner.predict(x[i:i + batch]) for i in range(0, len(x), batch)]) if len(x) else \
-        np.zeros((0, len(classes)), np.float32)
+    probs = predict_batches(runner, x, batch) if len(x) else np.zeros((0, len(classes)), np.float32)
     rows = []
     for f, tk in zip(kept, top_k(probs, classes, k), strict=True):
         row = {"path": str(f), "prediction": tk[0][0], "probability": round(tk[0][1], 6)}

@@ -137,7 +137,6 @@ class Batcher:
         self.queue: asyncio.Queue = asyncio.Queue()
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="model")
         self.task: asyncio.Task | None = None
-        self.calls = 0
 
     async def predict(self, images: np.ndarray) -> np.ndarray:
         """Probabilities for images, computed together with whatever else arrived meanwhile."""
@@ -172,7 +171,6 @@ class Batcher:
         batch = np.concatenate([x for x, _ in items])
         try:
             probs = await asyncio.get_running_loop().run_in_executor(self.pool, self.runner.predict, batch)
-            self.calls += 1
         except Exception as exc:  # the model failed: every waiting request gets the error
             for _, fut in items:
                 if not fut.done():

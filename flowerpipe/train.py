@@ -241,16 +241,21 @@ def _steps(n: int, batch: int, cap: int) -> int:
     return min(steps, cap) if cap else steps
 
 
+def _restore_finished(phase: str, model, ckpt: Checkpoints, result: Result) -> bool:
+    """If an earlier, interrupted run finished this phase, load its weights and history and say so."""
+    done = ckpt.done(phase)
+    if done is None:
+        return False
+    model.load_weights(done)
+    result.history += ckpt.history(phase)
+    result.resumed_from = phase
+    log.info("phase %s already finished: weights restored from %s", phase, done)
+    return True
+
+
 def _fit_phase(model, phase, epochs, lr, train_ds, val_ds, p: Train, n_train, n_val, batch, ckpt, result):
     """One Keras fit() for a phase, resumable through BackupAndRestore; skipped if already finished."""
-    done = ckpt.done(phase)
-    if done is not None:
-        model.load_weights(done)
-        result.history += ckpt.history(phase)
-        result.resumed_from = phase
-        log.info("phase %s already finished: weights restored from %s", phase, done)
-        return
-    if epochs == 0:
+    if _restore_finished(phase, model, ckpt, result) or epochs == 0:
         return
     start = len(result.history)
     steps = _steps(n_train, batch, p.max_steps_per_epoch)
@@ -328,11 +333,7 @@ def _head_on_cached_features(model, data_dir, m: Model, p: Train, num_classes, b
     import tensorflow as tf
 
     phase = "head"
-    done = ckpt.done(phase)
-    if done is not None:
-        model.load_weights(done)
-        result.history += ckpt.history(phase)
-        result.resumed_from = phase
+    if _restore_finished(phase, model, ckpt, result):
         return
     extractor = feature_extractor(model)
     t0 = time.perf_counter()

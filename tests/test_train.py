@@ -1,6 +1,5 @@
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -11,6 +10,7 @@ import pandas as pd
 import pytest
 from conftest import ROOT, TINY, make_photos, run_stage, write_params
 
+from flowerpipe.loadtest import free_port
 from flowerpipe.stage import StageError
 from flowerpipe.train import choose_strategy, is_chief, use_mixed_precision
 
@@ -153,17 +153,11 @@ def test_pretrained_weights_file_cached_head_then_fine_tune(tmp_path):
     assert proc.returncode == 1 and "nope.h5" in proc.stderr and "does not exist" in proc.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_multi_worker_two_local_workers(tiny_records):
     """Two MultiWorkerMirroredStrategy workers on loopback ports train one short epoch together."""
     _prepare(tiny_records, "multi_worker")
-    cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
+    cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
     procs = []
     for i in range(2):
         env = {**os.environ, "PYTHONPATH": str(ROOT),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flowerpipe.formats.base import ConvertContext, FormatError, Runner, require
+from flowerpipe.formats.base import ConvertContext, FormatError, Runner, Skipped, require
 
 VARIANTS = ("float32", "float16", "dynamic", "int8")
 
@@ -104,7 +104,5 @@ class TFLiteRunner(Runner):
 def load(path: Path, option: str = "", device: str = "cpu", threads: int = 0) -> Runner:
     """Load a .tflite file (the LiteRT interpreter runs on the CPU only)."""
     if device != "cpu":
-        from flowerpipe.formats.base import Skipped
-
         raise Skipped("the LiteRT Python interpreter runs on the CPU only (GPU delegates are for mobile)")
     return TFLiteRunner(path, threads)
