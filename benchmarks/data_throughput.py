@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from flowerpipe.stage import quiet_tensorflow
+from flowerpipe.quiet import quiet_tensorflow
 
 
 def main() -> None:

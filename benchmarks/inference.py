@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flowerpipe.stage import quiet_tensorflow
+from flowerpipe.quiet import quiet_tensorflow
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from flowerpipe.stage import quiet_tensorflow
+from flowerpipe.quiet import quiet_tensorflow
 
 
 def images_per_second(model, x, y, batch: int, steps: int = 4) -> float:

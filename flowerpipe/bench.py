@@ -132,7 +132,7 @@ def peak_rss_mb() -> float:
 
 def run_runtime(task: dict) -> dict:
     """In a fresh process: load one variant on one device and time every batch size (peak RSS is this process's)."""
-    from flowerpipe.stage import quiet_tensorflow
+    from flowerpipe.quiet import quiet_tensorflow
 
     quiet_tensorflow()
     _configure_threads(task["threads"], task["inter_op_threads"])

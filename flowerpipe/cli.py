@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flowerpipe.stage import quiet_tensorflow
+from flowerpipe.quiet import quiet_tensorflow
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -15,7 +15,7 @@ def _predict(args: argparse.Namespace) -> int:
     from flowerpipe.params import load as load_params
 
     p = load_params(args.params)
-    runner = load(find(p, args.format or p.infer.format), "cpu", p.benchmark.threads)
+    runner = load(find(p, args.format or p.infer.format), "cpu")
     classes = Manifest.read(p.paths.tfrecords).classes
     table, skipped = predict_files(runner, list_images(args.paths), classes, p.model.image_size,
                                    args.top_k or p.infer.top_k)
@@ -28,8 +28,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from flowerpipe.evaluate import conversion_status
-    from flowerpipe.formats.registry import variants
+    from flowerpipe.formats.registry import conversion_status, variants
     from flowerpipe.params import load as load_params
 
     p = load_params(args.params)

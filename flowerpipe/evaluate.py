@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-
-from flowerpipe.params import Params
-from flowerpipe.stage import read_json
-
-CONVERT_RECORDS = ("export", "convert_tflite", "convert_onnx", "convert_openvino", "convert_trt")
 
 
 def score(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
@@ -34,16 +27,6 @@ def agreement(probs: np.ndarray, reference: np.ndarray) -> dict:
         "max_prob_diff": round(float(np.abs(probs - reference).max()), 6) if len(probs) else 0.0,
         "max_sum_error": round(float(np.abs(probs.sum(1) - 1).max()), 6) if len(probs) else 0.0,
     }
-
-
-def conversion_status(p: Params) -> dict[str, dict]:
-    """Each variant's conversion record (status, seconds, size_mb or reason) from the convert stages' metrics."""
-    out: dict[str, dict] = {}
-    for name in CONVERT_RECORDS:
-        record = read_json(Path(p.paths.metrics) / f"{name}.json", {}) or {}
-        variants = record.get("variants")  # convert_trt nests its per-precision records
-        out.update(variants if isinstance(variants, dict) else record)
-    return {k: v for k, v in out.items() if isinstance(v, dict)}
 
 
 def predict_batches(runner, images: np.ndarray, batch: int) -> np.ndarray:

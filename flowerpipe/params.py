@@ -38,6 +38,7 @@ class Paths(_Section):
     train_dir: str = "models/train"
     serving: str = "models/serving"
     converted: str = "models/converted"
+    live: str = "dvclive"
     metrics: str = "metrics"
     plots: str = "plots"
     reports: str = "reports"
@@ -174,6 +175,7 @@ class TRT(_Section):
     precisions: list[Literal["fp32", "fp16", "int8"]] = list(TRT_PRECISIONS)
     calibration_images: PosInt = 100
     workspace_mb: PosInt = 1024
+    max_batch_size: PosInt = 32
 
 
 class Evaluate(_Section):
@@ -216,6 +218,25 @@ class Serve(_Section):
     batch_window_ms: Annotated[float, Field(ge=0)] = 2.0
     concurrency: list[PosInt] = [1, 4]
     requests: PosInt = 40
+    threads: NonNegInt = 0
+
+
+class Headline(_Section):
+    """Which formats get their own numbers in the headline metrics that dvc exp show compares."""
+
+    formats: list[str] = ["savedmodel", "tflite-int8", "openvino-int8"]
+
+    @field_validator("formats")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        from flowerpipe.formats.registry import ALL_NAMES
+
+        bad = [n for n in v if n not in ALL_NAMES or n == "keras"]
+        if bad:
+            raise ValueError(f"unknown or reference format {bad}; expected names from {', '.join(ALL_NAMES[1:])}")
+        if len(v) > 4:
+            raise ValueError("at most 4 formats, so that dvc exp show fits a terminal")
+        return v
 
 
 class Params(_Section):
@@ -236,6 +257,7 @@ class Params(_Section):
     benchmark: Benchmark = Benchmark()
     infer: Infer = Infer()
     serve: Serve = Serve()
+    headline: Headline = Headline()
 
 
 def _describe(err: dict[str, Any]) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from flowerpipe.stage import read_json
+from flowerpipe.jsonio import read_json
 
 
 def _plots(history: pd.DataFrame, bench: pd.DataFrame, acc_lat: pd.DataFrame, out: Path) -> list[tuple[str, str]]:
@@ -52,15 +52,17 @@ def _plots(history: pd.DataFrame, bench: pd.DataFrame, acc_lat: pd.DataFrame, ou
     return made
 
 
-def build(metrics: Path, plots: Path, out: Path) -> Path:
-    """Write out/report.md and out/report.html from the metrics and plot files of a run."""
+def build(records: Path, plots: Path, out: Path) -> Path:
+    """Write out/report.md and out/report.html from the detail records and plot files of a run."""
     out.mkdir(parents=True, exist_ok=True)
-    data = read_json(metrics / "data.json", {})
-    train = read_json(metrics / "train.json", {})
-    evaluate = read_json(metrics / "evaluate.json", {}).get("formats", {})
-    bench = read_json(metrics / "benchmark.json", {})
-    history = pd.read_csv(plots / "train_history.csv") if (plots / "train_history.csv").exists() else pd.DataFrame()
-    bench_df = pd.read_csv(plots / "benchmark.csv") if (plots / "benchmark.csv").exists() else pd.DataFrame()
+    data = read_json(records / "data.json", {})
+    train = read_json(records / "train.json", {})
+    evaluate = read_json(records / "evaluate.json", {}).get("formats", {})
+    bench = read_json(records / "benchmark.json", {})
+    history = pd.DataFrame(train.pop("history", []))
+    bench_df = pd.DataFrame([{"runtime": name, "device": device, "batch_size": int(b[1:]), **cell}
+                             for name, devices in bench.get("results", {}).items()
+                             for device, cells in devices.items() for b, cell in cells.items()])
     acc_lat = pd.read_csv(plots / "accuracy_latency.csv") if (plots / "accuracy_latency.csv").exists() \
         else pd.DataFrame()
     sections: list[tuple[str, str | pd.DataFrame]] = []
@@ -80,7 +82,7 @@ def build(metrics: Path, plots: Path, out: Path) -> Path:
         skipped = bench_df[bench_df.status != "ok"].groupby(["runtime", "device"]).reason.first().reset_index()
         if len(skipped):
             sections.append(("Benchmark cells skipped here", skipped))
-    serve = read_json(metrics / "serve.json", {})
+    serve = read_json(records / "serve.json", {})
     if serve:
         rows = [{"concurrency": k[1:], **v} for k, v in serve.get("load", {}).items()]
         sections.append((f"REST serving ({serve.get('format')}), answers checked against local inference",

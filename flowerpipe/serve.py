@@ -20,7 +20,6 @@ from fastapi.responses import JSONResponse
 log = logging.getLogger(__name__)
 
 SIGNATURES = ("serving_default", "serving_uint8", "serving_bytes")
-FLOAT_FORMATS = ("openvino-float32", "onnx", "tflite-float32", "savedmodel", "keras")
 
 
 class RequestError(ValueError):
@@ -297,6 +296,8 @@ def pick_format(requested: str, benchmark: dict, available: list[str]) -> str:
     if requested != "auto":
         return requested
     best, best_ms = None, float("inf")
+    from flowerpipe.formats.registry import FLOAT_FORMATS
+
     for name in FLOAT_FORMATS:
         cells = benchmark.get("results", {}).get(name, {}).get("cpu", {})
         if name not in available or not cells:
@@ -317,13 +318,12 @@ def serve(p, host: str | None = None, port: int | None = None, fmt: str | None =
     import uvicorn
 
     from flowerpipe.data.tfrecord import Manifest
-    from flowerpipe.formats.registry import find, load, variants
-    from flowerpipe.stage import read_json
+    from flowerpipe.formats.registry import FLOAT_FORMATS, built, find, load
+    from flowerpipe.jsonio import read_json
 
-    available = [v.name for v in variants(p) if v.path.exists()]
-    bench = read_json(Path(p.paths.metrics) / "benchmark.json", {}) or {}
-    name = pick_format(fmt or p.serve.format, bench, available)
-    runner = load(find(p, name), "cpu", p.benchmark.threads)
+    bench = read_json(Path(p.paths.reports) / "benchmark.json", {}) or {}
+    name = pick_format(fmt or p.serve.format, bench, built(p, FLOAT_FORMATS))
+    runner = load(find(p, name), "cpu", p.serve.threads)
     model = ServedModel(p.model.name, p.export.version, runner, Manifest.read(p.paths.tfrecords).classes,
                         p.model.image_size, name)
     app = create_app(model, p.serve.max_body_mb << 20, p.serve.max_batch, p.serve.batch_window_ms)

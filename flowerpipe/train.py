@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -14,9 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from flowerpipe.data import tfrecord
+from flowerpipe.errors import UserError
+from flowerpipe.jsonio import write_json
 from flowerpipe.model import OUTPUT_NAME, backbone_of, build_model, feature_extractor, resolve_weights
 from flowerpipe.params import Model, Train
-from flowerpipe.stage import StageError
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +31,7 @@ def tf_config() -> dict:
     try:
         return json.loads(os.environ.get("TF_CONFIG", "{}"))
     except json.JSONDecodeError:
-        raise StageError("TF_CONFIG is not valid JSON") from None
+        raise UserError("TF_CONFIG is not valid JSON") from None
 
 
 def tf_config_workers() -> int:
@@ -45,7 +47,7 @@ def choose_strategy(name: str, gpus: int, workers: int) -> str:
             return "multi_worker"
         return "mirrored" if gpus > 1 else "default"
     if name == "multi_worker" and workers < 1:
-        raise StageError("train.strategy: multi_worker needs TF_CONFIG with a cluster of workers")
+        raise UserError("train.strategy: multi_worker needs TF_CONFIG with a cluster of workers")
     return name
 
 
@@ -99,29 +101,53 @@ class Result:
     resumed_from: str = ""
 
 
-def history_callback(result: Result, phase: str, images_per_epoch: int):
-    """A Keras callback that appends each epoch's logs to result.history, tagged with phase and global epoch."""
-    import keras
-
-    class _History(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            """Start the epoch's clock."""
-            self._t = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            """Record the epoch's logs, time and images/s."""
-            secs = time.perf_counter() - self._t
-            row = {"epoch": len(result.history) + 1, "phase": phase,
-                   **{k: float(v) for k, v in (logs or {}).items() if k in _KEYS}, "seconds": round(secs, 3),
-                   "images_per_second": round(images_per_epoch / secs, 3) if secs else 0.0}
-            result.history.append(row)
-            result.images_seen += images_per_epoch
-            result.train_seconds += secs
-
-    return _History()
+# dvclive metric names for Keras' log keys: dvclive/plots/metrics/<name>.tsv and dvclive/metrics.json.
+LIVE_NAMES = {"loss": "train/loss", "accuracy": "train/accuracy",
+              "val_loss": "val/loss", "val_accuracy": "val/accuracy"}
 
 
-_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+class EpochLog:
+    """Where each finished epoch goes: dvclive (metrics.json, plots, step), the run's history and its checkpoint."""
+
+    def __init__(self, live, result: Result, ckpt: Checkpoints):
+        self.live, self.result, self.ckpt = live, result, ckpt
+
+    def epoch(self, phase: str, logs: dict, images: int, seconds: float, replay: bool = False) -> None:
+        """Record one epoch (replay: an epoch an interrupted run already trained, logged again, not counted)."""
+        row = {"epoch": len(self.result.history) + 1, "phase": phase,
+               **{k: float(v) for k, v in logs.items() if k in LIVE_NAMES},
+               "seconds": round(seconds, 3), "images_per_second": round(images / seconds, 3) if seconds else 0.0}
+        self.result.history.append(row)
+        if not replay:
+            self.result.images_seen += images
+            self.result.train_seconds += seconds
+            self.ckpt.record(phase, row)
+        for key, name in LIVE_NAMES.items():
+            if key in row and math.isfinite(row[key]):  # dvclive would store a diverged NaN as a string
+                self.live.log_metric(name, row[key])
+        self.live.next_step()
+
+    def replay(self, rows: list[dict]) -> None:
+        """Log again the epochs of a phase an interrupted run finished (or began), so the curves stay whole."""
+        for row in rows:
+            self.epoch(row["phase"], row, 0, row.get("seconds", 0.0), replay=True)
+
+    def callback(self, phase: str, images_per_epoch: int):
+        """A Keras callback that records each epoch of a fit() phase."""
+        import keras
+
+        log = self
+
+        class _Epochs(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                """Start the epoch's clock."""
+                self._t = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                """Record the epoch's logs, time and images/s."""
+                log.epoch(phase, logs or {}, images_per_epoch, time.perf_counter() - self._t)
+
+        return _Epochs()
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -130,7 +156,7 @@ _KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 def fingerprint(model: Model, train: Train, manifest_path: Path) -> str:
     """What a checkpoint belongs to: params that change training, and the dataset manifest."""
     h = hashlib.sha256()
-    h.update(model.model_dump_json().encode())
+    h.update(model.model_dump_json(exclude={"name"}).encode())  # the served name does not change training
     h.update(train.model_dump_json(exclude={"patience"}).encode())
     h.update(manifest_path.read_bytes())
     return h.hexdigest()[:16]
@@ -148,6 +174,7 @@ class Checkpoints:
         folder.mkdir(parents=True, exist_ok=True)
         self.state_path = state
         self.state = json.loads(state.read_text()) if state.exists() else {"key": key, "done": {}}
+        self.state.setdefault("running", {})
 
     def done(self, phase: str) -> Path | None:
         """Weights saved at the end of a finished phase, if any."""
@@ -155,15 +182,25 @@ class Checkpoints:
         return self.folder / entry["weights"] if entry else None
 
     def history(self, phase: str) -> list[dict]:
-        """The epochs a finished phase ran."""
-        return self.state["done"].get(phase, {}).get("history", [])
+        """The epochs a phase ran: all of them once finished, else those before an interruption."""
+        done = self.state["done"].get(phase)
+        return done["history"] if done else self.state["running"].get(phase, [])
+
+    def record(self, phase: str, row: dict) -> None:
+        """Keep an epoch of the running phase, so a resumed run logs the epochs it does not train again."""
+        self.state["running"].setdefault(phase, []).append(row)
+        self._save()
 
     def finish(self, phase: str, model, history: list[dict]) -> None:
         """Record a finished phase with its final (best) weights."""
         name = f"{phase}.weights.h5"
         model.save_weights(self.folder / name)
         self.state["done"][phase] = {"weights": name, "history": history}
-        self.state_path.write_text(json.dumps(self.state, indent=2))
+        self.state["running"].pop(phase, None)
+        self._save()
+
+    def _save(self) -> None:
+        write_json(self.state_path, self.state)
 
     def backup_dir(self, phase: str) -> Path:
         """Where BackupAndRestore keeps the running phase's state."""
@@ -225,15 +262,50 @@ def _compile(model, learning_rate: float, label_smoothing: float) -> None:
                   metrics=["accuracy"])
 
 
-def _callbacks(result: Result, phase: str, n_train: int, patience: int, backup: Path, has_val: bool):
-    import keras
+@dataclass
+class Run:
+    """One training run: its params, data sizes, strategy, checkpoints and epoch log, passed as one object."""
 
-    cbs = [keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=True),
-           history_callback(result, phase, n_train)]
-    if patience and has_val:
-        cbs.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=patience,
-                                                 restore_best_weights=True, mode="max"))
-    return cbs
+    data_dir: Path
+    m: Model
+    p: Train
+    strategy: object
+    kind: str
+    num_classes: int
+    n_train: int
+    n_val: int
+    batch: int
+    ckpt: Checkpoints
+    log: EpochLog
+    result: Result
+
+    def datasets(self, augment: bool):
+        """Train and val datasets for a phase."""
+        replicas = self.result.replicas
+        return _datasets(self.data_dir, self.m.image_size, self.batch, self.p, augment, self.num_classes, replicas,
+                         self.n_val)
+
+    def callbacks(self, phase: str, images_per_epoch: int, has_val: bool) -> list:
+        """The epoch log first (so an epoch is recorded before its backup), then resume and early stopping."""
+        import keras
+
+        cbs = [self.log.callback(phase, images_per_epoch),
+               keras.callbacks.BackupAndRestore(str(self.ckpt.backup_dir(phase)), delete_checkpoint=True)]
+        if self.p.patience and has_val:
+            cbs.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=self.p.patience,
+                                                     restore_best_weights=True, mode="max"))
+        return cbs
+
+    def resume(self, phase: str, model) -> bool:
+        """Log again what an interrupted run did in this phase; if it finished the phase, load its weights."""
+        self.log.replay(self.ckpt.history(phase))
+        done = self.ckpt.done(phase)
+        if done is None:
+            return False
+        model.load_weights(done)
+        self.result.resumed_from = phase
+        log.info("phase %s already finished: weights restored from %s", phase, done)
+        return True
 
 
 def _steps(n: int, batch: int, cap: int) -> int:
@@ -241,48 +313,38 @@ def _steps(n: int, batch: int, cap: int) -> int:
     return min(steps, cap) if cap else steps
 
 
-def _restore_finished(phase: str, model, ckpt: Checkpoints, result: Result) -> bool:
-    """If an earlier, interrupted run finished this phase, load its weights and history and say so."""
-    done = ckpt.done(phase)
-    if done is None:
-        return False
-    model.load_weights(done)
-    result.history += ckpt.history(phase)
-    result.resumed_from = phase
-    log.info("phase %s already finished: weights restored from %s", phase, done)
-    return True
-
-
-def _fit_phase(model, phase, epochs, lr, train_ds, val_ds, p: Train, n_train, n_val, batch, ckpt, result):
+def _fit_phase(run: Run, model, phase: str, epochs: int, lr: float) -> None:
     """One Keras fit() for a phase, resumable through BackupAndRestore; skipped if already finished."""
-    if _restore_finished(phase, model, ckpt, result) or epochs == 0:
+    start = len(run.result.history)
+    if run.resume(phase, model) or epochs == 0:
         return
-    start = len(result.history)
-    steps = _steps(n_train, batch, p.max_steps_per_epoch)
-    if result.strategy == "multi_worker":
-        _fit_multi_worker(model, phase, epochs, lr, train_ds, val_ds if n_val else None, p, steps, batch, result)
-    else:
-        _compile(model, lr, p.label_smoothing)
-        model.fit(train_ds, validation_data=val_ds if n_val else None, epochs=epochs, steps_per_epoch=steps,
-                  verbose=2, callbacks=_callbacks(result, phase, min(n_train, steps * batch), p.patience,
-                                                  ckpt.backup_dir(phase), n_val > 0))
-    ckpt.finish(phase, model, result.history[start:])
+    steps = _steps(run.n_train, run.batch, run.p.max_steps_per_epoch)
+    train_ds, val_ds = run.datasets(run.p.augment)
+    with run.strategy.scope():
+        if run.kind == "multi_worker":
+            _fit_multi_worker(run, model, phase, epochs, lr, train_ds, val_ds if run.n_val else None, steps)
+        else:
+            _compile(model, lr, run.p.label_smoothing)
+            model.fit(train_ds, validation_data=val_ds if run.n_val else None, epochs=epochs, steps_per_epoch=steps,
+                      verbose=2, callbacks=run.callbacks(phase, min(run.n_train, steps * run.batch), run.n_val > 0))
+    run.ckpt.finish(phase, model, run.result.history[start:])
 
 
-def _fit_multi_worker(model, phase, epochs, lr, train_ds, val_ds, p: Train, steps, batch, result) -> None:
+def _fit_multi_worker(run: Run, model, phase, epochs, lr, train_ds, val_ds, steps) -> None:
     """A plain strategy.run loop for MultiWorkerMirroredStrategy, where Keras 3.15's fit() fails.
 
     Keras all-reduces the first input batch and its scalar logs with axis=0 under MWMS; this loop
-    reduces only losses and counts. Same loss, optimizer and per-epoch history as fit(); no early stopping.
+    reduces only losses and counts. Same loss, optimizer and per-epoch log as fit(); no early stopping.
     """
     import keras
     import tensorflow as tf
 
-    strategy = model.distribute_strategy
-    with strategy.scope():
-        optimizer = keras.optimizers.Adam(lr)
-        optimizer.build(model.trainable_variables)
-        loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=p.label_smoothing, reduction="none")
+    strategy, batch, p = run.strategy, run.batch, run.p
+    optimizer = keras.optimizers.Adam(lr)
+    if keras.mixed_precision.global_policy().name == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # what compile() adds under mixed_float16
+    optimizer.build(model.trainable_variables)
+    loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=p.label_smoothing, reduction="none")
 
     def correct(y, probs):
         return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probs, 1), tf.argmax(y, 1)), tf.float32))
@@ -293,7 +355,8 @@ def _fit_multi_worker(model, phase, epochs, lr, train_ds, val_ds, p: Train, step
             with tf.GradientTape() as tape:
                 probs = model(x, training=True)
                 loss = tf.nn.compute_average_loss(loss_fn(y, probs), global_batch_size=batch)
-            grads = tape.gradient(loss, model.trainable_variables)
+                scaled = optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
+            grads = tape.gradient(scaled, model.trainable_variables)
             optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
             return loss, correct(y, probs)
 
@@ -309,10 +372,9 @@ def _fit_multi_worker(model, phase, epochs, lr, train_ds, val_ds, p: Train, step
         out = strategy.run(step, args=(x, y))
         return [strategy.reduce("SUM", v, axis=None) for v in out]
 
-    history = history_callback(result, phase, steps * batch)
     iterator = iter(strategy.experimental_distribute_dataset(train_ds))
     for epoch in range(epochs):
-        history.on_epoch_begin(epoch)
+        t = time.perf_counter()
         loss_sum = right_sum = 0.0
         for _ in range(steps):
             loss, right = train_step(iterator)
@@ -324,43 +386,41 @@ def _fit_multi_worker(model, phase, epochs, lr, train_ds, val_ds, p: Train, step
                 totals += [float(v) for v in val_step(x, y)]
             logs.update(val_loss=totals[0] / max(totals[2], 1), val_accuracy=totals[1] / max(totals[2], 1))
         print(f"epoch {epoch + 1}/{epochs} " + " ".join(f"{k}={v:.4f}" for k, v in logs.items()), flush=True)
-        history.on_epoch_end(epoch, logs)
+        run.log.epoch(phase, logs, steps * batch, time.perf_counter() - t)
 
 
-def _head_on_cached_features(model, data_dir, m: Model, p: Train, num_classes, batch, result, ckpt):
+def _head_on_cached_features(run: Run, model) -> None:
     """Frozen-backbone phase: compute backbone features once, train only the head on them."""
     import keras
     import tensorflow as tf
 
-    phase = "head"
-    if _restore_finished(phase, model, ckpt, result):
+    phase, p, m, batch = "head", run.p, run.m, run.batch
+    start = len(run.result.history)
+    if run.resume(phase, model):
         return
     extractor = feature_extractor(model)
     t0 = time.perf_counter()
     feats = {}
     for split in ("train", "val"):
-        ds = tfrecord.dataset(data_dir, split, m.image_size, batch)
         xs, ys = [], []
-        for x, y in ds:
+        for x, y in tfrecord.dataset(run.data_dir, split, m.image_size, batch):
             xs.append(extractor(x, training=False).numpy())
             ys.append(y.numpy())
         feats[split] = (np.concatenate(xs), np.concatenate(ys)) if xs else None
     extract_secs = time.perf_counter() - t0
     fx, fy = feats["train"]
     head = keras.Sequential([keras.Input((fx.shape[1],)), keras.layers.Dropout(m.dropout),
-                             keras.layers.Dense(num_classes, activation="softmax", dtype="float32")])
+                             keras.layers.Dense(run.num_classes, activation="softmax", dtype="float32")])
     _compile(head, p.learning_rate, p.label_smoothing)
-    onehot = np.eye(num_classes, dtype=np.float32)
+    onehot = np.eye(run.num_classes, dtype=np.float32)
     train_ds = tf.data.Dataset.from_tensor_slices((fx, onehot[fy])).shuffle(len(fx), seed=p.seed).batch(batch)
     val = feats["val"]
     val_ds = tf.data.Dataset.from_tensor_slices((val[0], onehot[val[1]])).batch(batch) if val else None
-    start = len(result.history)
+    run.result.train_seconds += extract_secs  # the one full forward pass counts as training time
     head.fit(train_ds, validation_data=val_ds, epochs=p.epochs, verbose=2,
-             callbacks=_callbacks(result, phase, len(fx), p.patience, ckpt.backup_dir(phase), val is not None))
-    result.history[start]["seconds"] += round(extract_secs, 3)
-    result.train_seconds += extract_secs
+             callbacks=run.callbacks(phase, len(fx), val is not None))
     model.get_layer(OUTPUT_NAME).set_weights(head.layers[-1].get_weights())
-    ckpt.finish(phase, model, result.history[start:])
+    run.ckpt.finish(phase, model, run.result.history[start:])
 
 
 def inference_copy(model):
@@ -373,8 +433,20 @@ def inference_copy(model):
     return copy
 
 
-def fit(data_dir: Path, m: Model, p: Train, checkpoint_dir: Path):
-    """Train a classifier on the TFRecords; return (model, Result). Resumes from checkpoint_dir if it matches."""
+def accuracy_on(model, data_dir: Path, split: str, image_size: int, batch: int) -> float:
+    """Top-1 accuracy of a model on one split (the saved weights' own figure, not an epoch's)."""
+    right = total = 0
+    for x, y in tfrecord.dataset(data_dir, split, image_size, batch):
+        right += int((model(x, training=False).numpy().argmax(1) == y.numpy()).sum())
+        total += len(y)
+    return right / total if total else 0.0
+
+
+def fit(data_dir: Path, m: Model, p: Train, checkpoint_dir: Path, live):
+    """Train a classifier on the TFRecords, logging each epoch to a dvclive Live; return (model, Result, ckpt).
+
+    Resumes from checkpoint_dir when it belongs to the same params and data.
+    """
     import keras
     import tensorflow as tf
 
@@ -383,33 +455,30 @@ def fit(data_dir: Path, m: Model, p: Train, checkpoint_dir: Path):
     if p.deterministic:
         tf.config.experimental.enable_op_determinism()
     manifest = tfrecord.Manifest.read(data_dir)
-    num_classes = len(manifest.classes)
     n_train, n_val = manifest.count("train"), manifest.count("val")
     if n_train == 0:
-        raise StageError(f"{data_dir}: the train split is empty")
+        raise UserError(f"{data_dir}: the train split is empty")
     gpus = len(tf.config.list_physical_devices("GPU"))
     mixed = use_mixed_precision(p.mixed_precision, gpus)
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
     replicas = strategy.num_replicas_in_sync
-    batch = p.batch_size * replicas
     kind = ("multi_worker" if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
             else "mirrored" if isinstance(strategy, tf.distribute.MirroredStrategy) else "default")
     result = Result(replicas=replicas, strategy=kind, mixed_precision=mixed)
     ckpt = Checkpoints(checkpoint_dir, fingerprint(m, p, data_dir / tfrecord.MANIFEST))
+    run = Run(data_dir, m, p, strategy, kind, len(manifest.classes), n_train, n_val, p.batch_size * replicas, ckpt,
+              EpochLog(live, result, ckpt), result)
     pretrained = resolve_weights(m.weights) is not None
     with strategy.scope():
-        model = build_model(m.arch, m.image_size, num_classes, m.weights, m.dropout,
+        model = build_model(m.arch, m.image_size, run.num_classes, m.weights, m.dropout,
                             bn_momentum=None if pretrained else p.scratch_bn_momentum)
     if pretrained:
         backbone = backbone_of(model)
         backbone.trainable = False
         if p.cache_features and p.epochs and replicas == 1:
-            _head_on_cached_features(model, data_dir, m, p, num_classes, batch, result, ckpt)
+            _head_on_cached_features(run, model)
         else:
-            train_ds, val_ds = _datasets(data_dir, m.image_size, batch, p, p.augment, num_classes, replicas, n_val)
-            with strategy.scope():
-                _fit_phase(model, "head", p.epochs, p.learning_rate, train_ds, val_ds, p, n_train, n_val, batch,
-                           ckpt, result)
+            _fit_phase(run, model, "head", p.epochs, p.learning_rate)
         if p.fine_tune_epochs:
             backbone.trainable = True
             cut = max(0, len(backbone.layers) - p.fine_tune_layers) if p.fine_tune_layers else 0
@@ -418,15 +487,9 @@ def fit(data_dir: Path, m: Model, p: Train, checkpoint_dir: Path):
             for layer in backbone.layers:
                 if isinstance(layer, keras.layers.BatchNormalization):
                     layer.trainable = False
-            train_ds, val_ds = _datasets(data_dir, m.image_size, batch, p, p.augment, num_classes, replicas, n_val)
-            with strategy.scope():
-                _fit_phase(model, "fine_tune", p.fine_tune_epochs, p.fine_tune_learning_rate, train_ds, val_ds, p,
-                           n_train, n_val, batch, ckpt, result)
+            _fit_phase(run, model, "fine_tune", p.fine_tune_epochs, p.fine_tune_learning_rate)
     else:
-        train_ds, val_ds = _datasets(data_dir, m.image_size, batch, p, p.augment, num_classes, replicas, n_val)
-        with strategy.scope():
-            _fit_phase(model, "scratch", p.scratch_epochs, p.scratch_learning_rate, train_ds, val_ds, p, n_train,
-                       n_val, batch, ckpt, result)
+        _fit_phase(run, model, "scratch", p.scratch_epochs, p.scratch_learning_rate)
     result.epochs_run = len(result.history)
     vals = [h["val_accuracy"] for h in result.history if "val_accuracy" in h]
     result.best_val_accuracy = max(vals) if vals else 0.0

@@ -10,54 +10,74 @@ def main(p: Params) -> None:
     """Read params, do the work, write the outputs dvc.yaml declares."""
     import pandas as pd
 
+    from flowerpipe import headline
     from flowerpipe.bench import Budget, environment, matmul_peak, model_flops, overhead, run_isolated, task_for
     from flowerpipe.devices import gpu_names
-    from flowerpipe.evaluate import conversion_status
-    from flowerpipe.formats.registry import find
+    from flowerpipe.exclusive import timing_lock
+    from flowerpipe.formats.registry import conversion_status, find
 
     b = p.benchmark
     budget = Budget(b.warmup, b.iterations, b.min_seconds, b.max_seconds)
     chosen = [find(p, name) for name in b.runtimes]  # a wrong name stops here, listing the valid ones
     converted = conversion_status(p)
-    peak = matmul_peak()
-    flops = model_flops(Path(p.paths.model), p.model.image_size)
     gpus = gpu_names()
     results: dict[str, dict] = {}
     rows = []
-    for v in chosen:
-        for device in b.devices:
-            rec = converted.get(v.name, {})
-            if rec.get("status") == "skipped":
-                cells = {str(n): {"status": "skipped", "reason": rec.get("reason", "")} for n in b.batch_sizes}
-            elif device == "gpu" and not gpus:
-                reason = "no NVIDIA GPU on this machine"
-                cells = {str(n): {"status": "skipped", "reason": reason} for n in b.batch_sizes}
-            else:
-                cells = run_isolated(task_for(v, device, b.batch_sizes, p.model.image_size, budget, b.threads,
-                                              b.inter_op_threads))
-            for n, cell in cells.items():
-                if cell["status"] == "ok":
-                    gflops = flops * int(n) / (cell["latency_ms_median"] / 1e3) / 1e9
-                    cell["gflops"] = round(gflops, 2)
-                    cell["fraction_of_peak"] = round(gflops / peak["peak_gflops"], 4)
-                rows.append({"runtime": v.name, "device": device, "batch_size": int(n), **cell})
-                summary = (f"{cell['latency_ms_median']:9.2f} ms  {cell['throughput_ips']:9.1f} img/s  "
-                           f"{cell['fraction_of_peak']:6.1%} of peak" if cell["status"] == "ok"
-                           else f"skipped: {cell['reason']}")
-                print(f"{v.name:18s} {device} b={n:<3} {summary}")
-            results.setdefault(v.name, {})[device] = {f"b{n}": c for n, c in cells.items()}
-    record = {"model_gflop_per_image": round(flops / 1e9, 4), "matmul": peak, "overhead": overhead(budget),
+    with timing_lock("benchmark"):  # never two timed runs at once on this machine, in sweeps too
+        peak = matmul_peak()
+        flops = model_flops(Path(p.paths.model), p.model.image_size)
+        for v in chosen:
+            for device in b.devices:
+                rec = converted.get(v.name, {})
+                if rec.get("status") == "skipped":
+                    cells = {str(n): {"status": "skipped", "reason": rec.get("reason", "")} for n in b.batch_sizes}
+                elif device == "gpu" and not gpus:
+                    reason = "no NVIDIA GPU on this machine"
+                    cells = {str(n): {"status": "skipped", "reason": reason} for n in b.batch_sizes}
+                else:
+                    cells = run_isolated(task_for(v, device, b.batch_sizes, p.model.image_size, budget, b.threads,
+                                                  b.inter_op_threads))
+                for n, cell in cells.items():
+                    if cell["status"] == "ok":
+                        gflops = flops * int(n) / (cell["latency_ms_median"] / 1e3) / 1e9
+                        cell["gflops"] = round(gflops, 2)
+                        cell["fraction_of_peak"] = round(gflops / peak["peak_gflops"], 4)
+                    rows.append({"runtime": v.name, "device": device, "batch_size": int(n), **cell})
+                    summary = (f"{cell['latency_ms_median']:9.2f} ms  {cell['throughput_ips']:9.1f} img/s  "
+                               f"{cell['fraction_of_peak']:6.1%} of peak" if cell["status"] == "ok"
+                               else f"skipped: {cell['reason']}")
+                    print(f"{v.name:18s} {device} b={n:<3} {summary}", flush=True)
+                results.setdefault(v.name, {})[device] = {f"b{n}": c for n, c in cells.items()}
+        harness = overhead(budget)
+    record = {"model_gflop_per_image": round(flops / 1e9, 4), "matmul": peak, "overhead": harness,
               "environment": environment(b.threads), "results": results}
-    stage.write_json(Path(p.paths.metrics) / "benchmark.json", record)
-    plots = Path(p.paths.plots)
+    stage.write_json(Path(p.paths.reports) / "benchmark.json", record)
+    stage.write_json(Path(p.paths.metrics) / "benchmark.json", headline.benchmark(results, p.headline.formats))
+    write_plots(pd.DataFrame(rows), Path(p.paths.plots), Path(p.paths.reports) / "evaluate.json")
+
+
+def write_plots(table, plots: Path, evaluate_record: Path) -> None:
+    """Throughput per runtime, batch size (and device where several), and accuracy against batch-1 latency."""
+    import pandas as pd
+
     plots.mkdir(parents=True, exist_ok=True)
-    table = pd.DataFrame(rows)
-    table.to_csv(plots / "benchmark.csv", index=False)
-    accuracy = (stage.read_json(Path(p.paths.metrics) / "evaluate.json", {}) or {}).get("formats", {})
-    ok = table[(table.status == "ok") & (table.batch_size == min(b.batch_sizes)) & (table.device == "cpu")]
-    pd.DataFrame([{"format": r.runtime, "latency_ms": r.latency_ms_median,
-                   "accuracy": accuracy.get(r.runtime, {}).get("accuracy")} for r in ok.itertuples()]).to_csv(
-        plots / "accuracy_latency.csv", index=False)
+    ok = table[table.status == "ok"].copy() if len(table) else table
+    several = len(ok) and ok.device.nunique() > 1
+    if len(ok):
+        ok["cell"] = [f"{r.runtime} b{r.batch_size}" + (f" {r.device}" if several else "") for r in ok.itertuples()]
+    cols = ["cell", "runtime", "device", "batch_size", "throughput_ips", "latency_ms_median"]
+    (ok[cols] if len(ok) else pd.DataFrame(columns=cols)).to_csv(plots / "benchmark.csv", index=False)
+    accuracy = (stage.read_json(evaluate_record, {}) or {}).get("formats", {})
+    rows = []
+    if len(ok):
+        first = ok[ok.batch_size == ok.batch_size.min()]
+        for r in first.sort_values("latency_ms_median").drop_duplicates("runtime").itertuples():
+            acc = accuracy.get(r.runtime, {}).get("accuracy")
+            if acc is not None:
+                rows.append({"format": r.runtime if not several else f"{r.runtime} {r.device}",
+                             "latency_ms": r.latency_ms_median, "accuracy": acc})
+    pd.DataFrame(rows, columns=["format", "latency_ms", "accuracy"]).to_csv(plots / "accuracy_latency.csv",
+                                                                            index=False)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ def main(p: Params) -> None:
         jobs["onnx-int8"] = (q, lambda: onnx_format.quantize_int8(ctx, fp32, q))
     with context(p, p.onnx.calibration_images) as ctx:
         record = run_all(jobs)
-    stage.write_json(Path(p.paths.metrics) / "convert_onnx.json", record)
+    stage.write_json(Path(p.paths.reports) / "convert_onnx.json", record)
 
 
 if __name__ == "__main__":

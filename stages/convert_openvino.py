@@ -12,11 +12,11 @@ def main(p: Params) -> None:
     from flowerpipe.formats import openvino_format
     from flowerpipe.formats.registry import variants
 
-    todo = [v for v in variants(p) if v.family == "openvino"]
+    todo = variants(p, "openvino")
     with context(p, p.openvino.calibration_images) as ctx:
         record = run_all({v.name: (v.path, lambda v=v: openvino_format.convert(ctx, v.option, v.path))
                           for v in todo})
-    stage.write_json(Path(p.paths.metrics) / "convert_openvino.json", record)
+    stage.write_json(Path(p.paths.reports) / "convert_openvino.json", record)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,11 @@ def main(p: Params) -> None:
     from flowerpipe.formats import tflite
     from flowerpipe.formats.registry import variants
 
-    todo = [v for v in variants(p) if v.family == "tflite"]
+    todo = variants(p, "tflite")
     Path(p.paths.converted, "tflite").mkdir(parents=True, exist_ok=True)
     with context(p, p.tflite.calibration_images) as ctx:
         record = run_all({v.name: (v.path, lambda v=v: tflite.convert(ctx, v.option, v.path)) for v in todo})
-    stage.write_json(Path(p.paths.metrics) / "convert_tflite.json", record)
+    stage.write_json(Path(p.paths.reports) / "convert_tflite.json", record)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,10 @@ def main(p: Params) -> None:
     except Skipped as exc:
         print(f"convert_trt: skipped: {exc}")
         record = {"backend": None, "status": "skipped", "reason": str(exc), "variants": skipped(names, str(exc))}
-        stage.write_json(Path(p.paths.metrics) / "convert_trt.json", record)
+        stage.write_json(Path(p.paths.reports) / "convert_trt.json", record)
         stage.write_json(out_dir / "status.json", record)  # the skip travels with the (otherwise empty) output
         return
+    stage.write_json(out_dir / "status.json", {"backend": backend, "status": "ok"})  # where find() looks
     jobs = {}
     with context(p, p.trt.calibration_images) as ctx:
         for x in p.trt.precisions:
@@ -34,9 +35,10 @@ def main(p: Params) -> None:
             else:
                 src = find(p, "onnx-int8" if x == "int8" and p.onnx.int8 else "onnx").path
                 jobs[f"tensorrt-{x}"] = (out, lambda x=x, out=out, src=src: trt.convert_onnx(
-                    src, x, out, p.model.image_size, p.trt.workspace_mb, max(p.benchmark.batch_sizes)))
+                    src, x, out, p.model.image_size, p.trt.workspace_mb, p.trt.max_batch_size))
         record = {"backend": backend, "status": "ok", "variants": run_all(jobs)}
-    stage.write_json(Path(p.paths.metrics) / "convert_trt.json", record)
+    stage.write_json(out_dir / "status.json", record)
+    stage.write_json(Path(p.paths.reports) / "convert_trt.json", record)
 
 
 if __name__ == "__main__":

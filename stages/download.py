@@ -14,7 +14,7 @@ def main(p: Params) -> None:
     report = extract(source, Path(p.paths.raw))
     for r in report.refused:
         print(f"refused {r['path']}: {r['reason']}")
-    stage.write_json(Path(p.paths.metrics) / "download.json", {
+    stage.write_json(Path(p.paths.reports) / "download.json", {
         "url": p.data.url, "kind": source.kind, "sha256": source.sha256, "bytes": source.size,
         "verified": bool(p.data.expected_sha256()), "classes": report.classes, "refused": report.refused,
     })

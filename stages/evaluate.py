@@ -11,10 +11,11 @@ def main(p: Params) -> None:
     """Read params, do the work, write the outputs dvc.yaml declares."""
     import pandas as pd
 
+    from flowerpipe import headline
     from flowerpipe.data.tfrecord import Manifest, arrays
-    from flowerpipe.evaluate import agreement, conversion_status, predict_batches, score
+    from flowerpipe.evaluate import agreement, predict_batches, score
     from flowerpipe.formats.base import Skipped, size_mb
-    from flowerpipe.formats.registry import load, variants
+    from flowerpipe.formats.registry import conversion_status, load, variants
 
     classes = Manifest.read(p.paths.tfrecords).classes
     Path(p.paths.plots).mkdir(parents=True, exist_ok=True)
@@ -32,7 +33,7 @@ def main(p: Params) -> None:
             table[v.name] = {"status": "not_built", "reason": f"{v.path} not found: its conversion stage has not run"}
             continue
         try:
-            runner = load(v, "cpu", p.benchmark.threads)
+            runner = load(v, "cpu")
         except Skipped as exc:
             table[v.name] = {"status": "skipped", "reason": str(exc)}
             continue
@@ -52,8 +53,10 @@ def main(p: Params) -> None:
         per_class[v.name] = s["per_class"]
         print(f"{v.name:18s} accuracy {s['accuracy']:.4f}  agreement {table[v.name]['top1_agreement']:.4f}  "
               f"max|dp| {table[v.name]['max_prob_diff']:.2e}")
-    stage.write_json(Path(p.paths.metrics) / "evaluate.json", {"test_images": int(len(labels)), "formats": table})
-    stage.write_json(Path(p.paths.metrics) / "per_class.json", per_class)
+    reports = Path(p.paths.reports)
+    stage.write_json(reports / "evaluate.json", {"test_images": int(len(labels)), "formats": table})
+    stage.write_json(reports / "per_class.json", per_class)
+    stage.write_json(Path(p.paths.metrics) / "evaluate.json", headline.evaluate(table, p.headline.formats))
 
 
 if __name__ == "__main__":

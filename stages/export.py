@@ -16,7 +16,7 @@ def main(p: Params) -> None:
     classes = Manifest.read(p.paths.tfrecords).classes
     out = Path(p.paths.serving) / p.model.name / str(p.export.version)
     _, secs = timed(export, load_model(p.paths.model), classes, p.model.image_size, out)
-    stage.write_json(Path(p.paths.metrics) / "export.json", {
+    stage.write_json(Path(p.paths.reports) / "export.json", {
         "savedmodel": {"status": "ok", "path": str(out), "size_mb": size_mb(out), "seconds": round(secs, 2)}})
     print(f"SavedModel -> {out} ({size_mb(out)} MB)")
 

@@ -10,7 +10,7 @@ def main(p: Params) -> None:
     """Read params, do the work, write the outputs dvc.yaml declares."""
     from flowerpipe.report import build
 
-    out = build(Path(p.paths.metrics), Path(p.paths.plots), Path(p.paths.reports) / "summary")
+    out = build(Path(p.paths.reports), Path(p.paths.plots), Path(p.paths.reports) / "summary")
     print(f"report -> {out}")
 
 

@@ -12,7 +12,7 @@ def main(p: Params) -> None:
 
     m = build(Path(p.paths.raw), Path(p.paths.tfrecords), p.split, p.tfrecords.shard_mb, p.tfrecords.workers)
     counts = {s: m.count(s) for s in m.splits}
-    stage.write_json(Path(p.paths.metrics) / "data.json", {
+    stage.write_json(Path(p.paths.reports) / "data.json", {
         "classes": len(m.classes), "images": sum(counts.values()), **{f"{s}_images": n for s, n in counts.items()},
         "skipped": len(m.skipped), "reencoded": len(m.reencoded),
     })

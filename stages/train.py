@@ -1,4 +1,4 @@
-"""train stage: fit the classifier on the TFRecords; save .keras, per-epoch history and metrics/train.json."""
+"""train stage: fit the classifier on the TFRecords, logging every epoch with dvclive; save the .keras model."""
 
 import tempfile
 from pathlib import Path
@@ -9,33 +9,38 @@ from flowerpipe.params import Params
 
 def main(p: Params) -> None:
     """Read params, do the work, write the outputs dvc.yaml declares."""
-    import pandas as pd
+    from dvclive import Live
 
-    from flowerpipe.train import fit, inference_copy, is_chief
+    from flowerpipe.train import accuracy_on, fit, inference_copy, is_chief
 
-    model, result, ckpt = fit(Path(p.paths.tfrecords), p.model, p.train, Path(p.paths.train_dir) / "checkpoints")
-    if not is_chief():  # multi-worker: every worker must save, only the chief's copy is kept
-        model.save(Path(tempfile.mkdtemp()) / "model.keras")
-        return
-    out = Path(p.paths.model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.keras")
-    inference_copy(model).save(tmp)  # weights only: no optimizer state (a third of the size)
-    tmp.replace(out)
-    plots = Path(p.paths.plots)
-    plots.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(result.history).to_csv(plots / "train_history.csv", index=False)
-    stage.write_json(Path(p.paths.metrics) / "train.json", {
-        "best_val_accuracy": round(result.best_val_accuracy, 4),
-        "final_train_accuracy": round(result.history[-1].get("accuracy", 0.0), 4) if result.history else 0.0,
-        "epochs_run": result.epochs_run,
-        "wall_seconds": round(result.train_seconds, 1),
-        "train_images_per_second": round(result.images_seen / result.train_seconds, 2) if result.train_seconds else 0,
-        "replicas": result.replicas, "strategy": result.strategy, "mixed_precision": result.mixed_precision,
-        "resumed_from": result.resumed_from,
+    chief = is_chief()  # multi-worker: every worker trains and logs, only the chief's files are kept
+    live_dir = p.paths.live if chief else tempfile.mkdtemp(prefix="flowerpipe-worker-live-")
+    with Live(live_dir, dvcyaml=None, save_dvc_exp=False, report=None) as live:
+        model, result, ckpt = fit(Path(p.paths.tfrecords), p.model, p.train, Path(p.paths.train_dir) / "checkpoints",
+                                  live)
+        if not chief:
+            model.save(Path(tempfile.mkdtemp()) / "model.keras")
+            return
+        out = Path(p.paths.model)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp.keras")
+        saved = inference_copy(model)
+        saved.save(tmp)  # weights only: no optimizer state (a third of the size)
+        val_accuracy = accuracy_on(saved, Path(p.paths.tfrecords), "val", p.model.image_size, p.train.batch_size)
+        live.log_metric("model/val_accuracy", round(val_accuracy, 4), plot=False)
+        live.log_metric("time/train_seconds", round(result.train_seconds, 1), plot=False)
+        rate = result.images_seen / result.train_seconds if result.train_seconds else 0.0
+        live.log_metric("time/images_per_s", round(rate, 2), plot=False)
+        tmp.replace(out)
+    stage.write_json(Path(p.paths.reports) / "train.json", {
+        "saved_model_val_accuracy": round(val_accuracy, 4),
+        "best_epoch_val_accuracy": round(result.best_val_accuracy, 4),
+        "epochs_run": result.epochs_run, "train_seconds": round(result.train_seconds, 1),
+        "images_per_second": round(rate, 2), "replicas": result.replicas, "strategy": result.strategy,
+        "mixed_precision": result.mixed_precision, "resumed_from": result.resumed_from, "history": result.history,
     })
     ckpt.clear()
-    print(f"best val accuracy {result.best_val_accuracy:.4f} after {result.epochs_run} epochs -> {out}")
+    print(f"val accuracy of the saved model {val_accuracy:.4f} after {result.epochs_run} epochs -> {out}")
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from conftest import ROOT, TINY, make_photos, run_stage, write_params
 
+from flowerpipe.errors import UserError
 from flowerpipe.loadtest import free_port
-from flowerpipe.stage import StageError
 from flowerpipe.train import choose_strategy, is_chief, use_mixed_precision
 
 
@@ -24,7 +24,7 @@ def test_strategy_choice(name, gpus, workers, expected):
 
 
 def test_multi_worker_needs_tf_config():
-    with pytest.raises(StageError, match="TF_CONFIG"):
+    with pytest.raises(UserError, match="TF_CONFIG"):
         choose_strategy("multi_worker", 0, 0)
 
 

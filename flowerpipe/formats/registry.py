@@ -1,4 +1,9 @@
-"""Every model variant the params ask for, where it lives, and how to load it: the only place formats are named."""
+"""Every model variant, where it lives, and how to load it: the only place formats are named.
+
+`find(p, name)` resolves one name from the paths alone (plus model.name and export.version for the
+SavedModel), so a stage that loads one format depends on no other format's params; `variants(p)` lists
+what the params ask the conversion stages to build, for the stages that go over all of them.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,8 @@ import importlib
 from pathlib import Path
 
 from flowerpipe.formats.base import FormatError, Runner, Variant
-from flowerpipe.params import Params
+from flowerpipe.jsonio import read_json
+from flowerpipe.params import OPENVINO_VARIANTS, TFLITE_VARIANTS, TRT_PRECISIONS, Params
 
 MODULES = {
     "keras": "flowerpipe.formats.keras_format",
@@ -16,6 +22,13 @@ MODULES = {
     "openvino": "flowerpipe.formats.openvino_format",
     "tensorrt": "flowerpipe.formats.tensorrt_format",
 }
+# Every name a variant can have, in report order: family, or family-option.
+ALL_NAMES = ("keras", "savedmodel", *(f"tflite-{v}" for v in TFLITE_VARIANTS), "onnx", "onnx-int8",
+             *(f"openvino-{v}" for v in OPENVINO_VARIANTS), *(f"tensorrt-{v}" for v in TRT_PRECISIONS))
+# Formats that compute in float32 like the trained model (serve.format auto picks among these).
+FLOAT_FORMATS = ("openvino-float32", "onnx", "tflite-float32", "savedmodel", "keras")
+# Where each format's conversion stage records status, seconds and size.
+CONVERT_RECORDS = ("export", "convert_tflite", "convert_onnx", "convert_openvino", "convert_trt")
 
 
 def savedmodel_dir(p: Params) -> Path:
@@ -24,36 +37,65 @@ def savedmodel_dir(p: Params) -> Path:
 
 
 def trt_path(p: Params, precision: str) -> Path:
-    """Where convert_trt put a precision: the backend it used is recorded in its metrics."""
+    """Where convert_trt put a precision: the backend it used is recorded beside the engines."""
     from flowerpipe.formats.tensorrt_format import filename
-    from flowerpipe.stage import read_json
 
-    record = read_json(Path(p.paths.metrics) / "convert_trt.json", {}) or {}
-    backend = record.get("backend") or "onnx"
-    return Path(p.paths.converted) / "tensorrt" / filename(backend, precision)
+    folder = Path(p.paths.converted) / "tensorrt"
+    backend = (read_json(folder / "status.json", {}) or {}).get("backend") or "onnx"
+    return folder / filename(backend, precision)
 
 
-def variants(p: Params) -> list[Variant]:
-    """All variants in a stable order: keras, savedmodel, tflite-*, onnx*, openvino-*, tensorrt-*."""
+def _path(p: Params, family: str, option: str) -> Path:
     conv = Path(p.paths.converted)
-    out = [Variant("keras", "keras", "", Path(p.paths.model)),
-           Variant("savedmodel", "savedmodel", "", savedmodel_dir(p))]
-    out += [Variant(f"tflite-{v}", "tflite", v, conv / "tflite" / f"model_{v}.tflite") for v in p.tflite.variants]
-    out.append(Variant("onnx", "onnx", "float32", conv / "onnx" / "model.onnx"))
-    if p.onnx.int8:
-        out.append(Variant("onnx-int8", "onnx", "int8", conv / "onnx" / "model_int8.onnx"))
-    out += [Variant(f"openvino-{v}", "openvino", v, conv / "openvino" / v / "model.xml") for v in p.openvino.variants]
-    out += [Variant(f"tensorrt-{v}", "tensorrt", v, trt_path(p, v)) for v in p.trt.precisions]
-    return out
+    if family == "keras":
+        return Path(p.paths.model)
+    if family == "savedmodel":
+        return savedmodel_dir(p)
+    if family == "tflite":
+        return conv / "tflite" / f"model_{option}.tflite"
+    if family == "onnx":
+        return conv / "onnx" / ("model_int8.onnx" if option == "int8" else "model.onnx")
+    if family == "openvino":
+        return conv / "openvino" / option / "model.xml"
+    return trt_path(p, option)
 
 
 def find(p: Params, name: str) -> Variant:
     """The variant called name, or a one-line error listing the valid names."""
-    for v in variants(p):
-        if v.name == name:
-            return v
-    names = ", ".join(v.name for v in variants(p))
-    raise FormatError(f"unknown model format {name!r}; expected one of: {names}")
+    if name not in ALL_NAMES:
+        raise FormatError(f"unknown model format {name!r}; expected one of: {', '.join(ALL_NAMES)}")
+    family, _, option = name.partition("-")
+    option = option or ("float32" if family == "onnx" else "")
+    return Variant(name, family, option, _path(p, family, option))
+
+
+def variants(p: Params, family: str | None = None) -> list[Variant]:
+    """The variants the params ask for (all, or one family's), in ALL_NAMES order."""
+    wanted = {
+        "keras": lambda: ["keras"],
+        "savedmodel": lambda: ["savedmodel"],
+        "tflite": lambda: [f"tflite-{v}" for v in p.tflite.variants],
+        "onnx": lambda: ["onnx"] + (["onnx-int8"] if p.onnx.int8 else []),
+        "openvino": lambda: [f"openvino-{v}" for v in p.openvino.variants],
+        "tensorrt": lambda: [f"tensorrt-{v}" for v in p.trt.precisions],
+    }
+    chosen = {n for fam, listed in wanted.items() if family in (None, fam) for n in listed()}
+    return [find(p, n) for n in ALL_NAMES if n in chosen]
+
+
+def built(p: Params, names: tuple[str, ...] = ALL_NAMES) -> list[str]:
+    """Which of these formats have a model file on disk now."""
+    return [n for n in names if find(p, n).path.exists()]
+
+
+def conversion_status(p: Params) -> dict[str, dict]:
+    """Each variant's conversion record (status, seconds, size_mb or reason) from the conversion stages."""
+    out: dict[str, dict] = {}
+    for name in CONVERT_RECORDS:
+        record = read_json(Path(p.paths.reports) / f"{name}.json", {}) or {}
+        nested = record.get("variants")  # convert_trt nests its per-precision records
+        out.update(nested if isinstance(nested, dict) else record)
+    return {k: v for k, v in out.items() if isinstance(v, dict)}
 
 
 def load(variant: Variant, device: str = "cpu", threads: int = 0) -> Runner:

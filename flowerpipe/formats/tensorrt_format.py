@@ -220,5 +220,5 @@ def load(path: Path, option: str = "fp32", device: str = "gpu", threads: int = 0
     if device != "gpu":
         raise Skipped("TensorRT runs on NVIDIA GPUs only")
     if not Path(path).exists():
-        raise Skipped(f"{path}: no TensorRT model was built (see metrics/convert_trt.json)")
+        raise Skipped(f"{path}: no TensorRT model was built (see reports/convert_trt.json)")
     return TFTRTRunner(path) if Path(path).is_dir() else EngineRunner(path)

@@ -1,0 +1,31 @@
+"""Quiet TensorFlow's log noise (unless FLOWERPIPE_VERBOSE is set); real errors still show."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+
+def quiet_tensorflow(preload: bool = True) -> None:
+    """Silence TensorFlow's C++ and Python log noise unless FLOWERPIPE_VERBOSE is set."""
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    if os.environ.get("FLOWERPIPE_VERBOSE"):
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*ran out of data.*")
+    warnings.filterwarnings("ignore", module="tensorflow.lite.python.interpreter")  # the converter's own use
+    warnings.filterwarnings("ignore", category=UserWarning, module="keras.src.trainers.data_adapters")
+    if preload and "tensorflow" not in sys.modules:
+        # The oneDNN notice is printed before absl logging starts, whatever the log level: hide fd 2 meanwhile.
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
