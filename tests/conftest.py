@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -77,13 +78,66 @@ def run_stage(name: str, cwd: Path, check: bool = True) -> subprocess.CompletedP
     return proc
 
 
+GIT_ENV = {"GIT_AUTHOR_NAME": "flowerpipe-tests", "GIT_AUTHOR_EMAIL": "tests@localhost",
+           "GIT_COMMITTER_NAME": "flowerpipe-tests", "GIT_COMMITTER_EMAIL": "tests@localhost"}
+# The shared project: enough images and epochs that the model really discriminates (formats are compared).
+# Timed: the headline formats, the reference, ONNX (the scatter's float point) and one GPU-only runtime (a skip).
+PROJECT = {**TINY, "train": {**TINY["train"], "scratch_epochs": 8, "augment": False},
+           "benchmark": {**TINY["benchmark"], "runtimes": ["keras", "savedmodel", "tflite-int8", "onnx",
+                                                           "openvino-int8", "tensorrt-fp16"]}}
+
+
+def sh(cmd: list[str], cwd: Path, env: dict | None = None, timeout: int = 1500) -> str:
+    """Run a command; fail the test with its output when it fails."""
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout
+
+
+def dvc_env() -> dict:
+    """The environment a user's shell has after `make env`: the venv first on PATH, no PYTHONPATH."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return {**env, "PATH": f"{Path(sys.executable).parent}:{env['PATH']}", "DVC_NO_ANALYTICS": "1", **GIT_ENV}
+
+
+def copy_checkout(repo: Path) -> Path:
+    """The project's tracked (and new, not ignored) files, without any run's outputs, in a fresh folder."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for f in files:
+        if (ROOT / f).is_file() and not f.startswith(("metrics/", "plots/", "reports/", "dvclive/", "dvc.lock")):
+            (repo / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, repo / f)
+    return repo
+
+
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory) -> Path:
-    """A project folder with tiny TFRecords and an Xception trained from scratch that really discriminates."""
-    work = tmp_path_factory.mktemp("trained")
-    make_photos(work / "photos", per_class=16)
-    write_params(work, {**TINY, "data": {"url": str(work / "photos")},
-                        "train": {**TINY["train"], "scratch_epochs": 8, "augment": False}})
-    for stage in ("download", "tfrecords", "train", "export"):
-        run_stage(stage, work)
-    return work
+def project(tmp_path_factory) -> tuple[Path, dict]:
+    """A git + DVC checkout of this project on tiny generated photos after one real `dvc repro`, committed.
+
+    Built once per test session; the format, benchmark, training and end-to-end tests read it. Tests
+    that change it (experiments) run in the e2e module, which runs last and restores the workspace.
+    """
+    work = tmp_path_factory.mktemp("project")
+    repo = copy_checkout(work / "repo")
+    photos = make_photos(work / "photos", per_class=16)
+    write_params(repo, {**PROJECT, "data": {"url": str(photos)}})
+    env = dvc_env()
+    sh(["git", "init", "-q", "-b", "main"], repo, env)
+    sh(["git", "add", "-A"], repo, env)
+    sh(["git", "commit", "-qm", "tiny project"], repo, env)
+    sh(["dvc", "repro"], repo, env)
+    sh(["git", "add", "-A"], repo, env)
+    sh(["git", "commit", "-qm", "baseline run"], repo, env)
+    return repo, env
+
+
+@pytest.fixture(scope="session")
+def trained(project) -> Path:
+    """The shared project's folder: tiny TFRecords, a trained Xception, every converted format and their records."""
+    return project[0]
+
+
+def pytest_collection_modifyitems(items):
+    """End-to-end tests change the shared project (experiments, checkouts): run them after every reader."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is not None)

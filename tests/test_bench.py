@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import run_stage
 
@@ -35,16 +36,8 @@ def test_matmul_peak_is_measured():
 
 
 @pytest.mark.slow
-def test_benchmark_stage_schema_and_skips(trained):
-    import yaml
-    from conftest import write_params
-
-    p = yaml.safe_load((trained / "params.yaml").read_text())
-    write_params(trained, {**p, "benchmark": {**p["benchmark"], "runtimes": ["keras", "savedmodel", "tensorrt-fp16"],
-                                              "batch_sizes": [1, 2]}})
-    for stage in ("convert_onnx", "convert_trt", "benchmark"):
-        run_stage(stage, trained)
-    record = json.loads((trained / "metrics" / "benchmark.json").read_text())
+def test_benchmark_stage_schema_skips_and_headline(trained):
+    record = json.loads((trained / "reports" / "benchmark.json").read_text())
     assert record["matmul"]["peak_gflops"] > 0
     flops = record["model_gflop_per_image"]
     assert 0.5 < flops < 2.0  # Xception at 71x71: ~1 GFLOP (16.8 at 299x299, scaled by area)
@@ -58,9 +51,21 @@ def test_benchmark_stage_schema_and_skips(trained):
     assert record["results"]["keras"]["gpu"]["b1"]["status"] == "skipped"
     assert record["results"]["tensorrt-fp16"]["cpu"]["b1"]["status"] == "skipped"
     assert record["environment"]["cores"] >= 1 and "tensorflow-cpu" in record["environment"]["versions"]
-    rows = (trained / "plots" / "benchmark.csv").read_text().splitlines()
-    assert rows[0].startswith("runtime,device,batch_size") and len(rows) == 1 + 3 * 2 * 2
     assert np.isfinite(record["overhead"]["latency_ms_median"])
+    # headline: batch-1 latency and best throughput of each headline format, the same figures as the grid
+    head = json.loads((trained / "metrics" / "benchmark.json").read_text())
+    for name in ("savedmodel", "tflite-int8", "openvino-int8"):
+        cells = record["results"][name]["cpu"]
+        assert head[name]["latency_ms"] == pytest.approx(cells["b1"]["latency_ms_median"], abs=0.01)
+        assert head[name]["images_per_s"] == pytest.approx(max(c["throughput_ips"] for c in cells.values()), abs=0.1)
+    # the throughput plot has one bar per runtime and batch size (never a sum over them), named by both
+    plot = pd.read_csv(trained / "plots" / "benchmark.csv")
+    timed = [(n, d, b) for n, ds in record["results"].items() for d, cs in ds.items() for b, c in cs.items()
+             if c["status"] == "ok"]
+    assert len(plot) == len(timed) and plot.cell.is_unique
+    assert set(plot.cell) == {f"{n} {b}" for n, _, b in timed}
+    scatter = pd.read_csv(trained / "plots" / "accuracy_latency.csv")
+    assert scatter.format.is_unique and {"keras", "onnx", "openvino-int8"} <= set(scatter.format)
 
 
 def test_unknown_runtime_is_one_line(tmp_path):

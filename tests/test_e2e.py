@@ -1,107 +1,194 @@
-"""The whole DAG with real dvc on a tiny generated dataset, then an experiment and a queued sweep."""
+"""The experiment loop with real DVC on the shared tiny project: exp run, metrics diff, queue, plots, remote."""
 
 import json
-import os
-import shutil
+import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY, make_photos, write_params
+import yaml
+from conftest import sh
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
-
-def sh(cmd: list[str], cwd: Path, env: dict, timeout: int = 1500) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return proc.stdout
+MAX_HEADLINE = 25
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """A fresh git + dvc checkout of the tracked project files, with tiny params, after one `dvc repro`."""
-    work = tmp_path_factory.mktemp("e2e")
-    repo = work / "repo"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for f in files:
-        if (ROOT / f).is_file() and not f.startswith(("metrics/", "plots/", "reports/", "dvc.lock")):
-            (repo / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, repo / f)
-    photos = make_photos(work / "photos", per_class=8)
-    write_params(repo, {**TINY, "data": {"url": str(photos)}})
-    bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(repo), "DVC_NO_ANALYTICS": "1",
-           "GIT_AUTHOR_NAME": "e2e", "GIT_AUTHOR_EMAIL": "e2e@localhost", "GIT_COMMITTER_NAME": "e2e",
-           "GIT_COMMITTER_EMAIL": "e2e@localhost"}
-    sh(["git", "init", "-q", "-b", "main"], repo, env)
-    sh(["git", "add", "-A"], repo, env)
-    sh(["git", "commit", "-qm", "tiny project"], repo, env)
-    sh(["dvc", "repro"], repo, env)
-    sh(["git", "add", "-A"], repo, env)
-    sh(["git", "commit", "-qm", "baseline run"], repo, env)
-    return repo, env
+def metric_values(tree) -> list:
+    """Every leaf of a metrics tree."""
+    if isinstance(tree, dict):
+        return [v for x in tree.values() for v in metric_values(x)]
+    return [tree]
 
 
-def test_repro_writes_every_metric_and_report(project):
+def exp_rows(shown: list) -> list[dict]:
+    """Each row of `dvc exp show --json` (workspace, baseline and every experiment) as one dict of rev data."""
+    rows = []
+    for rev in shown:
+        rows.append({"name": rev.get("name") or rev["rev"], **rev.get("data", {})})
+        for exp in rev.get("experiments") or []:
+            for run in exp.get("revs", []):
+                rows.append({"name": run.get("name") or run["rev"], **run.get("data", {})})
+    return rows
+
+
+def ran_stages(log: str) -> set[str]:
+    """The stages a dvc run actually ran (not skipped), from its output."""
+    return set(re.findall(r"Running stage '([^']+)'", log))
+
+
+def set_params(repo: Path, **changes) -> None:
+    """Edit params.yaml in place: set_params(repo, **{"serve.concurrency": [1, 3]})."""
+    p = yaml.safe_load((repo / "params.yaml").read_text())
+    for key, value in changes.items():
+        section, name = key.split(".")
+        p[section][name] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+
+
+def test_repro_writes_every_output_and_a_second_repro_is_a_noop(project):
     repo, env = project
-    evaluate = json.loads((repo / "metrics" / "evaluate.json").read_text())["formats"]
-    assert evaluate["keras"]["status"] == "ok" and evaluate["onnx"]["top1_agreement"] == 1.0
-    assert evaluate["tensorrt-fp32"]["status"] == "skipped"
-    bench = json.loads((repo / "metrics" / "benchmark.json").read_text())
+    detail = json.loads((repo / "reports" / "evaluate.json").read_text())["formats"]
+    assert detail["keras"]["status"] == "ok" and detail["onnx"]["top1_agreement"] == 1.0
+    assert detail["tensorrt-fp32"]["status"] == "skipped"
+    bench = json.loads((repo / "reports" / "benchmark.json").read_text())
     assert bench["results"]["onnx"]["cpu"]["b1"]["status"] == "ok"
-    assert bench["results"]["tensorrt-int8"]["gpu"]["b1"]["status"] == "skipped"
+    assert bench["results"]["tensorrt-fp16"]["gpu"]["b1"]["status"] == "skipped"
     assert (repo / "reports" / "summary" / "report.md").read_text().startswith("# flowerpipe run report")
     assert (repo / "reports" / "predictions.csv").exists()
     t = time.perf_counter()
     out = sh(["dvc", "repro"], repo, env)
     assert "didn't change" in out or "up to date" in out
     assert time.perf_counter() - t < 30
+    assert "up to date" in sh(["dvc", "status"], repo, env)  # __pycache__ written by the run is not a change
 
 
-def test_exp_run_then_metrics_diff(project):
+def test_each_param_reruns_only_the_stages_that_read_it(project):
+    """dvc status after one param edit names exactly the stages that declare it (and renaming never retrains)."""
     repo, env = project
-    sh(["dvc", "exp", "run", "-S", "train.scratch_epochs=2"], repo, env)
-    diff = json.loads(sh(["dvc", "metrics", "diff", "--json"], repo, env))
-    train = diff["metrics/train.json"]
-    assert train["epochs_run"]["old"] == 1 and train["epochs_run"]["new"] == 2
+    cases = {
+        "serve.concurrency": ([1, 3], {"serve_check"}),
+        "benchmark.batch_sizes": ([1, 4], {"benchmark"}),
+        "headline.formats": (["onnx"], {"evaluate", "benchmark"}),
+        "model.name": ("roses", {"export", "evaluate", "benchmark", "infer", "serve_check"}),
+        "trt.max_batch_size": (8, {"convert_trt"}),
+        "train.patience": (2, {"train"}),
+    }
+    try:
+        for key, (value, stages) in cases.items():
+            set_params(repo, **{key: value})
+            changed = set(json.loads(sh(["dvc", "status", "--json"], repo, env)))
+            assert changed == stages, (key, changed)
+            sh(["git", "checkout", "--", "params.yaml"], repo, env)
+    finally:
+        sh(["git", "checkout", "--", "params.yaml"], repo, env)
+
+
+def test_two_experiments_compare_on_a_few_numeric_headline_metrics(project):
+    repo, env = project
+    log = sh(["dvc", "exp", "run", "-n", "conc3", "-S", "serve.concurrency=[1,3]"], repo, env)
+    assert ran_stages(log) == {"serve_check", "report"}, log[-3000:]
+    shown = json.loads(sh(["dvc", "exp", "show", "--json"], repo, env))
+    rows = {r["name"]: r for r in exp_rows(shown) if r.get("metrics")}
+    assert "conc3" in rows and len(rows) >= 2
+    for name, row in rows.items():
+        values = [v for f in row["metrics"].values() for v in metric_values(f.get("data", {}))]
+        assert 10 <= len(values) <= MAX_HEADLINE, (name, len(values), row["metrics"].keys())
+        assert all(isinstance(v, int | float) and not isinstance(v, bool) for v in values), (name, values)
+        assert "accuracy" in row["metrics"]["metrics/evaluate.json"]["data"]
+        assert row["metrics"]["metrics/benchmark.json"]["data"]["savedmodel"]["latency_ms"] > 0
+    diff = json.loads(sh(["dvc", "metrics", "diff", "--json", "--all", "HEAD", "conc3"], repo, env))
+    rows = [(f, k) for f, d in diff.items() for k in d]
+    assert 10 <= len(rows) <= MAX_HEADLINE and ("metrics/serve.json", "p99_ms") in rows
+    assert ("metrics/evaluate.json", "accuracy") in rows and ("dvclive/metrics.json", "model.val_accuracy") in rows
+    sh(["dvc", "exp", "apply", "conc3"], repo, env)  # the winner back in the workspace, with nothing stale
+    assert "up to date" in sh(["dvc", "status"], repo, env)
     sh(["git", "checkout", "--", "."], repo, env)
     sh(["dvc", "checkout", "--force"], repo, env)
 
 
-def test_queued_sweep_and_plots(project):
+def test_queued_experiments_run_their_own_code_and_sweep(project):
+    """A queued run uses the library code it was queued with, not the workspace's; a sweep re-times only."""
     repo, env = project
-    for sizes in ("[1]", "[1,3]"):
-        sh(["dvc", "exp", "run", "--queue", "-S", f"benchmark.batch_sizes={sizes}"], repo, env)
-    sh(["dvc", "queue", "start", "-j", "1"], repo, env)
+    sh(["dvc", "exp", "run", "--queue", "-n", "sweep13", "-S", "benchmark.batch_sizes=[1,3]"], repo, env)
+    report_py = repo / "flowerpipe" / "report.py"
+    original = report_py.read_text()
+    report_py.write_text(original.replace('["# flowerpipe run report"', '["# flowerpipe run report (queued code)"'))
+    assert report_py.read_text() != original
+    sh(["dvc", "exp", "run", "--queue", "-n", "queuedcode"], repo, env)
+    report_py.write_text(original)  # the workspace goes back to the committed code before the queue runs
+    sh(["dvc", "queue", "start"], repo, env)
     deadline = time.time() + 1200
     while time.time() < deadline:
         status = sh(["dvc", "queue", "status"], repo, env)
         if "Queued" not in status and "Running" not in status:
             break
-        time.sleep(5)
-    assert "Failed" not in status, sh(["dvc", "queue", "logs", status.split()[-1]], repo, env) if status else status
-    shown = json.loads(sh(["dvc", "exp", "show", "--json"], repo, env))
-    exps = [e for rev in shown for e in (rev.get("experiments") or [])]
-    done = []
-    for exp in exps:
-        for run in exp.get("revs", []):
-            data = run.get("data", {})
-            params = data.get("params", {}).get("params.yaml", {}).get("data", {})
-            sizes = params.get("benchmark", {}).get("batch_sizes")
-            metrics = data.get("metrics", {})
-            if sizes in ([1], [1, 3]) and "metrics/benchmark.json" in metrics:
-                cells = metrics["metrics/benchmark.json"]["data"]["results"]["onnx"]["cpu"]
-                assert sorted(cells) == [f"b{n}" for n in sizes] and cells["b1"]["status"] == "ok"
-                assert metrics["metrics/serve.json"]["data"]["load"]["c1"]["errors"] == 0
-                done.append(len(sizes))
-    assert sorted(done) == [1, 2], json.dumps(shown)[:3000]
-    names = sh(["dvc", "exp", "ls", "--name-only"], repo, env).split()
-    diff = json.loads(sh(["dvc", "metrics", "diff", "--json", "HEAD", names[0]], repo, env))
-    assert "metrics/benchmark.json" in diff
+        time.sleep(3)
+    assert "Failed" not in status, status + "\n".join(
+        sh(["dvc", "queue", "logs", n], repo, env)[-3000:] for n in ("sweep13", "queuedcode"))
+    sweep_log = sh(["dvc", "queue", "logs", "sweep13"], repo, env)
+    assert ran_stages(sweep_log) == {"benchmark", "serve_check", "report"}, sweep_log[-3000:]
+    code_log = sh(["dvc", "queue", "logs", "queuedcode"], repo, env)
+    assert ran_stages(code_log) == {"report"}, code_log[-3000:]
+    revs = {r["name"]: r["rev"] for r in exp_rows(json.loads(sh(["dvc", "exp", "show", "--json"], repo, env)))}
+    report = sh(["git", "show", f"{revs['queuedcode']}:reports/summary/report.md"], repo, env)
+    assert report.startswith("# flowerpipe run report (queued code)")
+    cells = json.loads(sh(["git", "show", f"{revs['sweep13']}:reports/benchmark.json"], repo, env))
+    assert sorted(cells["results"]["onnx"]["cpu"]) == ["b1", "b3"]
+    assert "queued code" not in (repo / "reports" / "summary" / "report.md").read_text()
+
+
+def test_plots_name_every_point_and_bar(project):
+    repo, env = project
+    specs = json.loads(sh(["dvc", "plots", "show", "--json"], repo, env))["data"]
+    titles = list(specs)
+    for title in ("Accuracy by epoch", "Loss by epoch", "Confusion matrix", "Throughput", "one named point"):
+        assert any(t.startswith(title) or title in t for t in titles), (title, titles)
+    scatter = json.dumps(next(v for t, v in specs.items() if "named point" in t))
+    assert '"type": "text"' in scatter and '"field": "format"' in scatter and '"openvino-int8"' in scatter
+    bars = next(v for t, v in specs.items() if t.startswith("Throughput"))[0]["content"]
+    cells = [row["cell"] for row in bars["data"]["values"]]
+    assert len(cells) == len(set(cells)) and "onnx b1" in cells and "onnx b2" in cells
     sh(["dvc", "plots", "show", "-o", "plots_html"], repo, env)
-    page = (repo / "plots_html" / "index.html").read_text()
-    assert "Accuracy by epoch" in page and "Confusion matrix" in page
+    assert "Accuracy by epoch" in (repo / "plots_html" / "index.html").read_text()
+
+
+def test_share_through_a_dvc_remote_and_git(project, tmp_path):
+    """push to a local DVC remote and a bare git origin; a fresh clone pulls data, models and experiments."""
+    repo, env = project
+    origin = tmp_path / "origin.git"
+    sh(["git", "init", "-q", "--bare", str(origin)], tmp_path, env)
+    sh(["dvc", "remote", "add", "-d", "shared", str(tmp_path / "dvc-store")], repo, env)
+    sh(["git", "add", ".dvc/config"], repo, env)
+    sh(["git", "commit", "-qm", "DVC remote"], repo, env)
+    sh(["git", "remote", "add", "origin", str(origin)], repo, env)
+    sh(["git", "push", "-q", "origin", "main"], repo, env)
+    sh(["dvc", "push"], repo, env)
+    names = sh(["dvc", "exp", "ls", "--name-only"], repo, env).split()
+    assert names, "no experiment to share"
+    sh(["dvc", "exp", "push", "origin", names[0]], repo, env)
+    clone = tmp_path / "clone"
+    sh(["git", "clone", "-q", str(origin), str(clone)], tmp_path, env)
+    sh(["dvc", "pull"], clone, env)
+    assert "up to date" in sh(["dvc", "status"], clone, env)
+    out = sh(["dvc", "repro"], clone, env)
+    assert "didn't change" in out or "up to date" in out
+    assert "Running stage" not in out
+    assert (clone / "models" / "serving" / "flowers" / "1" / "saved_model.pb").exists()
+    sh(["dvc", "exp", "pull", "origin", names[0]], clone, env)
+    pulled = {r["name"] for r in exp_rows(json.loads(sh(["dvc", "exp", "show", "--json"], clone, env)))}
+    assert names[0] in pulled
+    sh(["dvc", "artifacts", "get", str(origin), "flowers", "-o", str(tmp_path / "served")], tmp_path, env)
+    assert (tmp_path / "served" / "flowers" / "1" / "saved_model.pb").exists()
+
+
+def test_undeclared_param_read_is_refused(project, tmp_path):
+    """A stage that reads a key its dvc.yaml entry does not list stops with one line naming it."""
+    repo, env = project
+    proc = subprocess.run(["python", "-c", (
+        "from pathlib import Path; from flowerpipe.stage import stage_params; "
+        "p = stage_params('infer', 'params.yaml', Path('dvc.yaml')); print(p.infer.top_k); p.benchmark.threads")],
+        cwd=repo, env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and "3" in proc.stdout
+    assert "stage 'infer' reads params.yaml key 'benchmark'" in proc.stderr

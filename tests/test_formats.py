@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_stage
+from conftest import ROOT
 
 from flowerpipe.formats.base import FormatError, Skipped
 from flowerpipe.formats.tensorrt_format import Environment, select_backend
@@ -17,14 +17,13 @@ INT8 = ["tflite-int8", "onnx-int8", "openvino-int8"]
 
 @pytest.fixture(scope="module")
 def converted(trained):
-    for stage in ("convert_tflite", "convert_onnx", "convert_openvino", "convert_trt", "evaluate"):
-        run_stage(stage, trained)
+    """The shared project after `dvc repro`: every format converted and evaluated."""
     return trained
 
 
 @pytest.mark.slow
 def test_every_cpu_format_agrees_with_keras(converted):
-    table = json.loads((converted / "metrics" / "evaluate.json").read_text())["formats"]
+    table = json.loads((converted / "reports" / "evaluate.json").read_text())["formats"]
     keras = table["keras"]
     assert keras["status"] == "ok" and keras["accuracy"] > 0.5, keras  # the tiny model really discriminates
     for name in FLOAT + ["tflite-dynamic"]:
@@ -36,7 +35,7 @@ def test_every_cpu_format_agrees_with_keras(converted):
         assert table[name]["max_sum_error"] < 0.02, (name, table[name])
     for name in ("tensorrt-fp32", "tensorrt-fp16", "tensorrt-int8"):
         assert table[name]["status"] == "skipped" and "GPU" in table[name]["reason"]
-    trt = json.loads((converted / "metrics" / "convert_trt.json").read_text())
+    trt = json.loads((converted / "reports" / "convert_trt.json").read_text())
     assert trt["status"] == "skipped" and (converted / "models" / "converted" / "tensorrt" / "status.json").exists()
 
 

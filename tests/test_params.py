@@ -51,3 +51,39 @@ def test_not_yaml(tmp_path):
     f.write_text("train: [unclosed\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load(f)
+
+
+def test_a_stage_reads_only_what_dvc_yaml_declares(tmp_path):
+    from flowerpipe.declared import UndeclaredParam, declared
+    from flowerpipe.stage import stage_params
+
+    dvc_yaml = tmp_path / "dvc.yaml"
+    dvc_yaml.write_text("stages:\n  s:\n    cmd: x\n    params:\n      - model.image_size\n      - serve\n")
+    assert declared(dvc_yaml, "s") == {"model.image_size", "serve"}
+    p = stage_params("s", tmp_path / "none.yaml", dvc_yaml)
+    assert p.model.image_size == 180 and p.serve.port == 8501 and p.paths.model == "models/model.keras"
+    assert p.serve.model_dump_json()
+    with pytest.raises(UndeclaredParam, match="stage 's' reads params.yaml key 'model.name'"):
+        p.model.name
+    with pytest.raises(UndeclaredParam, match="'train'"):
+        p.train.epochs
+    with pytest.raises(UndeclaredParam, match="'model.arch'"):
+        p.model.model_dump_json()
+    assert "image_size" in p.model.model_dump_json(exclude={"arch", "weights", "dropout", "name"})
+    with pytest.raises(ParamsError, match="no stage named 'other'"):
+        declared(dvc_yaml, "other")
+
+
+def test_project_stages_declare_their_params():
+    """Every stage in dvc.yaml lists params that exist in params.yaml (a typo would never trigger a rerun)."""
+    import yaml
+
+    from flowerpipe.declared import declared
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]:
+        for key in declared(ROOT / "dvc.yaml", stage):
+            node = raw
+            for part in key.split("."):
+                assert isinstance(node, dict) and part in node, (stage, key)
+                node = node[part]

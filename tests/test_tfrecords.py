@@ -75,7 +75,7 @@ def test_byte_identical_rebuild_and_seed_changes_split(tmp_path):
     assert names == sorted(p.name for p in b.iterdir())
     for n in names:
         assert (a / n).read_bytes() == (b / n).read_bytes(), n
-    data = json.loads((tmp_path / "a" / "metrics" / "data.json").read_text())
+    data = json.loads((tmp_path / "a" / "reports" / "data.json").read_text())
     assert data["images"] == 50 and data["skipped"] == 0
     write_params(tmp_path / "b", {"data": {"url": str(photos)}, "split": {"val": 0.2, "test": 0.2, "seed": 7}})
     run_stage("tfrecords", tmp_path / "b")

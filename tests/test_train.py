@@ -43,13 +43,16 @@ def test_chief(monkeypatch):
 
 @pytest.mark.slow
 def test_train_outputs_and_reload(trained):
-    metrics = json.loads((trained / "metrics" / "train.json").read_text())
-    assert {"best_val_accuracy", "epochs_run", "wall_seconds", "train_images_per_second"} <= metrics.keys()
-    assert metrics["epochs_run"] == 8 and metrics["strategy"] == "default"
-    assert metrics["best_val_accuracy"] >= 0.6  # from scratch, the tiny set is learnt, not one class
-    hist = pd.read_csv(trained / "plots" / "train_history.csv")
-    assert list(hist.phase) == ["scratch"] * 8
-    assert {"accuracy", "val_accuracy", "loss", "val_loss"} <= set(hist.columns)
+    record = json.loads((trained / "reports" / "train.json").read_text())
+    assert record["epochs_run"] == 8 and record["strategy"] == "default"
+    assert [h["phase"] for h in record["history"]] == ["scratch"] * 8
+    live = json.loads((trained / "dvclive" / "metrics.json").read_text())
+    assert live["step"] == 7 and live["time"]["train_seconds"] > 0 and live["time"]["images_per_s"] > 0
+    # the headline is the saved model's own val accuracy; from scratch, the tiny set is learnt, not one class
+    assert live["model"]["val_accuracy"] == record["saved_model_val_accuracy"] >= 0.6
+    curve = pd.read_csv(trained / "dvclive" / "plots" / "metrics" / "val" / "accuracy.tsv", sep="\t")
+    assert list(curve.step) == list(range(8))
+    assert curve.accuracy.round(4).tolist() == [round(h["val_accuracy"], 4) for h in record["history"]]
     assert not (trained / "models" / "train" / "checkpoints").exists()
     code = textwrap.dedent(f"""
         import numpy as np
@@ -76,9 +79,11 @@ def test_phase_resume_and_stale_checkpoints(tmp_path):
         import json, sys
         from pathlib import Path
         from flowerpipe.params import load
+        from dvclive import Live
         from flowerpipe.train import fit
         p = load("params.yaml")
-        _, r, _ = fit(Path(p.paths.tfrecords), p.model, p.train, Path("ckpt"))
+        with Live("live", dvcyaml=None, save_dvc_exp=False) as live:
+            _, r, _ = fit(Path(p.paths.tfrecords), p.model, p.train, Path("ckpt"), live)
         print(json.dumps({"resumed": r.resumed_from, "epochs": r.epochs_run}))
     """)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -90,6 +95,8 @@ def test_phase_resume_and_stale_checkpoints(tmp_path):
 
     assert run() == {"resumed": "", "epochs": 1}
     assert run() == {"resumed": "scratch", "epochs": 1}  # same params: the finished phase is restored, not rerun
+    curve = (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
+    assert len(curve) == 2  # the restored phase's epoch is logged again, so the curve stays whole
     write_params(tmp_path, {**TINY, "data": {"url": str(tmp_path / "photos")}, "train": {**TINY["train"], "seed": 5}})
     assert run() == {"resumed": "", "epochs": 1}
 
@@ -101,10 +108,12 @@ FIT_SCRIPT = textwrap.dedent("""
     if sys.argv[1] == "logical":
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from dvclive import Live
     from flowerpipe.params import load
     from flowerpipe.train import fit
     p = load("params.yaml")
-    model, r, _ = fit(Path(p.paths.tfrecords), p.model, p.train, Path(sys.argv[2]))
+    with Live(f"live-{sys.argv[2]}", dvcyaml=None, save_dvc_exp=False) as live:
+        model, r, _ = fit(Path(p.paths.tfrecords), p.model, p.train, Path(sys.argv[2]), live)
     print(json.dumps({"replicas": r.replicas, "strategy": r.strategy, "epochs": r.epochs_run}))
 """)
 
@@ -146,8 +155,8 @@ def test_pretrained_weights_file_cached_head_then_fine_tune(tmp_path):
                             "train": {**TINY["train"], "epochs": 2, "fine_tune_epochs": 1, "fine_tune_layers": 10}})
     for stage in ("download", "tfrecords", "train"):
         run_stage(stage, tmp_path)
-    hist = pd.read_csv(tmp_path / "plots" / "train_history.csv")
-    assert list(hist.phase) == ["head", "head", "fine_tune"]
+    record = json.loads((tmp_path / "reports" / "train.json").read_text())
+    assert [h["phase"] for h in record["history"]] == ["head", "head", "fine_tune"]
     write_params(tmp_path, {"model": {"image_size": 71, "weights": str(tmp_path / "nope.h5")}})
     proc = run_stage("train", tmp_path, check=False)
     assert proc.returncode == 1 and "nope.h5" in proc.stderr and "does not exist" in proc.stderr
