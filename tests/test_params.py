@@ -64,9 +64,9 @@ def test_a_stage_reads_only_what_dvc_yaml_declares(tmp_path):
     assert p.model.image_size == 180 and p.serve.port == 8501 and p.paths.model == "models/model.keras"
     assert p.serve.model_dump_json()
     with pytest.raises(UndeclaredParam, match="stage 's' reads params.yaml key 'model.name'"):
-        p.model.name
+        _ = p.model.name
     with pytest.raises(UndeclaredParam, match="'train'"):
-        p.train.epochs
+        _ = p.train.epochs
     with pytest.raises(UndeclaredParam, match="'model.arch'"):
         p.model.model_dump_json()
     assert "image_size" in p.model.model_dump_json(exclude={"arch", "weights", "dropout", "name"})
