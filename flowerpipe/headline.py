@@ -13,17 +13,16 @@ def evaluate(table: dict[str, dict], formats: list[str]) -> dict:
     ref = table.get(REFERENCE, {})
     if ref.get("status") != "ok":
         return {}
-    out: dict = {"accuracy": ref["accuracy"], "macro_f1": ref["macro_f1"]}
+    out: dict = {"test_accuracy": ref["accuracy"], "test_macro_f1": ref["macro_f1"]}
     for name in formats:
         row = table.get(name, {})
         if row.get("status") == "ok":
-            out[name] = {"accuracy_delta": round(row["accuracy"] - ref["accuracy"], 4),
-                         "agreement": row["top1_agreement"]}
+            out[name] = {"acc_delta": round(row["accuracy"] - ref["accuracy"], 4), "agree": row["top1_agreement"]}
     return out
 
 
 def benchmark(results: dict[str, dict], formats: list[str]) -> dict:
-    """Per headline format: batch-1 latency (ms) and best throughput (images/s), on its fastest device."""
+    """Per headline format: batch-1 latency (b1_ms) and best throughput (img_s, images/s) on its fastest device."""
     out: dict = {}
     for name in formats:
         best: dict | None = None
@@ -31,9 +30,9 @@ def benchmark(results: dict[str, dict], formats: list[str]) -> dict:
             ok = {int(k[1:]): c for k, c in cells.items() if c.get("status") == "ok"}  # keys are "b<batch>"
             if not ok:
                 continue
-            row = {"latency_ms": round(ok[min(ok)]["latency_ms_median"], 2),
-                   "images_per_s": round(max(c["throughput_ips"] for c in ok.values()), 1)}
-            if best is None or row["latency_ms"] < best["latency_ms"]:
+            row = {"b1_ms": round(ok[min(ok)]["latency_ms_median"], 2),
+                   "img_s": round(max(c["throughput_ips"] for c in ok.values()), 1)}
+            if best is None or row["b1_ms"] < best["b1_ms"]:
                 best = row
         if best:
             out[name] = best
@@ -45,4 +44,4 @@ def serve(levels: dict[str, dict]) -> dict:
     if not levels:
         return {}
     top = levels[max(levels, key=lambda k: int(k[1:]))]  # keys are "c<concurrency>"
-    return {"p99_ms": round(top["latency_ms_p99"], 1), "requests_per_s": round(top["throughput_rps"], 1)}
+    return {"serve_p99_ms": round(top["latency_ms_p99"], 1), "serve_req_s": round(top["throughput_rps"], 1)}

@@ -6,6 +6,7 @@ import inspect
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,9 +32,11 @@ def run(main: Callable[[Params], None], params_file: str = "params.yaml", tensor
     quiet_tensorflow(preload=tensorflow)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    start = time.perf_counter()
     try:
         main(stage_params(script.stem, os.environ.get("FLOWERPIPE_PARAMS", params_file),
                           script.parents[1] / "dvc.yaml"))
+        print(f"stage {script.stem} done in {time.perf_counter() - start:.1f}s", flush=True)
     except (ParamsError, UserError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -101,9 +101,9 @@ class Result:
     resumed_from: str = ""
 
 
-# dvclive metric names for Keras' log keys: dvclive/plots/metrics/<name>.tsv and dvclive/metrics.json.
-LIVE_NAMES = {"loss": "train/loss", "accuracy": "train/accuracy",
-              "val_loss": "val/loss", "val_accuracy": "val/accuracy"}
+# The Keras log keys dvclive records each epoch: dvclive/plots/metrics/<key>.tsv and dvclive/metrics.json.
+# Flat names, so that `dvc exp show` columns never look like params (train.*) and --drop can pick them.
+LIVE_NAMES = {"loss": "loss", "accuracy": "accuracy", "val_loss": "val_loss", "val_accuracy": "val_accuracy"}
 
 
 class EpochLog:
@@ -423,13 +423,25 @@ def _head_on_cached_features(run: Run, model) -> None:
     run.ckpt.finish(phase, model, run.result.history[start:])
 
 
+def float32_config(config):
+    """A Keras config with every mixed-precision layer policy replaced by float32 (from_config keeps them)."""
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy" and str(config.get("config", {}).get("name", "")).startswith(
+                "mixed_"):
+            return {**config, "config": {**config["config"], "name": "float32"}}
+        return {k: float32_config(v) for k, v in config.items()}
+    if isinstance(config, list):
+        return [float32_config(v) for v in config]
+    return config
+
+
 def inference_copy(model):
-    """The same architecture and weights without optimizer state, in float32, ready to save."""
+    """The same architecture and weights without optimizer state, computing in float32, ready to save."""
     import keras
 
     keras.mixed_precision.set_global_policy("float32")
-    copy = keras.Model.from_config(model.get_config())
-    copy.set_weights(model.get_weights())
+    copy = keras.Model.from_config(float32_config(model.get_config()))
+    copy.set_weights(model.get_weights())  # mixed-precision variables are float32 already
     return copy
 
 

@@ -27,10 +27,10 @@ def main(p: Params) -> None:
         saved = inference_copy(model)
         saved.save(tmp)  # weights only: no optimizer state (a third of the size)
         val_accuracy = accuracy_on(saved, Path(p.paths.tfrecords), "val", p.model.image_size, p.train.batch_size)
-        live.log_metric("model/val_accuracy", round(val_accuracy, 4), plot=False)
-        live.log_metric("time/train_seconds", round(result.train_seconds, 1), plot=False)
+        live.log_metric("model_val_accuracy", round(val_accuracy, 4), plot=False)
+        live.log_metric("train_seconds", round(result.train_seconds, 1), plot=False)
         rate = result.images_seen / result.train_seconds if result.train_seconds else 0.0
-        live.log_metric("time/images_per_s", round(rate, 2), plot=False)
+        live.log_metric("train_img_s", round(rate, 2), plot=False)
         tmp.replace(out)
     stage.write_json(Path(p.paths.reports) / "train.json", {
         "saved_model_val_accuracy": round(val_accuracy, 4),

@@ -47,12 +47,12 @@ def test_train_outputs_and_reload(trained):
     assert record["epochs_run"] == 8 and record["strategy"] == "default"
     assert [h["phase"] for h in record["history"]] == ["scratch"] * 8
     live = json.loads((trained / "dvclive" / "metrics.json").read_text())
-    assert live["step"] == 7 and live["time"]["train_seconds"] > 0 and live["time"]["images_per_s"] > 0
+    assert live["step"] == 7 and live["train_seconds"] > 0 and live["train_img_s"] > 0
     # the headline is the saved model's own val accuracy; from scratch, the tiny set is learnt, not one class
-    assert live["model"]["val_accuracy"] == record["saved_model_val_accuracy"] >= 0.6
-    curve = pd.read_csv(trained / "dvclive" / "plots" / "metrics" / "val" / "accuracy.tsv", sep="\t")
+    assert live["model_val_accuracy"] == record["saved_model_val_accuracy"] >= 0.6
+    curve = pd.read_csv(trained / "dvclive" / "plots" / "metrics" / "val_accuracy.tsv", sep="\t")
     assert list(curve.step) == list(range(8))
-    assert curve.accuracy.round(4).tolist() == [round(h["val_accuracy"], 4) for h in record["history"]]
+    assert curve.val_accuracy.round(4).tolist() == [round(h["val_accuracy"], 4) for h in record["history"]]
     assert not (trained / "models" / "train" / "checkpoints").exists()
     code = textwrap.dedent(f"""
         import numpy as np
@@ -95,7 +95,7 @@ def test_phase_resume_and_stale_checkpoints(tmp_path):
 
     assert run() == {"resumed": "", "epochs": 1}
     assert run() == {"resumed": "scratch", "epochs": 1}  # same params: the finished phase is restored, not rerun
-    curve = (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
+    curve = (tmp_path / "live" / "plots" / "metrics" / "loss.tsv").read_text().splitlines()
     assert len(curve) == 2  # the restored phase's epoch is logged again, so the curve stays whole
     write_params(tmp_path, {**TINY, "data": {"url": str(tmp_path / "photos")}, "train": {**TINY["train"], "seed": 5}})
     assert run() == {"resumed": "", "epochs": 1}
@@ -179,3 +179,24 @@ def test_multi_worker_two_local_workers(tiny_records):
         assert proc.returncode == 0, err[-3000:]
         results.append(json.loads(out.strip().splitlines()[-1]))
     assert results == [{"replicas": 2, "strategy": "multi_worker", "epochs": 1}] * 2
+
+
+def test_inference_copy_of_a_mixed_precision_model_computes_in_float32():
+    """from_config alone keeps mixed_float16 on every layer; the exported copy must compute in float32."""
+    import keras
+
+    from flowerpipe.train import inference_copy
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        inp = keras.Input((4,))
+        x = keras.layers.BatchNormalization()(keras.layers.Dense(3)(inp))
+        model = keras.Model(inp, keras.layers.Dense(2, activation="softmax", dtype="float32")(x))
+        assert {layer.dtype_policy.name for layer in model.layers[1:3]} == {"mixed_float16"}
+        copy = inference_copy(model)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert {layer.dtype_policy.name for layer in copy.layers} == {"float32"}
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    assert copy(x).dtype == "float32"
+    assert np.allclose(copy(x), model(x), atol=2e-2)  # same weights; float16 compute differs only slightly
