@@ -157,16 +157,17 @@ def test_plots_name_every_point_and_bar(project):
 def test_share_through_a_dvc_remote_and_git(project, tmp_path):
     """push to a local DVC remote and a bare git origin; a fresh clone pulls data, models and experiments."""
     repo, env = project
+    rev = {r["name"]: r["rev"] for r in exp_rows(json.loads(sh(["dvc", "exp", "show", "--json"], repo, env)))}
+    names = sh(["dvc", "exp", "ls", "--name-only"], repo, env).split()  # experiments of the current commit
+    assert names, "no experiment to share"
     origin = tmp_path / "origin.git"
-    sh(["git", "init", "-q", "--bare", str(origin)], tmp_path, env)
+    sh(["git", "init", "-q", "--bare", "-b", "main", str(origin)], tmp_path, env)
     sh(["dvc", "remote", "add", "-d", "shared", str(tmp_path / "dvc-store")], repo, env)
     sh(["git", "add", ".dvc/config"], repo, env)
     sh(["git", "commit", "-qm", "DVC remote"], repo, env)
     sh(["git", "remote", "add", "origin", str(origin)], repo, env)
     sh(["git", "push", "-q", "origin", "main"], repo, env)
     sh(["dvc", "push"], repo, env)
-    names = sh(["dvc", "exp", "ls", "--name-only"], repo, env).split()
-    assert names, "no experiment to share"
     sh(["dvc", "exp", "push", "origin", names[0]], repo, env)
     clone = tmp_path / "clone"
     sh(["git", "clone", "-q", str(origin), str(clone)], tmp_path, env)
@@ -177,8 +178,15 @@ def test_share_through_a_dvc_remote_and_git(project, tmp_path):
     assert "Running stage" not in out
     assert (clone / "models" / "serving" / "flowers" / "1" / "saved_model.pb").exists()
     sh(["dvc", "exp", "pull", "origin", names[0]], clone, env)
-    pulled = {r["name"] for r in exp_rows(json.loads(sh(["dvc", "exp", "show", "--json"], clone, env)))}
-    assert names[0] in pulled
+    assert names[0] in sh(["dvc", "exp", "ls", "--all-commits", "--name-only"], clone, env).split()
+    sh(["dvc", "exp", "apply", names[0]], clone, env)  # its metrics from git, its outputs from the remote
+    sh(["dvc", "pull"], clone, env)
+    for f in ("metrics/serve.json", "params.yaml", "reports/serve.json"):
+        assert (clone / f).read_text() == sh(["git", "show", f"{rev[names[0]]}:{f}"], repo, env), f
+    assert "up to date" in sh(["dvc", "status"], clone, env)  # its data and models came from the remote
+    # the TF Serving model as a registered artifact version, fetched without a clone
+    sh(["gto", "register", "flowers", "--version", "v1.0.0"], repo, env)
+    sh(["git", "push", "-q", "origin", "flowers@v1.0.0"], repo, env)
     sh(["dvc", "artifacts", "get", str(origin), "flowers", "-o", str(tmp_path / "served")], tmp_path, env)
     assert (tmp_path / "served" / "flowers" / "1" / "saved_model.pb").exists()
 
