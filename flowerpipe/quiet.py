@@ -18,6 +18,7 @@ def quiet_tensorflow(preload: bool = True) -> None:
     warnings.filterwarnings("ignore", message=".*ran out of data.*")
     warnings.filterwarnings("ignore", module="tensorflow.lite.python.interpreter")  # the converter's own use
     warnings.filterwarnings("ignore", category=UserWarning, module="keras.src.trainers.data_adapters")
+    warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed, but will be ignored.*")
     if preload and "tensorflow" not in sys.modules:
         # The oneDNN notice is printed before absl logging starts, whatever the log level: hide fd 2 meanwhile.
         saved = os.dup(2)

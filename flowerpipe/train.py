@@ -67,17 +67,6 @@ def make_strategy(name: str):
     return tf.distribute.get_strategy()
 
 
-def is_chief() -> bool:
-    """True unless TF_CONFIG names this process a non-chief worker."""
-    config = tf_config()
-    task, cluster = config.get("task", {}), config.get("cluster", {})
-    if not task:
-        return True
-    if "chief" in cluster:
-        return task.get("type") == "chief"
-    return task.get("type") == "worker" and int(task.get("index", 0)) == 0
-
-
 def use_mixed_precision(setting: str, gpus: int) -> bool:
     """Whether `train.mixed_precision` turns on mixed_float16 here."""
     return setting == "on" or (setting == "auto" and gpus > 0)

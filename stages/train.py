@@ -1,6 +1,5 @@
 """train stage: fit the classifier on the TFRecords, logging every epoch with dvclive; save the .keras model."""
 
-import tempfile
 from pathlib import Path
 
 from flowerpipe import stage
@@ -11,16 +10,13 @@ def main(p: Params) -> None:
     """Read params, do the work, write the outputs dvc.yaml declares."""
     from dvclive import Live
 
-    from flowerpipe.train import accuracy_on, fit, inference_copy, is_chief
+    from flowerpipe.train import accuracy_on, fit, inference_copy
 
-    chief = is_chief()  # multi-worker: every worker trains and logs, only the chief's files are kept
-    live_dir = p.paths.live if chief else tempfile.mkdtemp(prefix="flowerpipe-worker-live-")
-    with Live(live_dir, dvcyaml=None, save_dvc_exp=False, report=None) as live:
+    # Multi-worker: every worker runs this stage in its own checkout (`dvc repro` on each host) and writes
+    # the same declared outputs there; the replicas hold identical weights, so every copy is the model.
+    with Live(p.paths.live, dvcyaml=None, save_dvc_exp=False, report=None) as live:
         model, result, ckpt = fit(Path(p.paths.tfrecords), p.model, p.train, Path(p.paths.train_dir) / "checkpoints",
                                   live)
-        if not chief:
-            model.save(Path(tempfile.mkdtemp()) / "model.keras")
-            return
         out = Path(p.paths.model)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.tmp.keras")

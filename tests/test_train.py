@@ -12,7 +12,7 @@ from conftest import ROOT, TINY, make_photos, run_stage, write_params
 
 from flowerpipe.errors import UserError
 from flowerpipe.loadtest import free_port
-from flowerpipe.train import choose_strategy, is_chief, use_mixed_precision
+from flowerpipe.train import choose_strategy, use_mixed_precision
 
 
 @pytest.mark.parametrize("name, gpus, workers, expected", [
@@ -31,14 +31,6 @@ def test_multi_worker_needs_tf_config():
 def test_mixed_precision_choice():
     assert use_mixed_precision("auto", 1) and not use_mixed_precision("auto", 0)
     assert use_mixed_precision("on", 0) and not use_mixed_precision("off", 2)
-
-
-def test_chief(monkeypatch):
-    monkeypatch.delenv("TF_CONFIG", raising=False)
-    assert is_chief()
-    cluster = {"worker": ["a:1", "b:2"]}
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}}))
-    assert not is_chief()
 
 
 @pytest.mark.slow
