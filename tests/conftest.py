@@ -132,6 +132,21 @@ def project(tmp_path_factory) -> tuple[Path, dict]:
     return repo, env
 
 
+def call_stage(name: str, cwd: Path) -> None:
+    """Run stages/<name>.py's main in this process, in cwd, with the same declared-params view dvc's run gets.
+
+    For data stages whose subprocess would prove nothing more; training stays in a subprocess (global Keras state).
+    """
+    import contextlib
+    import importlib
+
+    from flowerpipe.stage import stage_params
+
+    module = importlib.import_module(f"stages.{name}")
+    with contextlib.chdir(cwd):
+        module.main(stage_params(name, "params.yaml", ROOT / "dvc.yaml"))
+
+
 @pytest.fixture(scope="session")
 def trained(project) -> Path:
     """The shared project's folder: tiny TFRecords, a trained Xception, every converted format and their records."""

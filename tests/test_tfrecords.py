@@ -3,7 +3,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CLASSES, make_photos, run_stage, write_params
+from conftest import CLASSES, call_stage, make_photos, write_params
 from PIL import Image
 
 from flowerpipe.data.build import build
@@ -68,8 +68,8 @@ def test_byte_identical_rebuild_and_seed_changes_split(tmp_path):
     for run in ("a", "b"):
         (tmp_path / run).mkdir()
         write_params(tmp_path / run, {"data": {"url": str(photos)}, "split": {"val": 0.2, "test": 0.2}})
-        run_stage("download", tmp_path / run)
-        run_stage("tfrecords", tmp_path / run)
+        call_stage("download", tmp_path / run)
+        call_stage("tfrecords", tmp_path / run)
     a, b = tmp_path / "a" / "data" / "tfrecords", tmp_path / "b" / "data" / "tfrecords"
     names = sorted(p.name for p in a.iterdir())
     assert names == sorted(p.name for p in b.iterdir())
@@ -78,7 +78,7 @@ def test_byte_identical_rebuild_and_seed_changes_split(tmp_path):
     data = json.loads((tmp_path / "a" / "reports" / "data.json").read_text())
     assert data["images"] == 50 and data["skipped"] == 0
     write_params(tmp_path / "b", {"data": {"url": str(photos)}, "split": {"val": 0.2, "test": 0.2, "seed": 7}})
-    run_stage("tfrecords", tmp_path / "b")
+    call_stage("tfrecords", tmp_path / "b")
     ma, mb = Manifest.read(a), Manifest.read(b)
     assert ma.splits["test"]["per_class"] == mb.splits["test"]["per_class"]
     assert (a / "test-00000-of-00001.tfrecord").read_bytes() != (b / "test-00000-of-00001.tfrecord").read_bytes()

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, TINY, make_photos, run_stage, write_params
+from conftest import ROOT, TINY, call_stage, make_photos, run_stage, write_params
 
 from flowerpipe.errors import UserError
 from flowerpipe.loadtest import free_port
@@ -65,8 +65,8 @@ def test_phase_resume_and_stale_checkpoints(tmp_path):
     """A finished phase is not trained again after an interruption; checkpoints of other params are dropped."""
     make_photos(tmp_path / "photos", per_class=6)
     write_params(tmp_path, {**TINY, "data": {"url": str(tmp_path / "photos")}})
-    run_stage("download", tmp_path)
-    run_stage("tfrecords", tmp_path)
+    call_stage("download", tmp_path)
+    call_stage("tfrecords", tmp_path)
     code = textwrap.dedent("""
         import json, sys
         from pathlib import Path
@@ -120,8 +120,8 @@ def _prepare(folder: Path, strategy: str) -> None:
     write_params(folder, {**TINY, "data": {"url": str(folder / "photos")},
                           "train": {**TINY["train"], "strategy": strategy, "batch_size": 4, "max_steps_per_epoch": 2,
                                     "deterministic": False}})
-    run_stage("download", folder)
-    run_stage("tfrecords", folder)
+    call_stage("download", folder)
+    call_stage("tfrecords", folder)
 
 
 @pytest.mark.slow
@@ -145,8 +145,9 @@ def test_pretrained_weights_file_cached_head_then_fine_tune(tmp_path):
     write_params(tmp_path, {**TINY, "data": {"url": str(tmp_path / "photos")},
                             "model": {"image_size": 71, "weights": str(weights)},
                             "train": {**TINY["train"], "epochs": 2, "fine_tune_epochs": 1, "fine_tune_layers": 10}})
-    for stage in ("download", "tfrecords", "train"):
-        run_stage(stage, tmp_path)
+    call_stage("download", tmp_path)
+    call_stage("tfrecords", tmp_path)
+    run_stage("train", tmp_path)
     record = json.loads((tmp_path / "reports" / "train.json").read_text())
     assert [h["phase"] for h in record["history"]] == ["head", "head", "fine_tune"]
     write_params(tmp_path, {"model": {"image_size": 71, "weights": str(tmp_path / "nope.h5")}})
