@@ -23,15 +23,16 @@ def converted(trained):
 
 @pytest.mark.slow
 def test_every_cpu_format_agrees_with_keras(converted):
-    table = json.loads((converted / "reports" / "evaluate.json").read_text())["formats"]
+    record = json.loads((converted / "reports" / "evaluate.json").read_text())
+    table, n = record["formats"], record["test_images"]
     keras = table["keras"]
     assert keras["status"] == "ok" and keras["accuracy"] > 0.5, keras  # the tiny model really discriminates
     for name in FLOAT + ["tflite-dynamic"]:
         assert table[name]["status"] == "ok", name
         assert table[name]["top1_agreement"] == 1.0, (name, table[name])
         assert table[name]["max_sum_error"] < 1e-3
-    for name in INT8:
-        assert table[name]["top1_agreement"] >= 0.95, (name, table[name])
+    for name in INT8:  # on the tiny test split (about 15 images) one quantisation flip is allowed, not two
+        assert round(table[name]["top1_agreement"] * n) >= n - 1, (name, n, table[name])
         assert table[name]["max_sum_error"] < 0.02, (name, table[name])
     for name in ("tensorrt-fp32", "tensorrt-fp16", "tensorrt-int8"):
         assert table[name]["status"] == "skipped" and "GPU" in table[name]["reason"]
