@@ -12,9 +12,7 @@ from pathlib import Path
 
 from flowerpipe.declared import Guarded, declared
 from flowerpipe.errors import UserError
-
-# Stage scripts import these from here, so each reads top to bottom with one import.
-from flowerpipe.jsonio import read_json, write_json  # noqa: E402, F401  (re-exported for stage scripts)
+from flowerpipe.jsonio import read_json, write_json  # noqa: F401  (re-exported: stage scripts use stage.write_json)
 from flowerpipe.params import Params, ParamsError, load
 from flowerpipe.quiet import quiet_tensorflow
 
