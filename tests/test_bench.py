@@ -83,3 +83,29 @@ def test_peak_rss_is_this_process():
     before = peak_rss_mb()
     block = np.ones(40_000_000)  # 320 MB touched
     assert peak_rss_mb() > before + 250 and block.sum() > 0
+
+
+def test_timed_runs_wait_for_each_other(tmp_path, monkeypatch, capsys):
+    """A second benchmark on the machine waits for the first to release the timing lock, and says so."""
+    import threading
+
+    from filelock import FileLock
+
+    from flowerpipe.exclusive import timing_lock
+
+    monkeypatch.setenv("FLOWERPIPE_TIMING_LOCK", str(tmp_path / "timing.lock"))
+    first = FileLock(str(tmp_path / "timing.lock"))
+    first.acquire()
+    entered = threading.Event()
+
+    def second():
+        with timing_lock("benchmark"):
+            entered.set()
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    assert not entered.wait(0.5)  # still waiting while the first run measures
+    first.release()
+    assert entered.wait(5)
+    thread.join(5)
+    assert "waiting for another benchmark" in capsys.readouterr().out
