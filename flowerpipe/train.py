@@ -259,7 +259,6 @@ class Run:
     m: Model
     p: Train
     strategy: object
-    kind: str
     num_classes: int
     n_train: int
     n_val: int
@@ -268,11 +267,10 @@ class Run:
     log: EpochLog
     result: Result
 
-    def datasets(self, augment: bool):
-        """Train and val datasets for a phase."""
-        replicas = self.result.replicas
-        return _datasets(self.data_dir, self.m.image_size, self.batch, self.p, augment, self.num_classes, replicas,
-                         self.n_val)
+    def datasets(self):
+        """Train and val datasets for a fit() phase (augmented when train.augment is on)."""
+        return _datasets(self.data_dir, self.m.image_size, self.batch, self.p, self.p.augment, self.num_classes,
+                         self.result.replicas, self.n_val)
 
     def callbacks(self, phase: str, images_per_epoch: int, has_val: bool) -> list:
         """The epoch log first (so an epoch is recorded before its backup), then resume and early stopping."""
@@ -308,9 +306,9 @@ def _fit_phase(run: Run, model, phase: str, epochs: int, lr: float) -> None:
     if run.resume(phase, model) or epochs == 0:
         return
     steps = _steps(run.n_train, run.batch, run.p.max_steps_per_epoch)
-    train_ds, val_ds = run.datasets(run.p.augment)
+    train_ds, val_ds = run.datasets()
     with run.strategy.scope():
-        if run.kind == "multi_worker":
+        if run.result.strategy == "multi_worker":
             _fit_multi_worker(run, model, phase, epochs, lr, train_ds, val_ds if run.n_val else None, steps)
         else:
             _compile(model, lr, run.p.label_smoothing)
@@ -467,7 +465,7 @@ def fit(data_dir: Path, m: Model, p: Train, checkpoint_dir: Path, live):
             else "mirrored" if isinstance(strategy, tf.distribute.MirroredStrategy) else "default")
     result = Result(replicas=replicas, strategy=kind, mixed_precision=mixed)
     ckpt = Checkpoints(checkpoint_dir, fingerprint(m, p, data_dir / tfrecord.MANIFEST))
-    run = Run(data_dir, m, p, strategy, kind, len(manifest.classes), n_train, n_val, p.batch_size * replicas, ckpt,
+    run = Run(data_dir, m, p, strategy, len(manifest.classes), n_train, n_val, p.batch_size * replicas, ckpt,
               EpochLog(live, result, ckpt), result)
     pretrained = resolve_weights(m.weights) is not None
     with strategy.scope():

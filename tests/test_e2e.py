@@ -191,7 +191,7 @@ def test_share_through_a_dvc_remote_and_git(project, tmp_path):
     assert (tmp_path / "served" / "flowers" / "1" / "saved_model.pb").exists()
 
 
-def test_undeclared_param_read_is_refused(project, tmp_path):
+def test_undeclared_param_read_is_refused(project):
     """A stage that reads a key its dvc.yaml entry does not list stops with one line naming it."""
     repo, env = project
     proc = subprocess.run(["python", "-c", (
