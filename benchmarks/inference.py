@@ -26,6 +26,7 @@ def main() -> None:
     from flowerpipe.formats.base import ConvertContext, Variant
     from flowerpipe.formats.savedmodel import export_probabilities
     from flowerpipe.model import build_model
+    from flowerpipe.params import Model
 
     size = int(sys.argv[1]) if len(sys.argv) > 1 else 299
     batches = [int(b) for b in sys.argv[2:]] or [1, 8]
@@ -33,7 +34,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         keras.utils.set_random_seed(0)
-        build_model("xception", size, 5, "none").save(t / "model.keras")
+        build_model(Model(image_size=size, weights="none"), 5).save(t / "model.keras")
         calib = np.random.default_rng(0).uniform(0, 255, (32, size, size, 3)).astype(np.float32)
         ctx = ConvertContext(t / "model.keras", export_probabilities(t / "model.keras", t / "sm"), size, 5, calib)
         variants = [Variant("keras", "keras", "", t / "model.keras")]

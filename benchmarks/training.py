@@ -29,6 +29,7 @@ def main() -> None:
     import keras
 
     from flowerpipe.model import backbone_of, build_model, feature_extractor
+    from flowerpipe.params import Model
 
     sizes = [int(s) for s in sys.argv[1:3]] or [160, 299]
     batch = int(sys.argv[3]) if len(sys.argv) > 3 else 16
@@ -37,13 +38,13 @@ def main() -> None:
         x = rng.uniform(0, 255, (4 * batch, size, size, 3)).astype(np.float32)
         y = np.eye(5, dtype=np.float32)[rng.integers(0, 5, len(x))]
         keras.utils.set_random_seed(0)
-        ips = images_per_second(build_model("xception", size, 5, "none"), x, y, batch)
+        ips = images_per_second(build_model(Model(image_size=size, weights="none"), 5), x, y, batch)
         print(f"train Xception {size}x{size}, batch {batch}, whole network: {ips:.2f} images/s")
     size = sizes[0]
     n = 8 * batch
     x = rng.uniform(0, 255, (n, size, size, 3)).astype(np.float32)
     y = np.eye(5, dtype=np.float32)[rng.integers(0, 5, n)]
-    model = build_model("xception", size, 5, "none")
+    model = build_model(Model(image_size=size, weights="none"), 5)
     backbone_of(model).trainable = False
     full = images_per_second(model, x, y, batch, steps=8)
     t = time.perf_counter()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from flowerpipe import xception
 from flowerpipe.backbones import BACKBONES
-from flowerpipe.formats.base import FormatError
+from flowerpipe.errors import FormatError
+from flowerpipe.params import Model
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
@@ -37,23 +39,24 @@ def resolve_weights(weights: str) -> str | None:
     return weights
 
 
-def build_backbone(arch: str, image_size: int, weights: str):
-    """The headless keras.applications backbone with global average pooling."""
+def build_backbone(m: Model):
+    """The headless backbone with global average pooling (Xception at any width and depth, else keras.applications)."""
     import keras
 
-    spec = BACKBONES[arch]
-    ctor = getattr(keras.applications, spec.constructor)
-    return ctor(include_top=False, weights=resolve_weights(weights), input_shape=(image_size, image_size, 3),
-                pooling="avg")
+    size, weights = m.image_size, resolve_weights(m.weights)
+    if m.arch == "xception":
+        return xception.build(size, m.width, m.middle_blocks, weights)
+    ctor = getattr(keras.applications, BACKBONES[m.arch].constructor)
+    return ctor(include_top=False, weights=weights, input_shape=(size, size, 3), pooling="avg")
 
 
-def build_model(arch: str, image_size: int, num_classes: int, weights: str = "none", dropout: float = 0.2,
-                bn_momentum: float | None = None):
+def build_model(m: Model, num_classes: int, bn_momentum: float | None = None):
     """Raw-pixel classifier: scaling, backbone (in inference mode when pretrained), dropout, softmax head."""
     import keras
 
-    backbone = build_backbone(arch, image_size, weights)
-    pretrained = resolve_weights(weights) is not None
+    arch, image_size, dropout = m.arch, m.image_size, m.dropout
+    backbone = build_backbone(m)
+    pretrained = resolve_weights(m.weights) is not None
     if bn_momentum is not None:
         for layer in backbone.layers:
             if isinstance(layer, keras.layers.BatchNormalization):

@@ -93,6 +93,8 @@ class Model(_Section):
 
     arch: str = "xception"
     image_size: PosInt = 180
+    width: Annotated[float, Field(gt=0.0, le=4.0)] = 1.0
+    middle_blocks: Annotated[int, Field(ge=1, le=32)] = 8
     weights: str = "imagenet"
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
     name: str = "flowers"
@@ -109,10 +111,19 @@ class Model(_Section):
     @model_validator(mode="after")
     def _size(self) -> Model:
         from flowerpipe.backbones import BACKBONES
+        from flowerpipe.xception import is_standard
 
         minimum = BACKBONES[self.arch].min_size
         if self.image_size < minimum:
             raise ValueError(f"model.image_size must be at least {minimum} for {self.arch}, got {self.image_size}")
+        if not is_standard(self.width, self.middle_blocks):
+            if self.arch != "xception":
+                raise ValueError(f"model.width and model.middle_blocks scale xception only; {self.arch} takes "
+                                 "width 1.0 and middle_blocks 8")
+            if self.weights == "imagenet":
+                raise ValueError("model.weights: ImageNet weights exist only for the standard Xception (width 1.0, "
+                                 f"middle_blocks 8), not width {self.width:g} with {self.middle_blocks} middle blocks;"
+                                 " use none or a weights file saved at the same size")
         return self
 
 
