@@ -10,7 +10,8 @@ def main(p: Params) -> None:
     """Read params, do the work, write the outputs dvc.yaml declares."""
     from dvclive import Live
 
-    from flowerpipe.train import accuracy_on, fit, inference_copy
+    from flowerpipe.train import fit
+    from flowerpipe.training.saving import accuracy_on, inference_copy
 
     # Multi-worker: every worker runs this stage in its own checkout (`dvc repro` on each host) and writes
     # the same declared outputs there; the replicas hold identical weights, so every copy is the model.

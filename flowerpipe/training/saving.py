@@ -1,0 +1,38 @@
+"""The model the train stage saves: float32 compute, no optimizer state, and its own measured accuracy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flowerpipe.data import tfrecord
+
+
+def float32_config(config):
+    """A Keras config with every mixed-precision layer policy replaced by float32 (from_config keeps them)."""
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy" and str(config.get("config", {}).get("name", "")).startswith(
+                "mixed_"):
+            return {**config, "config": {**config["config"], "name": "float32"}}
+        return {k: float32_config(v) for k, v in config.items()}
+    if isinstance(config, list):
+        return [float32_config(v) for v in config]
+    return config
+
+
+def inference_copy(model):
+    """The same architecture and weights without optimizer state, computing in float32, ready to save."""
+    import keras
+
+    keras.mixed_precision.set_global_policy("float32")
+    copy = keras.Model.from_config(float32_config(model.get_config()))
+    copy.set_weights(model.get_weights())  # mixed-precision variables are float32 already
+    return copy
+
+
+def accuracy_on(model, data_dir: Path, split: str, image_size: int, batch: int) -> float:
+    """Top-1 accuracy of a model on one split (the saved weights' own figure, not an epoch's)."""
+    right = total = 0
+    for x, y in tfrecord.dataset(data_dir, split, image_size, batch):
+        right += int((model(x, training=False).numpy().argmax(1) == y.numpy()).sum())
+        total += len(y)
+    return right / total if total else 0.0

@@ -1,0 +1,63 @@
+"""Which tf.distribute strategy and precision policy a run uses, from params, GPUs and TF_CONFIG."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from flowerpipe.errors import UserError
+
+
+def tf_config() -> dict:
+    """The parsed TF_CONFIG environment variable ({} when unset)."""
+    try:
+        return json.loads(os.environ.get("TF_CONFIG", "{}"))
+    except json.JSONDecodeError:
+        raise UserError("TF_CONFIG is not valid JSON") from None
+
+
+def tf_config_workers() -> int:
+    """Number of workers TF_CONFIG declares (0 when unset)."""
+    cluster = tf_config().get("cluster", {})
+    return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+
+
+def choose_strategy(name: str, gpus: int, workers: int) -> str:
+    """Which tf.distribute strategy a `train.strategy` value means on this machine."""
+    if name == "auto":
+        if workers > 1:
+            return "multi_worker"
+        return "mirrored" if gpus > 1 else "default"
+    if name == "multi_worker" and workers < 1:
+        raise UserError("train.strategy: multi_worker needs TF_CONFIG with a cluster of workers")
+    return name
+
+
+def make_strategy(name: str):
+    """Build the tf.distribute strategy for a `train.strategy` value."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")  # physical: listing logical devices would start the runtime
+    kind = choose_strategy(name, len(gpus), tf_config_workers())
+    if kind == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    cpus = tf.config.list_logical_devices("CPU")
+    if kind == "mirrored":
+        devices = [d.name for d in gpus] or [d.name for d in cpus]
+        return tf.distribute.MirroredStrategy(devices=devices)
+    return tf.distribute.get_strategy()
+
+
+def kind_of(strategy) -> str:
+    """The `train.strategy` name of a built strategy object."""
+    import tensorflow as tf
+
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return "multi_worker"
+    return "mirrored" if isinstance(strategy, tf.distribute.MirroredStrategy) else "default"
+
+
+def use_mixed_precision(setting: str, gpus: int) -> bool:
+    """Whether `train.mixed_precision` turns on mixed_float16 here."""
+    return setting == "on" or (setting == "auto" and gpus > 0)
