@@ -5,7 +5,7 @@ Everything else a stage measures goes to its detail record under paths.reports, 
 
 from __future__ import annotations
 
-REFERENCE = "keras"
+from flowerpipe.formats.registry import REFERENCE
 
 
 def evaluate(table: dict[str, dict], formats: list[str]) -> dict:

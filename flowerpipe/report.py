@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from flowerpipe.formats.registry import ALL_NAMES
 from flowerpipe.jsonio import read_json
 
 
@@ -68,8 +69,8 @@ def build(records: Path, plots: Path, out: Path) -> Path:
     sections: list[tuple[str, str | pd.DataFrame]] = []
     sections.append(("Data", pd.DataFrame([data])))
     sections.append(("Training", pd.DataFrame([{k: v for k, v in train.items()}])))
-    order = {"keras": 0, "savedmodel": 1}
-    evaluate = dict(sorted(evaluate.items(), key=lambda kv: (order.get(kv[0], 2), kv[0])))
+    order = {name: i for i, name in enumerate(ALL_NAMES)}
+    evaluate = dict(sorted(evaluate.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
     fmt = pd.DataFrame([{"format": k, **{c: v.get(c) for c in ("status", "accuracy", "macro_f1", "top1_agreement",
                                                               "max_prob_diff", "size_mb", "conversion_seconds")},
                          "note": v.get("reason", "")} for k, v in evaluate.items()])

@@ -12,15 +12,13 @@ def main(p: Params) -> None:
 
     from flowerpipe import headline
     from flowerpipe.bench import Budget, environment, matmul_peak, model_flops, overhead, run_isolated, task_for
-    from flowerpipe.devices import gpu_names
     from flowerpipe.exclusive import timing_lock
-    from flowerpipe.formats.registry import conversion_status, find
+    from flowerpipe.formats.registry import conversion_status, find, unavailable
 
     b = p.benchmark
     budget = Budget(b.warmup, b.iterations, b.min_seconds, b.max_seconds)
     chosen = [find(p, name) for name in b.runtimes]  # a wrong name stops here, listing the valid ones
     converted = conversion_status(p)
-    gpus = gpu_names()
     results: dict[str, dict] = {}
     rows = []
     with timing_lock("benchmark"):  # never two timed runs at once on this machine, in sweeps too
@@ -31,8 +29,7 @@ def main(p: Params) -> None:
                 rec = converted.get(v.name, {})
                 if rec.get("status") == "skipped":
                     cells = {str(n): {"status": "skipped", "reason": rec.get("reason", "")} for n in b.batch_sizes}
-                elif device == "gpu" and not gpus:
-                    reason = "no NVIDIA GPU on this machine"
+                elif reason := unavailable(v, device):
                     cells = {str(n): {"status": "skipped", "reason": reason} for n in b.batch_sizes}
                 else:
                     cells = run_isolated(task_for(v, device, b.batch_sizes, p.model.image_size, budget, b.threads,

@@ -11,11 +11,11 @@ def main(p: Params) -> None:
     from flowerpipe.convert import context, run_all, skipped
     from flowerpipe.formats import tensorrt_format as trt
     from flowerpipe.formats.base import Skipped
-    from flowerpipe.formats.registry import find
+    from flowerpipe.formats.registry import find, variants
 
     out_dir = Path(p.paths.converted) / "tensorrt"
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = [f"tensorrt-{x}" for x in p.trt.precisions]
+    names = [v.name for v in variants(p, "tensorrt")]
     env = trt.probe()
     try:
         backend = trt.select_backend(p.trt.backend, env)
@@ -26,20 +26,14 @@ def main(p: Params) -> None:
         stage.write_json(out_dir / "status.json", record)  # the skip travels with the (otherwise empty) output
         return
     stage.write_json(out_dir / "status.json", {"backend": backend, "status": "ok"})  # where find() looks
-    jobs = {}
+    onnx = {"float32": find(p, "onnx").path, "int8": find(p, "onnx-int8").path if p.onnx.int8 else None}
     with context(p, p.trt.calibration_images) as ctx:
-        for x in p.trt.precisions:
-            out = out_dir / trt.filename(backend, x)
-            if backend == "tftrt":
-                jobs[f"tensorrt-{x}"] = (out, lambda x=x, out=out: trt.convert_tftrt(ctx, x, out, p.trt.workspace_mb))
-            else:
-                src = find(p, "onnx-int8" if x == "int8" and p.onnx.int8 else "onnx").path
-                jobs[f"tensorrt-{x}"] = (out, lambda x=x, out=out, src=src: trt.convert_onnx(
-                    src, x, out, p.model.image_size, p.trt.workspace_mb, p.trt.max_batch_size))
+        jobs = trt.conversions(backend, ctx, p.trt.precisions, out_dir, onnx, p.trt.workspace_mb,
+                               p.trt.max_batch_size)
         record = {"backend": backend, "status": "ok", "variants": run_all(jobs)}
     stage.write_json(out_dir / "status.json", record)
     stage.write_json(Path(p.paths.reports) / "convert_trt.json", record)
 
 
 if __name__ == "__main__":
-    stage.run(main)
+    stage.run(main, tensorflow=False)

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from flowerpipe.errors import FormatError
 
-class FormatError(RuntimeError):
-    """A model file is missing, corrupt or cannot run here; the message names the file."""
+__all__ = ["FormatError", "Skipped", "Variant", "ConvertContext", "Runner", "start_tensorflow", "require", "timed",
+           "size_mb"]
 
 
 class Skipped(Exception):
@@ -54,6 +55,20 @@ class Runner(ABC):
 
     def close(self) -> None:  # noqa: B027 (optional hook)
         """Release resources held by the runtime."""
+
+
+def start_tensorflow(threads: int = 0) -> None:
+    """Import TensorFlow quietly for a runtime that uses it, with `threads` intra-op threads (0 = all cores).
+
+    The thread counts are read when TensorFlow starts its runtime; a process that already started it keeps its own.
+    """
+    import os
+
+    from flowerpipe.quiet import quiet_tensorflow
+
+    if threads:
+        os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
+    quiet_tensorflow()
 
 
 def require(path: Path, what: str = "model file") -> Path:

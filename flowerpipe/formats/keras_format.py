@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flowerpipe.formats.base import Runner, require
+from flowerpipe.formats.base import Runner, require, start_tensorflow
 
 
 class KerasRunner(Runner):
@@ -31,6 +31,10 @@ class KerasRunner(Runner):
             return self._call(tf.convert_to_tensor(images, tf.float32)).numpy()
 
 
+DEVICES = {"cpu": "", "gpu": ""}  # device -> "" (may run there) or why it never can
+
+
 def load(path: Path, option: str = "", device: str = "cpu", threads: int = 0) -> Runner:
     """Load a .keras model."""
+    start_tensorflow(threads)
     return KerasRunner(path, device)

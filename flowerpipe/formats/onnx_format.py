@@ -93,6 +93,9 @@ class OnnxRunner(Runner):
         return self.sess.run(None, {self.input: images.astype(np.float32, copy=False)})[0]
 
 
+DEVICES = {"cpu": "", "gpu": ""}  # device -> "" (may run there) or why it never can
+
+
 def load(path: Path, option: str = "", device: str = "cpu", threads: int = 0) -> Runner:
     """Load an .onnx file with ONNX Runtime."""
     return OnnxRunner(path, device, threads)

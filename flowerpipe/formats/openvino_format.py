@@ -79,6 +79,9 @@ class OpenVINORunner(Runner):
         return np.asarray(result[self.output])
 
 
+DEVICES = {"cpu": "", "gpu": ""}  # device -> "" (may run there) or why it never can
+
+
 def load(path: Path, option: str = "float32", device: str = "cpu", threads: int = 0) -> Runner:
     """Load an OpenVINO IR .xml."""
     return OpenVINORunner(path, option, device, threads)

@@ -7,10 +7,11 @@ what the params ask the conversion stages to build, for the stages that go over 
 
 from __future__ import annotations
 
+import functools
 import importlib
 from pathlib import Path
 
-from flowerpipe.formats.base import FormatError, Runner, Variant
+from flowerpipe.formats.base import FormatError, Runner, Skipped, Variant
 from flowerpipe.jsonio import read_json
 from flowerpipe.params import OPENVINO_VARIANTS, TFLITE_VARIANTS, TRT_PRECISIONS, Params
 
@@ -25,6 +26,8 @@ MODULES = {
 # Every name a variant can have, in report order: family, or family-option.
 ALL_NAMES = ("keras", "savedmodel", *(f"tflite-{v}" for v in TFLITE_VARIANTS), "onnx", "onnx-int8",
              *(f"openvino-{v}" for v in OPENVINO_VARIANTS), *(f"tensorrt-{v}" for v in TRT_PRECISIONS))
+# The trained model: every other variant is scored against it.
+REFERENCE = "keras"
 # Formats that compute in float32 like the trained model (serve.format auto picks among these).
 FLOAT_FORMATS = ("openvino-float32", "onnx", "tflite-float32", "savedmodel", "keras")
 # Where each format's conversion stage records status, seconds and size.
@@ -98,7 +101,25 @@ def conversion_status(p: Params) -> dict[str, dict]:
     return {k: v for k, v in out.items() if isinstance(v, dict)}
 
 
+def unavailable(variant: Variant, device: str) -> str:
+    """Why a variant cannot run on a device here, known without loading it ('' when it may run)."""
+    reason = importlib.import_module(MODULES[variant.family]).DEVICES.get(device, f"unknown device {device!r}")
+    if reason or device != "gpu":
+        return reason
+    return "" if _gpus() else "no NVIDIA GPU on this machine"
+
+
+@functools.cache
+def _gpus() -> tuple[str, ...]:
+    from flowerpipe.devices import gpu_names
+
+    return tuple(gpu_names())
+
+
 def load(variant: Variant, device: str = "cpu", threads: int = 0) -> Runner:
     """Load a variant's runner for a device (raises Skipped where it cannot run here)."""
+    reason = unavailable(variant, device)
+    if reason:
+        raise Skipped(reason)
     module = importlib.import_module(MODULES[variant.family])
     return module.load(variant.path, variant.option, device, threads)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flowerpipe.formats.base import FormatError, Runner, require
+from flowerpipe.formats.base import FormatError, Runner, require, start_tensorflow
 
 LABELS_FILE = "labels.txt"
 
@@ -113,6 +113,10 @@ class SavedModelRunner(Runner):
             return self.fn(image=tf.convert_to_tensor(images, tf.float32))["probabilities"].numpy()
 
 
+DEVICES = {"cpu": "", "gpu": ""}  # device -> "" (may run there) or why it never can
+
+
 def load(path: Path, option: str = "", device: str = "cpu", threads: int = 0) -> Runner:
     """Load the exported SavedModel."""
+    start_tensorflow(threads)
     return SavedModelRunner(path, device)

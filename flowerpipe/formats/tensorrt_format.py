@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,11 +27,17 @@ class Environment:
 
 
 def probe() -> Environment:
-    """Look at this machine: NVIDIA GPUs, a TensorRT-enabled TensorFlow, the tensorrt and cuda packages."""
+    """Look at this machine: NVIDIA GPUs, a TensorRT-enabled TensorFlow, the tensorrt and cuda packages.
+
+    Without an NVIDIA GPU the driver lists, nothing else matters: TensorFlow is not even imported.
+    """
+    gpus = len(gpu_names())
+    if gpus == 0:
+        return Environment(0, False, False, False)
     import tensorflow as tf
 
     return Environment(
-        gpus=len(tf.config.list_physical_devices("GPU")) or len(gpu_names()),
+        gpus=gpus,
         tf_has_tensorrt=bool(tf.sysconfig.get_build_info().get("is_tensorrt_build", False)),
         tensorrt_installed=importlib.util.find_spec("tensorrt") is not None,
         cuda_python_installed=importlib.util.find_spec("cuda") is not None,
@@ -67,6 +74,21 @@ def filename(backend: str, precision: str) -> str:
 
 
 # ---------------------------------------------------------------- conversion
+
+
+def conversions(backend: str, ctx: ConvertContext, precisions: list[str], out_dir: Path, onnx: dict[str, Path | None],
+                workspace_mb: int, max_batch: int) -> dict[str, tuple[Path, Callable[[], Path]]]:
+    """Per precision, a conversion job: TF-TRT from the SavedModel, or an engine from ONNX (int8 from the QDQ model)."""
+    jobs: dict[str, tuple[Path, Callable[[], Path]]] = {}
+    for x in precisions:
+        out = out_dir / filename(backend, x)
+        if backend == "tftrt":
+            jobs[f"tensorrt-{x}"] = (out, lambda x=x, out=out: convert_tftrt(ctx, x, out, workspace_mb))
+        else:
+            src = onnx.get("int8") if x == "int8" and onnx.get("int8") else onnx["float32"]
+            jobs[f"tensorrt-{x}"] = (out, lambda x=x, out=out, src=src: convert_onnx(
+                src, x, out, ctx.image_size, workspace_mb, max_batch))
+    return jobs
 
 
 def convert_tftrt(ctx: ConvertContext, precision: str, out: Path, workspace_mb: int) -> Path:
@@ -215,10 +237,13 @@ class TFTRTRunner(Runner):
         return out["probabilities"].numpy()
 
 
+DEVICES = {"cpu": "TensorRT runs on NVIDIA GPUs only", "gpu": ""}
+
+
 def load(path: Path, option: str = "fp32", device: str = "gpu", threads: int = 0) -> Runner:
     """Load a TensorRT engine or TF-TRT SavedModel (GPU only)."""
-    if device != "gpu":
-        raise Skipped("TensorRT runs on NVIDIA GPUs only")
+    if DEVICES.get(device):
+        raise Skipped(DEVICES[device])
     if not Path(path).exists():
         raise Skipped(f"{path}: no TensorRT model was built (see reports/convert_trt.json)")
     return TFTRTRunner(path) if Path(path).is_dir() else EngineRunner(path)

@@ -101,8 +101,12 @@ class TFLiteRunner(Runner):
         return self.dequantize(self.interp.get_tensor(self.prob["index"]))
 
 
+DEVICES = {"cpu": ""}  # device -> "" (runs there) or why it never can
+DEVICES["gpu"] = "the LiteRT Python interpreter runs on the CPU only (GPU delegates are for mobile)"
+
+
 def load(path: Path, option: str = "", device: str = "cpu", threads: int = 0) -> Runner:
     """Load a .tflite file (the LiteRT interpreter runs on the CPU only)."""
-    if device != "cpu":
-        raise Skipped("the LiteRT Python interpreter runs on the CPU only (GPU delegates are for mobile)")
+    if DEVICES.get(device):
+        raise Skipped(DEVICES[device])
     return TFLiteRunner(path, threads)
