@@ -112,13 +112,6 @@ def environment(threads: int) -> dict:
 # ---------------------------------------------------------------- worker process
 
 
-def _configure_threads(threads: int, inter_op: int) -> None:
-    import tensorflow as tf
-
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(inter_op)
-
-
 def peak_rss_mb() -> float:
     """This process's peak resident memory: VmHWM (reset by exec, unlike ru_maxrss, which a spawned child inherits)."""
     try:
@@ -134,8 +127,10 @@ def run_runtime(task: dict) -> dict:
     """In a fresh process: load one variant on one device and time every batch size (peak RSS is this process's)."""
     from flowerpipe.quiet import quiet_tensorflow
 
-    quiet_tensorflow()
-    _configure_threads(task["threads"], task["inter_op_threads"])
+    # Read by TensorFlow when a runtime that uses it starts; the other runtimes never import it.
+    os.environ["TF_NUM_INTRAOP_THREADS"] = str(task["threads"])
+    os.environ["TF_NUM_INTEROP_THREADS"] = str(task["inter_op_threads"])
+    quiet_tensorflow(preload=False)
     from flowerpipe.formats.base import Skipped, Variant
     from flowerpipe.formats.registry import load
 
