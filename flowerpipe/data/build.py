@@ -27,7 +27,8 @@ def scan(raw: Path) -> tuple[list[str], list[list[str]]]:
     root = find_class_root(raw)
     classes, files = [], []
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))):
-        found = sorted(p.relative_to(raw).as_posix() for p in d.rglob("*") if p.is_file() and not p.name.startswith("."))
+        found = sorted(p.relative_to(raw).as_posix() for p in d.rglob("*")
+                       if p.is_file() and not p.name.startswith("."))
         if found:
             classes.append(d.name)
             files.append(found)
@@ -61,8 +62,8 @@ def build(raw: Path, out: Path, split: Split, shard_mb: int, workers: int = 0) -
             per_class = [sum(1 for _, lab in recs if lab == i) for i in range(len(classes))]
             total = sum(len(c.data) for c, _ in recs)
             shards = write_shards(recs, classes, tmp, name, total, shard_mb) if recs else []
-            splits[name] = {"count": len(recs), "per_class": dict(zip(classes, per_class)), "shards": shards,
-                            "bytes": total}
+            splits[name] = {"count": len(recs), "per_class": dict(zip(classes, per_class, strict=True)),
+                            "shards": shards, "bytes": total}
         manifest = Manifest(classes=classes, splits=splits, skipped=sorted(skipped, key=lambda s: s["path"]),
                             reencoded=sorted(c.path for c in checked.values() if c.reencoded),
                             split_params={"val": split.val, "test": split.test, "seed": split.seed})

@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
 
 import requests
+import urllib3
 from tqdm import tqdm
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,8 @@ def local_path(url: str) -> Path | None:
     if parsed.scheme == "file":
         return Path(unquote(parsed.path))
     if parsed.scheme and len(parsed.scheme) > 1:
-        raise DownloadError(f"data.url: unsupported scheme {parsed.scheme!r} in {url!r} (use http(s), file:// or a path)")
+        raise DownloadError(f"data.url: unsupported scheme {parsed.scheme!r} in {url!r} "
+                            "(use http(s), file:// or a path)")
     return Path(url).expanduser()
 
 
@@ -91,14 +93,16 @@ def _http_download(url: str, part: Path, retries: int, timeout: float = 60.0) ->
                 with open(part, "ab" if have else "wb") as f, tqdm(
                     total=total, initial=have, unit="B", unit_scale=True, desc="download", disable=None
                 ) as bar:
-                    for chunk in r.iter_content(CHUNK):
+                    # read1: what has arrived, up to CHUNK; a dropped connection keeps every byte received
+                    while chunk := r.raw.read1(CHUNK, decode_content=True):
                         f.write(chunk)
                         bar.update(len(chunk))
                 got = part.stat().st_size
                 if total is not None and got < total:
                     raise requests.ConnectionError(f"connection closed after {got} of {total} bytes")
                 return
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                urllib3.exceptions.ProtocolError, urllib3.exceptions.ReadTimeoutError) as exc:
             attempt += 1
             if attempt > retries:
                 raise DownloadError(f"download of {url} failed after {retries} retries: {exc}") from None
@@ -116,7 +120,8 @@ def fetch(url: str, cache_dir: Path, expected_sha256: str = "", retries: int = 5
         if not path.exists():
             raise DownloadError(f"data.url: {path} does not exist")
         if path.is_dir():
-            return Source(path, "folder", sha256_tree(path), sum(p.stat().st_size for p in path.rglob("*") if p.is_file()))
+            size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+            return Source(path, "folder", sha256_tree(path), size)
     else:
         cache_dir.mkdir(parents=True, exist_ok=True)
         name = Path(urlparse(url).path).name or "archive"

@@ -14,7 +14,8 @@ def _count(n: int, fraction: float) -> int:
     return max(1, round(n * fraction))
 
 
-def stratified_split(items_per_class: list[list[str]], val: float, test: float, seed: int) -> dict[str, list[tuple[str, int]]]:
+def stratified_split(items_per_class: list[list[str]], val: float, test: float,
+                     seed: int) -> dict[str, list[tuple[str, int]]]:
     """Split each class's sorted items by a seeded permutation; each split is then shuffled by the seed too."""
     rng = np.random.default_rng(seed)
     out: dict[str, list[tuple[str, int]]] = {s: [] for s in SPLITS}
