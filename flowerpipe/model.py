@@ -70,6 +70,19 @@ def build_model(m: Model, num_classes: int, bn_momentum: float | None = None):
     return keras.Model(inputs, outputs, name=f"{arch}_classifier")
 
 
+def batch_norm_layers(model) -> list:
+    """Every BatchNormalization layer of a model, nested backbones included."""
+    import keras
+
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+        elif isinstance(layer, keras.Model):
+            found.extend(batch_norm_layers(layer))
+    return found
+
+
 def feature_extractor(model):
     """The part of a built model up to the pooled backbone features."""
     import keras

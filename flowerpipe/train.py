@@ -6,7 +6,7 @@ from pathlib import Path
 
 from flowerpipe.data import tfrecord
 from flowerpipe.errors import UserError
-from flowerpipe.model import backbone_of, build_model, resolve_weights
+from flowerpipe.model import backbone_of, batch_norm_layers, build_model, resolve_weights
 from flowerpipe.params import Model, Train
 from flowerpipe.training.checkpoints import Checkpoints, fingerprint
 from flowerpipe.training.epochs import EpochLog, Result
@@ -35,6 +35,7 @@ def fit(data_dir: Path, m: Model, p: Train, checkpoint_dir: Path, live):
     import keras
     import tensorflow as tf
 
+    pretrained = resolve_weights(m.weights) is not None  # a missing weights file stops here, before any TF work
     strategy = make_strategy(p.strategy)  # first: collective ops must be configured before any other TF work
     keras.utils.set_random_seed(p.seed)
     if p.deterministic:
@@ -50,9 +51,13 @@ def fit(data_dir: Path, m: Model, p: Train, checkpoint_dir: Path, live):
     ckpt = Checkpoints(checkpoint_dir, fingerprint(m, p, data_dir / tfrecord.MANIFEST))
     run = Run(data_dir, m, p, strategy, len(manifest.classes), n_train, n_val, p.batch_size * replicas, ckpt,
               EpochLog(live, result, ckpt), result)
-    pretrained = resolve_weights(m.weights) is not None
     with strategy.scope():
         model = build_model(m, run.num_classes, bn_momentum=None if pretrained else p.scratch_bn_momentum)
+    if replicas > 1:
+        # Batch statistics over the global batch: every replica then updates the moving mean and variance
+        # alike, so every replica (and every worker's saved model) holds the same BatchNorm state.
+        for layer in batch_norm_layers(model):
+            layer.synchronized = True
     if pretrained:
         backbone = backbone_of(model)
         backbone.trainable = False

@@ -58,10 +58,20 @@ def _datasets(data_dir: Path, image_size: int, global_batch: int, train: Train, 
             val_ds.map(onehot).with_options(opts))
 
 
+def optimizer_for(learning_rate: float):
+    """Adam, wrapped in loss scaling under mixed_float16 (what compile() adds; a custom loop must add it itself)."""
+    import keras
+
+    optimizer = keras.optimizers.Adam(learning_rate)
+    if keras.mixed_precision.global_policy().name == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
 def _compile(model, learning_rate: float, label_smoothing: float) -> None:
     import keras
 
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+    model.compile(optimizer=optimizer_for(learning_rate),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
                   metrics=["accuracy"])
 
@@ -143,9 +153,7 @@ def _fit_multi_worker(run: Run, model, phase, epochs, lr, train_ds, val_ds, step
     import tensorflow as tf
 
     strategy, batch, p = run.strategy, run.batch, run.p
-    optimizer = keras.optimizers.Adam(lr)
-    if keras.mixed_precision.global_policy().name == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # what compile() adds under mixed_float16
+    optimizer = optimizer_for(lr)
     optimizer.build(model.trainable_variables)
     loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=p.label_smoothing, reduction="none")
 

@@ -7,15 +7,18 @@ from pathlib import Path
 from flowerpipe.data import tfrecord
 
 
-def float32_config(config):
-    """A Keras config with every mixed-precision layer policy replaced by float32 (from_config keeps them)."""
+def inference_config(config):
+    """A config for one float32 device: mixed policies become float32 (from_config keeps them), BatchNorm unsynced."""
     if isinstance(config, dict):
         if config.get("class_name") == "DTypePolicy" and str(config.get("config", {}).get("name", "")).startswith(
                 "mixed_"):
             return {**config, "config": {**config["config"], "name": "float32"}}
-        return {k: float32_config(v) for k, v in config.items()}
+        out = {k: inference_config(v) for k, v in config.items()}
+        if out.get("synchronized") is True:
+            out["synchronized"] = False
+        return out
     if isinstance(config, list):
-        return [float32_config(v) for v in config]
+        return [inference_config(v) for v in config]
     return config
 
 
@@ -24,7 +27,7 @@ def inference_copy(model):
     import keras
 
     keras.mixed_precision.set_global_policy("float32")
-    copy = keras.Model.from_config(float32_config(model.get_config()))
+    copy = keras.Model.from_config(inference_config(model.get_config()))
     copy.set_weights(model.get_weights())  # mixed-precision variables are float32 already
     return copy
 
