@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +59,8 @@ def write_params(folder: Path, overrides: dict) -> Path:
 
 TINY = {
     "split": {"val": 0.2, "test": 0.2},
-    "model": {"image_size": 71, "weights": "none"},
+    # Xception's own graph at 1/8 width with one middle-flow block: 0.16 M weights, so a run takes seconds
+    "model": {"image_size": 71, "weights": "none", "width": 0.125, "middle_blocks": 1},
     "train": {"batch_size": 8, "scratch_epochs": 1, "epochs": 3, "fine_tune_epochs": 1, "patience": 0},
     "tflite": {"calibration_images": 16},
     "onnx": {"calibration_images": 16},
@@ -111,25 +113,80 @@ def copy_checkout(repo: Path) -> Path:
     return repo
 
 
-@pytest.fixture(scope="session")
-def project(tmp_path_factory) -> tuple[Path, dict]:
-    """A git + DVC checkout of this project on tiny generated photos after one real `dvc repro`, committed.
-
-    Built once per test session; the format, benchmark, training and end-to-end tests read it. Tests
-    that change it (experiments) run in the e2e module, which runs last and restores the workspace.
-    """
-    work = tmp_path_factory.mktemp("project")
-    repo = copy_checkout(work / "repo")
-    photos = make_photos(work / "photos", per_class=16)
-    write_params(repo, {**PROJECT, "data": {"url": str(photos)}})
+def git_project(repo: Path, params: dict) -> tuple[Path, dict]:
+    """A committed git checkout of this project in repo with params overrides; the environment to run dvc in."""
+    copy_checkout(repo)
+    write_params(repo, params)
     env = dvc_env()
     sh(["git", "init", "-q", "-b", "main"], repo, env)
     sh(["git", "add", "-A"], repo, env)
     sh(["git", "commit", "-qm", "tiny project"], repo, env)
+    return repo, env
+
+
+def build_project(work: Path) -> tuple[Path, dict]:
+    """A git + DVC checkout of this project on tiny generated photos after one real `dvc repro`, committed."""
+    photos = make_photos(work / "photos", per_class=16)
+    repo, env = git_project(work / "repo", {**PROJECT, "data": {"url": str(photos)}})
     sh(["dvc", "repro"], repo, env)
     sh(["git", "add", "-A"], repo, env)
     sh(["git", "commit", "-qm", "baseline run"], repo, env)
     return repo, env
+
+
+class Background:
+    """A function run in a thread from the start of the session; result() waits for it and re-raises its error."""
+
+    def __init__(self, fn, *args):
+        self.value, self.error = None, None
+        self.thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True)
+        self.thread.start()
+
+    def _run(self, fn, *args) -> None:
+        try:
+            self.value = fn(*args)
+        except BaseException as exc:  # handed to every test that needs it
+            self.error = exc
+
+    def result(self):
+        """The function's return value, once it has finished."""
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+_SHARED: dict[str, Background] = {}
+
+
+def _tier(item) -> int:
+    if item.get_closest_marker("e2e") is not None:
+        return 2
+    return 1 if "project" in getattr(item, "fixturenames", ()) else 0
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that need no shared project first, then its readers, then the end-to-end tests (which change it)."""
+    items.sort(key=_tier)
+
+
+def pytest_collection_finish(session):
+    """Start building the shared project when a selected test needs it, while the other tests run."""
+    if any(_tier(item) for item in session.items) and not session.config.option.collectonly:
+        # Most of the DAG is single-threaded process start-up: the unit tests use the other core meanwhile.
+        _SHARED["project"] = Background(build_project, session.config._tmp_path_factory.mktemp("project"))
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory) -> tuple[Path, dict]:
+    """The shared project: a git + DVC checkout on tiny generated photos after one real `dvc repro`, committed.
+
+    Built once per session, in the background from the start; the format, benchmark, training and end-to-end
+    tests read it. Tests that change it (experiments) run in the e2e module, last, and restore the workspace.
+    """
+    if "project" not in _SHARED:
+        _SHARED["project"] = Background(build_project, tmp_path_factory.mktemp("project"))
+    return _SHARED["project"].result()
 
 
 def call_stage(name: str, cwd: Path) -> None:
@@ -147,12 +204,28 @@ def call_stage(name: str, cwd: Path) -> None:
         module.main(stage_params(name, "params.yaml", ROOT / "dvc.yaml"))
 
 
+def stage_cli(name: str, cwd: Path) -> tuple[int, str, str]:
+    """Run a stage as its script's `stage.run(main)` does, in this process: (exit code, stdout, stderr).
+
+    For checking a stage's one-line errors without a new process that imports TensorFlow again.
+    """
+    import contextlib
+    import importlib
+    import io
+
+    from flowerpipe import stage
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            stage.run(importlib.import_module(f"stages.{name}").main)
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+    return code, out.getvalue(), err.getvalue()
+
+
 @pytest.fixture(scope="session")
 def trained(project) -> Path:
     """The shared project's folder: tiny TFRecords, a trained Xception, every converted format and their records."""
     return project[0]
-
-
-def pytest_collection_modifyitems(items):
-    """End-to-end tests change the shared project (experiments, checkouts): run them after every reader."""
-    items.sort(key=lambda item: item.get_closest_marker("e2e") is not None)

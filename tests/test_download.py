@@ -71,6 +71,8 @@ def test_wrong_checksum_fails_and_leaves_nothing(photos, tmp_path):
     archive = make_tgz(photos, tmp_path / "f.tgz")
     with pytest.raises(DownloadError, match="checksum mismatch"):
         fetch(str(archive), tmp_path / "c", expected_sha256="0" * 64)
+    assert archive.exists()  # the user's own file is never deleted
+    assert not [f for f in (tmp_path / "c").rglob("*") if f.is_file()]  # nothing cached to be reused
 
 
 def test_truncated_archive_fails_cleanly(photos, tmp_path):
@@ -99,6 +101,7 @@ class FlakyHandler(SimpleHTTPRequestHandler):
     """Serves files with Range support; the first full request is cut off halfway."""
 
     cut_once = True
+    ranges: list[str] = []
 
     def log_message(self, *args):
         pass
@@ -111,6 +114,7 @@ class FlakyHandler(SimpleHTTPRequestHandler):
         data = path.read_bytes()
         start = 0
         rng = self.headers.get("Range")
+        FlakyHandler.ranges.append(rng or "")
         if rng:
             start = int(rng.split("=")[1].split("-")[0])
             self.send_response(206)
@@ -144,10 +148,13 @@ def test_http_download_resumes_and_verifies(photos, tmp_path, http_server):
     root, base = http_server
     archive = make_tgz(photos, root / "flower_photos.tgz")
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
-    FlakyHandler.cut_once = True
+    FlakyHandler.cut_once, FlakyHandler.ranges = True, []
     src = fetch(f"{base}/flower_photos.tgz", tmp_path / "cache", expected_sha256=digest, retries=2)
     assert src.sha256 == digest and src.path.read_bytes() == archive.read_bytes()
     assert not FlakyHandler.cut_once  # the first attempt really was cut
+    # the retry asked only for the bytes after the half it had: a resumed download, not a second full one
+    half = (archive.stat().st_size) // 2
+    assert FlakyHandler.ranges == ["", f"bytes={half}-"], FlakyHandler.ranges
     assert extract(src, tmp_path / "raw").classes == CLASSES
 
 

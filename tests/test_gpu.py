@@ -70,5 +70,9 @@ def test_tensorrt_engine_built_and_agrees_with_keras(trained, images, precision,
     reference = load(variant(trained, "keras"), "cpu").predict(images)
     probs = load(variant(trained, f"tensorrt-{precision}"), "gpu").predict(images)
     assert (probs.argmax(1) == reference.argmax(1)).mean() >= min_agreement
+    # the evaluate stage scored the engine on the GPU it is timed on, against the Keras model
+    scored = json.loads((trained / "reports" / "evaluate.json").read_text())["formats"][f"tensorrt-{precision}"]
+    assert scored["device"] == "gpu" and scored["status"] == "ok", scored
+    assert scored["top1_agreement"] >= min_agreement and scored["devices"]["cpu"]["status"] == "skipped"
     timed = json.loads((trained / "reports" / "benchmark.json").read_text())["results"]
     assert timed.get(f"tensorrt-{precision}", {}).get("gpu", {}).get("b1", {}).get("status") in (None, "ok")

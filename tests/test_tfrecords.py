@@ -46,9 +46,17 @@ def test_bad_files_are_skipped_listed_and_counted(raw, tmp_path):
 
 
 def test_grayscale_cmyk_and_png_decode_as_rgb(raw):
-    for rel in ("tulips/gray.jpg", "tulips/cmyk.jpg", "sunflowers/png_named.jpg"):
+    """Stored as they are, and the training decoder makes them the RGB colours a viewer shows."""
+    from flowerpipe.data.images import decode_resize
+
+    expected = {"tulips/gray.jpg": (128, 128, 128), "tulips/cmyk.jpg": (255, 55, 55),
+                "sunflowers/png_named.jpg": (10, 200, 10)}
+    for rel, rgb in expected.items():
         c = check_image(raw / rel, rel)
         assert c.ok and not c.reencoded and c.data == (raw / rel).read_bytes()
+        pixels = decode_resize(c.data, 16).numpy()
+        assert pixels.shape == (16, 16, 3), rel
+        assert np.abs(pixels.reshape(-1, 3).mean(0) - rgb).max() < 8, (rel, pixels.reshape(-1, 3).mean(0))
 
 
 def test_stratified_and_reproducible(tmp_path):

@@ -1,18 +1,22 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, TINY, call_stage, make_photos, run_stage, write_params
+from conftest import ROOT, TINY, call_stage, git_project, make_photos, run_stage, sh, stage_cli, write_params
 
+from flowerpipe import xception
 from flowerpipe.errors import UserError
 from flowerpipe.loadtest import free_port
-from flowerpipe.train import choose_strategy, use_mixed_precision
+from flowerpipe.model import backbone_of, load_model
+from flowerpipe.training.strategy import choose_strategy, use_mixed_precision
 
 
 @pytest.mark.parametrize("name, gpus, workers, expected", [
@@ -46,22 +50,20 @@ def test_train_outputs_and_reload(trained):
     assert list(curve.step) == list(range(8))
     assert curve.val_accuracy.round(4).tolist() == [round(h["val_accuracy"], 4) for h in record["history"]]
     assert not (trained / "models" / "train" / "checkpoints").exists()
+    # reloaded in a fresh process, the saved file scores what the training process measured before saving it
     code = textwrap.dedent(f"""
-        import numpy as np
-        from flowerpipe.data.tfrecord import arrays
         from flowerpipe.model import load_model
-        x, _ = arrays({str(trained / 'data/tfrecords')!r}, 'test', 71)
-        a = load_model({str(trained / 'models/model.keras')!r}).predict(x, verbose=0)
-        b = load_model({str(trained / 'models/model.keras')!r})(x, training=False).numpy()
-        np.save({str(trained / 'reload.npy')!r}, np.stack([a, b]))
+        from flowerpipe.training.saving import accuracy_on
+        model = load_model({str(trained / 'models/model.keras')!r})
+        print(accuracy_on(model, {str(trained / 'data/tfrecords')!r}, "val", 71, 8))
     """)
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    a, b = np.load(trained / "reload.npy")
-    assert np.allclose(a, b, atol=1e-5) and np.allclose(a.sum(1), 1, atol=1e-4)
+    out = subprocess.run([sys.executable, "-c", code], check=True, timeout=300, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
+    assert round(float(out.split()[-1]), 4) == record["saved_model_val_accuracy"]
 
 
 def test_checkpoints_of_other_params_or_data_are_dropped(tmp_path):
-    from flowerpipe.train import Checkpoints
+    from flowerpipe.training.checkpoints import Checkpoints
 
     ckpt = Checkpoints(tmp_path / "ckpt", "key-a")
     ckpt.record("scratch", {"epoch": 1, "phase": "scratch", "loss": 1.0})
@@ -112,10 +114,18 @@ FIT_SCRIPT = textwrap.dedent("""
     from dvclive import Live
     from flowerpipe.params import load
     from flowerpipe.train import fit
+    import numpy as np
     p = load("params.yaml")
     with Live(f"live-{sys.argv[2]}", dvcyaml=None, save_dvc_exp=False) as live:
         model, r, _ = fit(Path(p.paths.tfrecords), p.model, p.train, Path(sys.argv[2]), live)
-    print(json.dumps({"replicas": r.replicas, "strategy": r.strategy, "epochs": r.epochs_run}))
+    # every replica's copy of every variable (one per device under MirroredStrategy)
+    backing = [getattr(v, "value", v) for v in model.variables]  # keras.Variable -> the tf (distributed) variable
+    copies = [[np.asarray(c) for c in getattr(b, "values", [b])] for b in backing]
+    differ = [v.path for v, c in zip(model.variables, copies) if any(not np.array_equal(c[0], x) for x in c[1:])]
+    agree = not differ
+    print(json.dumps({"replicas": r.replicas, "strategy": r.strategy, "epochs": r.epochs_run,
+                      "copies": max(len(c) for c in copies), "agree": agree, "differ": differ[:8],
+                      "loss": [h["loss"] for h in r.history]}))
 """)
 
 
@@ -128,7 +138,7 @@ def tiny_records(tmp_path):
 def _prepare(folder: Path, strategy: str) -> None:
     write_params(folder, {**TINY, "data": {"url": str(folder / "photos")},
                           "train": {**TINY["train"], "strategy": strategy, "batch_size": 4, "max_steps_per_epoch": 2,
-                                    "deterministic": False}})
+                                    "scratch_epochs": 4, "deterministic": False}})
     call_stage("download", folder)
     call_stage("tfrecords", folder)
 
@@ -140,7 +150,10 @@ def test_mirrored_strategy_on_two_logical_cpus(tiny_records):
     out = subprocess.run([sys.executable, "-c", FIT_SCRIPT, "logical", "ckpt"], cwd=tiny_records, env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"replicas": 2, "strategy": "mirrored", "epochs": 1}
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (result["replicas"], result["strategy"], result["epochs"], result["copies"]) == (2, "mirrored", 4, 2)
+    assert result["agree"], f"the two replicas' variables differ after training: {result['differ']}"
+    assert result["loss"][-1] < result["loss"][0], result["loss"]
 
 
 @pytest.mark.slow
@@ -148,57 +161,126 @@ def test_pretrained_weights_file_cached_head_then_fine_tune(tmp_path):
     """The default transfer path, with a weights file standing in for ImageNet: cached-feature head, then fine-tune."""
     make_photos(tmp_path / "photos", per_class=6)
     weights = tmp_path / "backbone.weights.h5"
-    code = ("import keras; keras.applications.Xception(include_top=False, weights=None, input_shape=(71, 71, 3), "
-            f"pooling='avg').save_weights({str(weights)!r})")
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
-    write_params(tmp_path, {**TINY, "data": {"url": str(tmp_path / "photos")},
-                            "model": {"image_size": 71, "weights": str(weights)},
+    m = TINY["model"]
+    xception.scaled(m["image_size"], m["width"], m["middle_blocks"]).save_weights(weights)
+    write_params(tmp_path, {**TINY, "data": {"url": str(tmp_path / "photos")}, "model": {**m, "weights": str(weights)},
                             "train": {**TINY["train"], "epochs": 2, "fine_tune_epochs": 1, "fine_tune_layers": 10}})
     call_stage("download", tmp_path)
     call_stage("tfrecords", tmp_path)
     run_stage("train", tmp_path)
     record = json.loads((tmp_path / "reports" / "train.json").read_text())
     assert [h["phase"] for h in record["history"]] == ["head", "head", "fine_tune"]
-    write_params(tmp_path, {"model": {"image_size": 71, "weights": str(tmp_path / "nope.h5")}})
-    proc = run_stage("train", tmp_path, check=False)
-    assert proc.returncode == 1 and "nope.h5" in proc.stderr and "does not exist" in proc.stderr
+    # fine-tuning trained only the top 10 backbone layers, and no BatchNorm (weights or statistics)
+    start = xception.scaled(m["image_size"], m["width"], m["middle_blocks"])
+    start.load_weights(weights)
+    tuned = backbone_of(load_model(tmp_path / "models" / "model.keras"))
+    cut = len(tuned.layers) - 10
+    changed = set()
+    for i, (a, b) in enumerate(zip(start.layers, tuned.layers, strict=True)):
+        assert a.name == b.name or not a.weights  # (input layers are numbered by Keras)
+        if any(not np.array_equal(u, v) for u, v in zip(a.get_weights(), b.get_weights(), strict=True)):
+            changed.add(i)
+            assert i >= cut and not isinstance(b, keras.layers.BatchNormalization), (i, b.name)
+    assert changed, "fine-tuning changed no backbone weight"
+    write_params(tmp_path, {"model": {**m, "weights": str(tmp_path / "nope.h5")}})
+    code, _, err = stage_cli("train", tmp_path)  # stops before any TensorFlow work: safe in this process
+    assert code == 1 and err.startswith("error: model.weights: weights file") and "nope.h5 does not exist" in err
 
 
 @pytest.mark.slow
-def test_multi_worker_two_local_workers(tiny_records):
-    """Two MultiWorkerMirroredStrategy workers on loopback ports train one short epoch together."""
-    _prepare(tiny_records, "multi_worker")
+def test_multi_worker_recipe_dvc_repro_train_in_two_checkouts(tmp_path):
+    """The README's recipe: `dvc repro train` with TF_CONFIG in each worker's own checkout; both write one model."""
+    photos = make_photos(tmp_path / "photos", per_class=6)
+    train = {**TINY["train"], "strategy": "multi_worker", "batch_size": 4, "max_steps_per_epoch": 2,
+             "scratch_epochs": 4, "deterministic": False}
+    first, env = git_project(tmp_path / "worker0", {**TINY, "data": {"url": str(photos)}, "train": train})
+    sh(["dvc", "repro", "tfrecords"], first, env)
+    second = tmp_path / "worker1"
+    shutil.copytree(first, second, symlinks=True)  # another host's clone after `dvc pull`
     cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
-    procs = []
-    for i in range(2):
-        env = {**os.environ, "PYTHONPATH": str(ROOT),
-               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
-        procs.append(subprocess.Popen([sys.executable, "-c", FIT_SCRIPT, "plain", f"ckpt{i}"], cwd=tiny_records,
-                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    results = []
+    procs = [subprocess.Popen(["dvc", "repro", "train"], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, env={**env, "TF_CONFIG": json.dumps(
+                                  {"cluster": cluster, "task": {"type": "worker", "index": i}})})
+             for i, repo in enumerate((first, second))]
     for proc in procs:
-        out, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, err[-3000:]
-        results.append(json.loads(out.strip().splitlines()[-1]))
-    assert results == [{"replicas": 2, "strategy": "multi_worker", "epochs": 1}] * 2
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out[-3000:]
+    records = [json.loads((repo / "reports" / "train.json").read_text()) for repo in (first, second)]
+    for r in records:
+        assert (r["replicas"], r["strategy"], r["epochs_run"]) == (2, "multi_worker", 4)
+        losses = [h["loss"] for h in r["history"]]
+        assert losses[-1] < losses[0], losses
+    assert records[0]["history"][-1]["loss"] == records[1]["history"][-1]["loss"]  # one all-reduced run
+    models = [load_model(repo / "models" / "model.keras").get_weights() for repo in (first, second)]
+    assert all(np.array_equal(a, b) for a, b in zip(*models, strict=True)), "the workers saved different weights"
+    for repo in (first, second):
+        assert "up to date" in sh(["dvc", "status", "train"], repo, env)  # every declared output written
 
 
 def test_inference_copy_of_a_mixed_precision_model_computes_in_float32():
-    """from_config alone keeps mixed_float16 on every layer; the exported copy must compute in float32."""
+    """from_config alone keeps mixed_float16 on every layer; the exported copy computes in float32, on one device."""
     import keras
 
-    from flowerpipe.train import inference_copy
+    from flowerpipe.training.saving import inference_copy
 
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         inp = keras.Input((4,))
-        x = keras.layers.BatchNormalization()(keras.layers.Dense(3)(inp))
+        x = keras.layers.BatchNormalization(synchronized=True)(keras.layers.Dense(3)(inp))  # as trained on replicas
         model = keras.Model(inp, keras.layers.Dense(2, activation="softmax", dtype="float32")(x))
         assert {layer.dtype_policy.name for layer in model.layers[1:3]} == {"mixed_float16"}
         copy = inference_copy(model)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert {layer.dtype_policy.name for layer in copy.layers} == {"float32"}
+    assert copy.layers[2].synchronized is False
     x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
     assert copy(x).dtype == "float32"
     assert np.allclose(copy(x), model(x), atol=2e-2)  # same weights; float16 compute differs only slightly
+
+
+def test_custom_loop_optimizer_scales_the_loss_under_mixed_float16():
+    """compile() adds loss scaling under mixed_float16; the multi-worker loop's optimizer must carry it too."""
+    from flowerpipe.training.loops import optimizer_for
+
+    assert not isinstance(optimizer_for(1e-3), keras.optimizers.LossScaleOptimizer)
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        scaled = optimizer_for(1e-3)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert isinstance(scaled, keras.optimizers.LossScaleOptimizer)
+    assert float(scaled.scale_loss(keras.ops.convert_to_tensor(1.0))) > 1.0  # the loss really is scaled up
+
+
+class FakeLive:
+    """The part of dvclive.Live the epoch log uses, recording what it was given."""
+
+    def __init__(self):
+        self.rows, self.step = [], 0
+
+    def log_metric(self, name, value, **_):
+        self.rows.append((self.step, name, value))
+
+    def next_step(self):
+        self.step += 1
+
+
+def test_mid_phase_resume_logs_the_epochs_before_the_crash_once(tmp_path):
+    """Epochs of an interrupted phase come back into the history and the curves, not counted as new training."""
+    from flowerpipe.training.checkpoints import Checkpoints
+    from flowerpipe.training.epochs import EpochLog, Result
+
+    first = Checkpoints(tmp_path / "ckpt", "key")
+    log = EpochLog(FakeLive(), Result(), first)
+    for loss in (1.5, 1.2):
+        log.epoch("scratch", {"loss": loss, "val_accuracy": 0.5}, images=40, seconds=2.0)
+    # the process dies here; the next run with the same params and data starts again
+    live, result = FakeLive(), Result()
+    again = EpochLog(live, result, Checkpoints(tmp_path / "ckpt", "key"))
+    again.replay(again.ckpt.history("scratch"))
+    again.epoch("scratch", {"loss": 1.0, "val_accuracy": 0.7}, images=40, seconds=2.0)
+    assert [h["loss"] for h in result.history] == [1.5, 1.2, 1.0] and [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert result.images_seen == 40 and result.train_seconds == 2.0  # only the new epoch was trained here
+    assert [(s, v) for s, n, v in live.rows if n == "loss"] == [(0, 1.5), (1, 1.2), (2, 1.0)]
+    assert result.best_val_accuracy == 0.7
