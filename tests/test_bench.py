@@ -84,14 +84,14 @@ def test_benchmark_stage_schema_skips_and_headline(trained):
     flops = record["model_gflop_per_image"]
     # TensorFlow's profiler against a count by hand of the convolutions' and the head's multiply-adds
     assert flops == pytest.approx(conv_gflops(trained / "models" / "model.keras"), rel=0.1)
-    cell = record["results"]["keras"]["cpu"]["b2"]
+    cell = record["results"]["savedmodel"]["cpu"]["b2"]
     assert cell["status"] == "ok"
     assert cell["latency_ms_median"] <= cell["latency_ms_p90"] <= cell["latency_ms_p99"]
     expected = flops * 2 / (cell["latency_ms_median"] / 1e3)
     assert cell["gflops"] == pytest.approx(expected, rel=0.01)
     assert cell["fraction_of_peak"] == pytest.approx(cell["gflops"] / record["matmul"]["peak_gflops"], rel=0.01)
     assert cell["peak_rss_mb"] > 100
-    assert record["results"]["keras"]["gpu"]["b1"]["status"] == "skipped"
+    assert record["results"]["savedmodel"]["gpu"]["b1"]["status"] == "skipped"
     assert record["results"]["tensorrt-fp16"]["cpu"]["b1"]["status"] == "skipped"
     assert record["environment"]["cores"] >= 1 and "tensorflow-cpu" in record["environment"]["versions"]
     assert np.isfinite(record["overhead"]["latency_ms_median"])
@@ -108,7 +108,7 @@ def test_benchmark_stage_schema_skips_and_headline(trained):
     assert len(plot) == len(timed) and plot.cell.is_unique
     assert set(plot.cell) == {f"{n} {b}" for n, _, b in timed}
     scatter = pd.read_csv(trained / "plots" / "accuracy_latency.csv")
-    assert scatter.format.is_unique and {"keras", "onnx", "openvino-int8"} <= set(scatter.format)
+    assert scatter.format.is_unique and {"savedmodel", "onnx", "openvino-int8"} <= set(scatter.format)
 
 
 def test_unknown_runtime_is_one_line(tmp_path):
