@@ -12,9 +12,11 @@ def main(p: Params) -> None:
     from flowerpipe.formats.base import size_mb, timed
     from flowerpipe.formats.savedmodel import export
     from flowerpipe.model import load_model
+    from flowerpipe.outputs import check_outputs
 
     classes = Manifest.read(p.paths.tfrecords).classes
     out = Path(p.paths.serving) / p.model.name / str(p.export.version)
+    check_outputs({"paths.serving/model.name/export.version": out}, {"paths.model": p.paths.model})
     _, secs = timed(export, load_model(p.paths.model), classes, p.model.image_size, out)
     stage.write_json(Path(p.paths.reports) / "export.json", {
         "savedmodel": {"status": "ok", "path": str(out), "size_mb": size_mb(out), "seconds": round(secs, 2)}})

@@ -10,9 +10,12 @@ def main(p: Params) -> None:
     """Read params, do the work, write the outputs dvc.yaml declares."""
     from dvclive import Live
 
+    from flowerpipe.outputs import check_outputs
     from flowerpipe.train import fit
     from flowerpipe.training.saving import accuracy_on, inference_copy
 
+    check_outputs({"paths.model": p.paths.model, "paths.train_dir": p.paths.train_dir, "paths.live": p.paths.live},
+                  {"paths.tfrecords": p.paths.tfrecords})
     # Multi-worker: every worker runs this stage in its own checkout (`dvc repro` on each host) and writes
     # the same declared outputs there; the replicas hold identical weights, so every copy is the model.
     with Live(p.paths.live, dvcyaml=None, save_dvc_exp=False, report=None) as live:

@@ -1,0 +1,61 @@
+"""Where a stage may delete and replace: checked before anything is touched, and replaced without a gap."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from flowerpipe.errors import UserError
+
+
+def _inside(a: Path, b: Path) -> bool:
+    """Whether a is b or below it."""
+    return a == b or b in a.parents
+
+
+def check_outputs(outputs: dict[str, str | Path], inputs: dict[str, str | Path] | None = None,
+                  project: Path | None = None) -> dict[str, Path]:
+    """Resolve the outputs a stage replaces (param name -> path); refuse any that could destroy something else.
+
+    Each must lie inside the project (the working folder), be neither the project nor a parent of it, and
+    neither contain nor lie inside another output or an input.
+    """
+    root = (project or Path.cwd()).resolve()
+    resolved = {k: (root / Path(v).expanduser()).resolve() for k, v in outputs.items()}
+    sources = {k: (root / Path(v).expanduser()).resolve() for k, v in (inputs or {}).items() if str(v)}
+    for key, path in resolved.items():
+        if not _inside(path, root) or path == root:
+            where = "the project folder itself" if path == root else "outside the project folder"
+            raise UserError(f"{key}: {outputs[key]!s} is {where} ({root}); a stage replaces this path, so it must "
+                            "be a path inside the project")
+        if path.name.startswith(".git") or path.name in (".dvc", "dvc.yaml", "dvc.lock", "params.yaml"):
+            raise UserError(f"{key}: {outputs[key]!s} would replace the project's own {path.name}")
+        for other, opath in resolved.items():
+            if other != key and _inside(opath, path):
+                raise UserError(f"{key}: {outputs[key]!s} contains {other} ({outputs[other]!s}); outputs must not "
+                                "overlap")
+        for name, source in sources.items():
+            if _inside(source, path) or _inside(path, source):
+                raise UserError(f"{key}: {outputs[key]!s} overlaps {name} ({inputs[name]!s}); the stage would "
+                                "delete its own input")
+    return resolved
+
+
+def clean_stale(out: Path) -> None:
+    """Remove the temp folders an interrupted run left beside out (.<name>.* siblings)."""
+    if out.parent.is_dir():
+        for stale in out.parent.glob(f".{out.name}.*"):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+
+
+def replace_dir(new: Path, out: Path) -> None:
+    """Put folder new at out: the previous out is moved aside first, so either it or new is always in place."""
+    old = out.with_name(f".{out.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(new, out)
+    shutil.rmtree(old, ignore_errors=True)
