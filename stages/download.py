@@ -1,24 +1,36 @@
-"""download stage: fetch flower_photos (or a local archive/folder), verify, extract class folders."""
+"""download stage: fetch flower_photos (or a local archive/folder), prove it whole, extract class folders."""
 
 from pathlib import Path
 
 from flowerpipe import stage
 from flowerpipe.params import Params
 
+CACHE = "data/.cache"
+
 
 def main(p: Params) -> None:
     """Read params, do the work, write the outputs dvc.yaml declares."""
-    from flowerpipe.data.download import extract, fetch
+    from flowerpipe.data.download import Caps, Limits, extract, fetch, local_path
+    from flowerpipe.outputs import check_outputs
 
-    source = fetch(p.data.url, Path("data/.cache"), p.data.expected_sha256(), p.data.retries)
-    report = extract(source, Path(p.paths.raw))
+    d = p.data
+    source_path = local_path(d.url)
+    out = check_outputs({"paths.raw": p.paths.raw, "paths.reports": p.paths.reports, "download cache": CACHE},
+                        {"data.url": source_path or ""})
+    limits = Limits(retries=d.retries, timeout_s=d.timeout_s, stall_s=d.stall_s)
+    caps = Caps(max_bytes=d.max_extract_mb << 20, max_files=d.max_files)
+    source = fetch(d.url, Path(CACHE), d.expected_sha256(), limits=limits, caps=caps)
+    report = extract(source, out["paths.raw"], caps)
     for r in report.refused:
         print(f"refused {r['path']}: {r['reason']}")
     stage.write_json(Path(p.paths.reports) / "download.json", {
-        "url": p.data.url, "kind": source.kind, "sha256": source.sha256, "bytes": source.size,
-        "verified": bool(p.data.expected_sha256()), "classes": report.classes, "refused": report.refused,
+        "url": d.url, "kind": source.kind, "sha256": source.sha256, "bytes": source.size,
+        "verified": bool(d.expected_sha256()), "classes": report.classes, "refused": report.refused,
+        "hidden_ignored": report.hidden,
     })
-    print(f"{source.kind} {source.path} sha256={source.sha256}: {len(report.classes)} classes -> {p.paths.raw}")
+    print(f"{source.kind} {source.path} sha256={source.sha256}: {len(report.classes)} classes -> {p.paths.raw}"
+          + (f"; refused {len(report.refused)}" if report.refused else "")
+          + (f"; ignored {report.hidden} hidden" if report.hidden else ""))
 
 
 if __name__ == "__main__":
