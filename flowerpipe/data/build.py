@@ -3,57 +3,99 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
+import signal
 from pathlib import Path
 
 from tqdm import tqdm
 
 from flowerpipe.data.download import find_class_root
-from flowerpipe.data.images import Checked, check_image
+from flowerpipe.data.images import Checked, ImageCaps, check_image
 from flowerpipe.data.split import SPLITS, stratified_split
 from flowerpipe.data.tfrecord import Manifest, atomic_dir, write_shards
+from flowerpipe.errors import UserError
+from flowerpipe.outputs import clean_stale
 from flowerpipe.params import Split
 
 log = logging.getLogger(__name__)
 
 
-def _check(args: tuple[str, str]) -> Checked:
-    return check_image(Path(args[0]), args[1])
+def _check(args: tuple[str, str, ImageCaps]) -> Checked:
+    return check_image(Path(args[0]), args[1], args[2])
 
 
-def scan(raw: Path) -> tuple[list[str], list[list[str]]]:
-    """Class names (sorted folder names) and each class's files as sorted paths relative to raw."""
+def _ignore_interrupts() -> None:
+    """Workers leave SIGINT to the parent, which stops them all (a Ctrl-C reaches the whole process group)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def scan(raw: Path) -> tuple[list[str], list[list[str]], int]:
+    """Class names, each class's regular files (sorted, relative to raw), and how many hidden entries were ignored.
+
+    Hidden files and folders (a leading dot) are ignored and counted; symbolic links are never followed.
+    """
     root = find_class_root(raw)
-    classes, files = [], []
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))):
-        found = sorted(p.relative_to(raw).as_posix() for p in d.rglob("*")
-                       if p.is_file() and not p.name.startswith("."))
+    classes, files, hidden = [], [], 0
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()
+                    and not p.name.startswith((".", "__"))):
+        found = []
+        for folder, dirs, names in os.walk(d):  # os.walk does not follow links to folders
+            hidden += sum(1 for n in dirs + names if n.startswith("."))
+            dirs[:] = sorted(n for n in dirs if not n.startswith("."))
+            for n in names:
+                p = Path(folder) / n
+                if not n.startswith(".") and p.is_file() and not p.is_symlink():
+                    found.append(p.relative_to(raw).as_posix())
         if found:
             classes.append(d.name)
-            files.append(found)
-    return classes, files
+            files.append(sorted(found))
+    return classes, files, hidden
 
 
-def check_all(raw: Path, rels: list[str], workers: int = 0) -> list[Checked]:
-    """Check every file in parallel, keeping input order."""
+def check_all(raw: Path, rels: list[str], workers: int = 0, caps: ImageCaps = ImageCaps()) -> list[Checked]:
+    """Check every file in parallel, keeping input order; an interruption stops every worker before returning."""
     workers = workers or (os.cpu_count() or 1)
-    jobs = [(str(raw / r), r) for r in rels]
-    with ProcessPoolExecutor(workers) as pool:
-        it = pool.map(_check, jobs, chunksize=32)
-        return list(tqdm(it, total=len(jobs), desc="check images", unit="img", disable=None))
+    jobs = [(str(raw / r), r, caps) for r in rels]
+    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_ignore_interrupts)
+    try:
+        it = pool.imap(_check, jobs, chunksize=32)
+        result = list(tqdm(it, total=len(jobs), desc="check images", unit="img", disable=None))
+        pool.close()
+        return result
+    finally:
+        pool.terminate()  # on SIGINT/SIGTERM (or any error) no worker outlives the stage
+        pool.join()
 
 
-def build(raw: Path, out: Path, split: Split, shard_mb: int, workers: int = 0) -> Manifest:
+def check_classes(classes: list[str], files: list[list[str]], good: list[list[str]], split: Split) -> None:
+    """Stop with one line when a class has no usable image, or too few for every split it must feed."""
+    need = 1 + (split.val > 0) + (split.test > 0)
+    for name, all_files, kept in zip(classes, files, good, strict=True):
+        if not kept:
+            raise UserError(f"class {name!r} has no usable image ({len(all_files)} file(s), all skipped: see the "
+                            "warnings above); remove the folder or add photos")
+        parts = stratified_split([kept], split.val, split.test, split.seed)
+        if len(kept) < need or any(not parts[s] for s, f in (("train", 1), ("val", split.val), ("test", split.test))
+                                   if f > 0):
+            raise UserError(f"class {name!r} has {len(kept)} usable image(s): too few for a train, val and test "
+                            f"share at split.val={split.val} and split.test={split.test} (at least 3 per class "
+                            "unless a fraction is 0)")
+
+
+def build(raw: Path, out: Path, split: Split, shard_mb: int, workers: int = 0,
+          caps: ImageCaps = ImageCaps()) -> Manifest:
     """Check, split and write TFRecords atomically; unreadable files are skipped and listed."""
-    classes, files = scan(raw)
+    classes, files, hidden = scan(raw)
     flat = [r for per_class in files for r in per_class]
-    checked = {c.path: c for c in check_all(raw, flat, workers)}
+    checked = {c.path: c for c in check_all(raw, flat, workers, caps)}
     skipped = [{"path": c.path, "reason": c.reason} for c in checked.values() if not c.ok]
     for s in skipped:
         log.warning("skipped %s: %s", s["path"], s["reason"])
     good = [[r for r in per_class if checked[r].ok] for per_class in files]
+    check_classes(classes, files, good, split)
     parts = stratified_split(good, split.val, split.test, split.seed)
+    clean_stale(out)
     tmp, commit, abort = atomic_dir(out)
     try:
         splits = {}
@@ -66,7 +108,8 @@ def build(raw: Path, out: Path, split: Split, shard_mb: int, workers: int = 0) -
                             "shards": shards, "bytes": total}
         manifest = Manifest(classes=classes, splits=splits, skipped=sorted(skipped, key=lambda s: s["path"]),
                             reencoded=sorted(c.path for c in checked.values() if c.reencoded),
-                            split_params={"val": split.val, "test": split.test, "seed": split.seed})
+                            split_params={"val": split.val, "test": split.test, "seed": split.seed},
+                            hidden_ignored=hidden)
         manifest.write(tmp)
     except BaseException:
         abort()

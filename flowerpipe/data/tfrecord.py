@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from flowerpipe.data.images import Checked, decode_resize
+from flowerpipe.outputs import replace_dir
 
 MANIFEST = "manifest.json"
 
@@ -65,6 +65,7 @@ class Manifest:
     skipped: list[dict[str, str]]
     reencoded: list[str]
     split_params: dict
+    hidden_ignored: int = 0
 
     @classmethod
     def read(cls, folder: str | Path) -> Manifest:
@@ -90,9 +91,7 @@ def atomic_dir(out: Path):
 
     def commit() -> None:
         tmp.chmod(0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        replace_dir(tmp, out)
 
     def abort() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
