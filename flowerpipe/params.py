@@ -51,6 +51,10 @@ class Data(_Section):
     sha256: str = "auto"
     test_images: str = ""
     retries: NonNegInt = 5
+    timeout_s: PosInt = 3600  # the whole download, retries included
+    stall_s: PosInt = 60  # no byte for this long: the connection is dropped and resumed
+    max_extract_mb: PosInt = 4096  # what an archive may expand to
+    max_files: PosInt = 200_000
 
     @field_validator("sha256")
     @classmethod
@@ -86,6 +90,8 @@ class TFRecords(_Section):
 
     shard_mb: PosInt = 64
     workers: NonNegInt = 0
+    max_image_mb: PosInt = 50  # larger files are skipped and listed
+    max_image_megapixels: PosInt = 100  # larger images (decompression bombs) are skipped and listed
 
 
 class Model(_Section):

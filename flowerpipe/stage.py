@@ -5,7 +5,9 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,15 +29,24 @@ def stage_params(name: str, params_file: str | Path, dvc_yaml: Path) -> Params:
 def run(main: Callable[[Params], None], params_file: str = "params.yaml", tensorflow: bool = True) -> None:
     """Run a stage's main(params); known errors become one line on stderr and exit code 1."""
     script = Path(inspect.getsourcefile(main) or sys.argv[0]).resolve()
-    quiet_tensorflow(preload=tensorflow)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    main_thread = threading.current_thread() is threading.main_thread()
+    # SIGTERM unwinds like Ctrl-C: temp folders are removed, worker processes stopped
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
     start = time.perf_counter()
     try:
+        quiet_tensorflow(preload=tensorflow)
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         main(stage_params(script.stem, os.environ.get("FLOWERPIPE_PARAMS", params_file),
                           script.parents[1] / "dvc.yaml"))
         print(f"stage {script.stem} done in {time.perf_counter() - start:.1f}s", flush=True)
+    except KeyboardInterrupt:
+        print(f"error: stage {script.stem} interrupted; its previous outputs are kept", file=sys.stderr)
+        sys.exit(130)
     except (ParamsError, UserError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as exc:  # disk full, permissions, a vanished file: the system's own words name it
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
     except Exception as exc:  # a library error that names its file is still one line
@@ -43,3 +54,10 @@ def run(main: Callable[[Params], None], params_file: str = "params.yaml", tensor
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(1)
         raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
