@@ -15,7 +15,8 @@ def main(p: Params) -> None:
 
     d = p.data
     source_path = local_path(d.url)
-    out = check_outputs({"paths.raw": p.paths.raw, "paths.reports": p.paths.reports, "download cache": CACHE},
+    out = check_outputs({"paths.raw": p.paths.raw, "paths.reports": Path(p.paths.reports) / "download.json",
+                         "download cache": CACHE},
                         {"data.url": source_path or ""})
     limits = Limits(retries=d.retries, timeout_s=d.timeout_s, stall_s=d.stall_s)
     caps = Caps(max_bytes=d.max_extract_mb << 20, max_files=d.max_files)

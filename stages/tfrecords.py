@@ -13,7 +13,7 @@ def main(p: Params) -> None:
     from flowerpipe.outputs import check_outputs
 
     t = p.tfrecords
-    out = check_outputs({"paths.tfrecords": p.paths.tfrecords, "paths.reports": p.paths.reports},
+    out = check_outputs({"paths.tfrecords": p.paths.tfrecords, "paths.reports": Path(p.paths.reports) / "data.json"},
                         {"paths.raw": p.paths.raw})
     caps = ImageCaps(max_bytes=t.max_image_mb << 20, max_pixels=t.max_image_megapixels * 1_000_000)
     m = build(Path(p.paths.raw), out["paths.tfrecords"], p.split, t.shard_mb, t.workers, caps)

@@ -82,9 +82,9 @@ def tgz(photos: Path, out: Path) -> Path:
     return out
 
 
-def tar_bytes(photos: Path, extra: list[tuple[str, bytes]] = ()) -> bytes:
+def tar_bytes(photos: Path, extra: list[tuple[str, bytes]] = (), encoding: str = "utf-8") -> bytes:
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT, encoding=encoding) as tar:
         tar.add(photos, arcname="flower_photos")
         for name, data in extra:
             info = tarfile.TarInfo(name)
@@ -195,14 +195,15 @@ def test_damaged_archives_stop_with_one_line(proj, tmp_path, kind, pattern):
 
 
 def test_nested_archive_and_non_utf8_names_are_refused_and_listed(proj, tmp_path):
+    # latin-1 names: the bytes ff fe, which are not UTF-8
     raw = tar_bytes(tmp_path / "photos", [("flower_photos/daisy/more.tgz", b"x" * 100),
-                                          ("flower_photos/roses/\udcff\udcfe.jpg".encode("utf-8", "surrogateescape")
-                                           .decode("latin-1"), b"y")])
+                                          ("flower_photos/roses/\xff\xfe.jpg", b"y")], encoding="latin-1")
     (tmp_path / "nested.tar").write_bytes(raw)
     set_params(proj, data={"url": str(tmp_path / "nested.tar")})
     record = succeeds(proj, "download")
-    reasons = {r["reason"] for r in record["refused"]}
-    assert "archives inside the archive are not extracted" in reasons
+    reasons = {r["path"]: r["reason"] for r in record["refused"]}
+    assert reasons == {"flower_photos/daisy/more.tgz": "archives inside the archive are not extracted",
+                       "flower_photos/roses/\\udcff\\udcfe.jpg": "file name is not valid UTF-8"}, reasons
     assert not (proj / "data" / "raw" / "daisy" / "more.tgz").exists()
 
 
@@ -245,6 +246,24 @@ def test_symlinks_and_hidden_entries_in_a_source_folder(proj, tmp_path):
     assert record["hidden_ignored"] == 2 and ".hidden_class" not in record["classes"]
     raw = proj / "data" / "raw"
     assert not (raw / "daisy" / "link.jpg").exists() and not (raw / "tulips" / ".DS_Store").exists()
+
+
+def test_file_names_that_are_not_utf8_are_refused_not_fatal(proj, tmp_path):
+    photos = tmp_path / "photos"
+    jpeg = (photos / "daisy" / "daisy_000.jpg").read_bytes()
+    (Path(os.fsdecode(os.fsencode(photos / "daisy") + b"/\xff\xfe.jpg"))).write_bytes(jpeg)
+    record = succeeds(proj, "download")
+    assert record["refused"] == [{"path": "daisy/\\udcff\\udcfe.jpg", "reason": "file name is not valid UTF-8"}]
+    raw = proj / "data" / "raw"  # a raw folder made by hand, without the download stage
+    (Path(os.fsdecode(os.fsencode(raw / "roses") + b"/\xfe.jpg"))).write_bytes(jpeg)
+    succeeds(proj, "tfrecords")
+    manifest = yaml.safe_load((proj / "data" / "tfrecords" / "manifest.json").read_text())
+    assert manifest["skipped"] == [{"path": "roses/\\udcfe.jpg", "reason": "file name is not valid UTF-8"}]
+
+
+def test_tfrecords_without_raw_folder_is_one_line(proj):
+    set_params(proj, paths={"raw": "data/missing"})
+    fails(proj, "tfrecords", r"data/missing is not a folder of class folders")
 
 
 @pytest.mark.parametrize("url, pattern", [

@@ -130,7 +130,7 @@ def extract(path: Path, kind: str, dest: Path, caps: Caps) -> list[dict[str, str
                 for m in tar:
                     why = refusal(m.name, m.isfile() or m.isdir())
                     if why:
-                        refused.append({"path": m.name.encode("utf-8", "replace").decode(), "reason": why})
+                        refused.append({"path": m.name.encode("utf-8", "backslashreplace").decode(), "reason": why})
                     else:
                         members.append(m)
                 tar.extractall(dest, members=members, filter="data")
@@ -166,8 +166,11 @@ def copy_tree(src: Path, dest: Path, caps: Caps) -> tuple[list[dict[str, str]], 
         folder = stack.pop()
         for entry in sorted(folder.iterdir()):
             rel = entry.relative_to(src).as_posix()
+            why = refusal(rel, True)
             if entry.name.startswith("."):
                 hidden += 1
+            elif why and why != "archives inside the archive are not extracted":
+                refused.append({"path": rel.encode("utf-8", "backslashreplace").decode(), "reason": why})
             elif entry.is_symlink():
                 refused.append({"path": rel, "reason": "symbolic links are not followed"})
             elif entry.is_dir():

@@ -30,13 +30,23 @@ def _ignore_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def scan(raw: Path) -> tuple[list[str], list[list[str]], int]:
-    """Class names, each class's regular files (sorted, relative to raw), and how many hidden entries were ignored.
+def utf8(name: str) -> bool:
+    """Whether a file name (as the OS gave it) is valid UTF-8."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
-    Hidden files and folders (a leading dot) are ignored and counted; symbolic links are never followed.
+
+def scan(raw: Path) -> tuple[list[str], list[list[str]], int, list[dict[str, str]]]:
+    """Class names, each class's files (sorted, relative to raw), hidden entries ignored, and files refused.
+
+    Hidden files and folders (a leading dot) are ignored and counted; symbolic links are never followed;
+    names that are not UTF-8 are refused (they cannot be recorded in the manifest).
     """
     root = find_class_root(raw)
-    classes, files, hidden = [], [], 0
+    classes, files, hidden, refused = [], [], 0, []
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()
                     and not p.name.startswith((".", "__"))):
         found = []
@@ -45,12 +55,18 @@ def scan(raw: Path) -> tuple[list[str], list[list[str]], int]:
             dirs[:] = sorted(n for n in dirs if not n.startswith("."))
             for n in names:
                 p = Path(folder) / n
-                if not n.startswith(".") and p.is_file() and not p.is_symlink():
-                    found.append(p.relative_to(raw).as_posix())
-        if found:
+                rel = p.relative_to(raw).as_posix()
+                if n.startswith(".") or not p.is_file() or p.is_symlink():
+                    continue
+                if utf8(rel):
+                    found.append(rel)
+                else:
+                    refused.append({"path": rel.encode("utf-8", "backslashreplace").decode(),
+                                    "reason": "file name is not valid UTF-8"})
+        if found and utf8(d.name):
             classes.append(d.name)
             files.append(sorted(found))
-    return classes, files, hidden
+    return classes, files, hidden, refused
 
 
 def check_all(raw: Path, rels: list[str], workers: int = 0, caps: ImageCaps = ImageCaps()) -> list[Checked]:
@@ -86,10 +102,10 @@ def check_classes(classes: list[str], files: list[list[str]], good: list[list[st
 def build(raw: Path, out: Path, split: Split, shard_mb: int, workers: int = 0,
           caps: ImageCaps = ImageCaps()) -> Manifest:
     """Check, split and write TFRecords atomically; unreadable files are skipped and listed."""
-    classes, files, hidden = scan(raw)
+    classes, files, hidden, refused = scan(raw)
     flat = [r for per_class in files for r in per_class]
     checked = {c.path: c for c in check_all(raw, flat, workers, caps)}
-    skipped = [{"path": c.path, "reason": c.reason} for c in checked.values() if not c.ok]
+    skipped = refused + [{"path": c.path, "reason": c.reason} for c in checked.values() if not c.ok]
     for s in skipped:
         log.warning("skipped %s: %s", s["path"], s["reason"])
     good = [[r for r in per_class if checked[r].ok] for per_class in files]

@@ -127,6 +127,8 @@ def _has_images(folder: Path) -> bool:
 
 def find_class_root(root: Path) -> Path:
     """The folder whose subfolders are the classes: the root or below single top folders."""
+    if not root.is_dir():
+        raise DownloadError(f"{root} is not a folder of class folders (does it exist? run the download stage)")
     current = root
     for _ in range(4):
         dirs = _visible_dirs(current)
