@@ -84,8 +84,8 @@ def download(url: str, part: Path, limits: Limits) -> None:
         try:
             _attempt(url, part, limits, deadline)
             return
-        except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
-                requests.exceptions.InvalidSchema, requests.exceptions.URLRequired, ValueError) as exc:
+        except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema,
+                requests.exceptions.URLRequired, urllib3.exceptions.LocationParseError) as exc:
             raise DownloadError(f"data.url: {url!r} is not a valid URL ({exc})") from None
         except requests.ConnectionError as exc:
             if "NameResolutionError" in repr(exc) or "Failed to resolve" in str(exc):
