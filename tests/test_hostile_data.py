@@ -5,6 +5,7 @@ import hashlib
 import io
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,17 +44,27 @@ def set_params(repo: Path, **sections) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
 
 
-@pytest.fixture
-def proj(tmp_path) -> Path:
-    """A project after a good download + tfrecords run on a small folder of photos."""
-    photos = make_photos(tmp_path / "photos", per_class=6, size=32)
-    repo = tmp_path / "proj"
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    """Photos and a project after a good download + tfrecords run, built once for the module."""
+    base = tmp_path_factory.mktemp("hostile")
+    photos = make_photos(base / "photos", per_class=6, size=32)
+    repo = base / "proj"
     repo.mkdir()
     write_params(repo, {"data": {"url": str(photos), "sha256": "", "retries": 2, "stall_s": 2, "timeout_s": 30},
                         "split": {"val": 0.2, "test": 0.2}, "tfrecords": {"workers": 1}})
     for name in ("download", "tfrecords"):
         code, _, err = stage_cli(name, repo)
         assert code == 0, err
+    return base
+
+
+@pytest.fixture
+def proj(template, tmp_path) -> Path:
+    """A fresh copy of the template project, reading its own copy of the photos."""
+    shutil.copytree(template / "photos", tmp_path / "photos", symlinks=True)
+    repo = shutil.copytree(template / "proj", tmp_path / "proj", symlinks=True)
+    set_params(repo, data={"url": str(tmp_path / "photos")})
     return repo
 
 
