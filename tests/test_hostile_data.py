@@ -489,7 +489,9 @@ def test_leftovers_of_an_interrupted_run_are_cleaned(proj):
     assert sorted(p.name for p in (proj / "data").iterdir()) == ["raw", "tfrecords"]
 
 
-def test_sigterm_during_the_image_check_stops_workers_and_keeps_outputs(proj, tmp_path):
+@pytest.mark.parametrize("sig, group", [(signal.SIGTERM, False), (signal.SIGINT, True)], ids=["kill", "ctrl-c"])
+def test_a_signal_during_the_image_check_stops_workers_and_keeps_outputs(proj, sig, group):
+    """`kill` reaches the stage alone; Ctrl-C reaches its whole process group, workers included."""
     raw = proj / "data" / "raw"
     jpeg = (raw / "daisy" / "daisy_000.jpg").read_bytes()
     for i in range(3000):  # enough to still be checking when the signal comes
@@ -505,7 +507,7 @@ def test_sigterm_during_the_image_check_stops_workers_and_keeps_outputs(proj, tm
     workers = children(proc.pid)
     assert workers, "no worker processes started"
     time.sleep(1.0)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-2000:]
     assert err.strip().splitlines()[-1] == "error: stage tfrecords interrupted; its previous outputs are kept"
