@@ -57,7 +57,8 @@ def refusal(name: str, is_regular: bool) -> str:
 
 
 def _sniff(path: Path) -> str:
-    head = path.open("rb").read(512).lstrip().lower()
+    with path.open("rb") as f:
+        head = f.read(512).lstrip().lower()
     if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head")):
         return " (it is an HTML page: the server answered with a web page, not the archive; check data.url)"
     return ""

@@ -159,8 +159,9 @@ def extract(source: Source, out: Path, caps: Caps | None = None) -> ExtractRepor
         classes = []
         for d in _visible_dirs(root):
             files = [p for p in d.rglob("*") if p.is_file()]
-            hidden += sum(1 for p in files if any(part.startswith(".") for part in p.relative_to(d).parts))
-            if not any(not any(part.startswith(".") for part in p.relative_to(d).parts) for p in files):
+            visible = [p for p in files if not any(part.startswith(".") for part in p.relative_to(d).parts)]
+            hidden += len(files) - len(visible)
+            if not visible:
                 continue
             classes.append(d.name)
             os.replace(d, staged / d.name)
