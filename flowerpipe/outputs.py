@@ -29,8 +29,9 @@ def check_outputs(outputs: dict[str, str | Path], inputs: dict[str, str | Path] 
             where = "the project folder itself" if path == root else "outside the project folder"
             raise UserError(f"{key}: {outputs[key]!s} is {where} ({root}); a stage replaces this path, so it must "
                             "be a path inside the project")
-        if path.name.startswith(".git") or path.name in (".dvc", "dvc.yaml", "dvc.lock", "params.yaml"):
-            raise UserError(f"{key}: {outputs[key]!s} would replace the project's own {path.name}")
+        top = path.relative_to(root).parts[0]
+        if top in (".git", ".dvc", ".dvcignore", ".gitignore", "dvc.yaml", "dvc.lock", "params.yaml"):
+            raise UserError(f"{key}: {outputs[key]!s} would replace the project's own {top}")
         for other, opath in resolved.items():
             if other != key and _inside(opath, path):
                 raise UserError(f"{key}: {outputs[key]!s} contains {other} ({outputs[other]!s}); outputs must not "

@@ -113,6 +113,7 @@ def tar_bytes(photos: Path, extra: list[tuple[str, bytes]] = (), encoding: str =
     ("download", {"paths": {"raw": "/tmp"}}, r"paths.raw: /tmp is outside the project folder"),
     ("download", {"paths": {"raw": "reports"}}, r"overlap|contains"),
     ("download", {"paths": {"raw": ".git"}}, r"would replace the project's own \.git"),
+    ("download", {"paths": {"raw": ".git/objects"}}, r"would replace the project's own \.git"),
     ("download", {"paths": {"raw": "data"}}, r"paths.raw: data contains download cache"),
     ("tfrecords", {"paths": {"tfrecords": "data/raw"}}, r"paths.tfrecords: data/raw overlaps paths.raw"),
     ("tfrecords", {"paths": {"tfrecords": "data"}}, r"paths.tfrecords: data overlaps paths.raw"),
