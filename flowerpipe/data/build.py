@@ -73,7 +73,13 @@ def check_all(raw: Path, rels: list[str], workers: int = 0, caps: ImageCaps = Im
     """Check every file in parallel, keeping input order; an interruption stops every worker before returning."""
     workers = workers or (os.cpu_count() or 1)
     jobs = [(str(raw / r), r, caps) for r in rels]
-    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_ignore_interrupts)
+    # Workers are started with SIGINT already ignored (kept across exec), so a Ctrl-C while one is still starting
+    # up cannot print its traceback; the initializer covers a platform that resets it.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_ignore_interrupts)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         it = pool.imap(_check, jobs, chunksize=32)
         result = list(tqdm(it, total=len(jobs), desc="check images", unit="img", disable=None))
