@@ -36,7 +36,8 @@ def main() -> None:
         keras.utils.set_random_seed(0)
         build_model(Model(image_size=size, weights="none"), 5).save(t / "model.keras")
         calib = np.random.default_rng(0).uniform(0, 255, (32, size, size, 3)).astype(np.float32)
-        ctx = ConvertContext(t / "model.keras", export_probabilities(t / "model.keras", t / "sm"), size, 5, calib)
+        ctx = ConvertContext(t / "model.keras", export_probabilities(t / "model.keras", t / "sm"), size,
+                             [f"class{i}" for i in range(5)], calib)
         variants = [Variant("keras", "keras", "", t / "model.keras")]
         for v in ("float32", "dynamic", "int8"):
             variants.append(Variant(f"tflite-{v}", "tflite", v, tflite.convert(ctx, v, t / f"m_{v}.tflite")))

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from flowerpipe.data import tfrecord
-from flowerpipe.formats.base import ConvertContext, Skipped, size_mb, timed
+from flowerpipe.formats.base import ConvertContext, Skipped, size_mb, timed, write_labels
 from flowerpipe.params import Params
 
 log = logging.getLogger(__name__)
@@ -25,11 +25,11 @@ def context(p: Params, calibration_images: int) -> Iterator[ConvertContext]:
     with tempfile.TemporaryDirectory(prefix="flowerpipe-convert-") as tmp:
         sm = export_probabilities(Path(p.paths.model), Path(tmp) / "probabilities")
         yield ConvertContext(keras_path=Path(p.paths.model), savedmodel_path=sm, image_size=p.model.image_size,
-                             num_classes=len(manifest.classes), calibration=calib)
+                             classes=manifest.classes, calibration=calib)
 
 
-def run_all(jobs: dict[str, tuple[Path, Callable[[], object]]]) -> dict[str, dict]:
-    """Run each named conversion; a Skipped one is recorded with its reason, anything else propagates."""
+def run_all(ctx: ConvertContext, jobs: dict[str, tuple[Path, Callable[[], object]]]) -> dict[str, dict]:
+    """Run each named conversion and label its model; a Skipped one is recorded, anything else propagates."""
     record: dict[str, dict] = {}
     for name, (out, job) in jobs.items():
         try:
@@ -38,6 +38,7 @@ def run_all(jobs: dict[str, tuple[Path, Callable[[], object]]]) -> dict[str, dic
             record[name] = {"status": "skipped", "reason": str(exc)}
             print(f"{name}: skipped: {exc}")
             continue
+        write_labels(out, ctx.classes)  # the model folder can then be served on its own
         record[name] = {"status": "ok", "seconds": round(secs, 2), "size_mb": size_mb(out), "path": str(out)}
         print(f"{name}: {size_mb(out)} MB in {secs:.1f}s -> {out}")
     return record

@@ -18,7 +18,7 @@ def main(p: Params) -> None:
         q = find(p, "onnx-int8").path
         jobs["onnx-int8"] = (q, lambda: onnx_format.quantize_int8(ctx, fp32, q))
     with context(p, p.onnx.calibration_images) as ctx:
-        record = run_all(jobs)
+        record = run_all(ctx, jobs)
     stage.write_json(Path(p.paths.reports) / "convert_onnx.json", record)
 
 

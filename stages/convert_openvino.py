@@ -14,7 +14,7 @@ def main(p: Params) -> None:
 
     todo = variants(p, "openvino")
     with context(p, p.openvino.calibration_images) as ctx:
-        record = run_all({v.name: (v.path, lambda v=v: openvino_format.convert(ctx, v.option, v.path))
+        record = run_all(ctx, {v.name: (v.path, lambda v=v: openvino_format.convert(ctx, v.option, v.path))
                           for v in todo})
     stage.write_json(Path(p.paths.reports) / "convert_openvino.json", record)
 

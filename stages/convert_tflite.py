@@ -15,7 +15,7 @@ def main(p: Params) -> None:
     todo = variants(p, "tflite")
     Path(p.paths.converted, "tflite").mkdir(parents=True, exist_ok=True)
     with context(p, p.tflite.calibration_images) as ctx:
-        record = run_all({v.name: (v.path, lambda v=v: tflite.convert(ctx, v.option, v.path)) for v in todo})
+        record = run_all(ctx, {v.name: (v.path, lambda v=v: tflite.convert(ctx, v.option, v.path)) for v in todo})
     stage.write_json(Path(p.paths.reports) / "convert_tflite.json", record)
 
 

@@ -30,7 +30,7 @@ def main(p: Params) -> None:
     with context(p, p.trt.calibration_images) as ctx:
         jobs = trt.conversions(backend, ctx, p.trt.precisions, out_dir, onnx, p.trt.workspace_mb,
                                p.trt.max_batch_size)
-        record = {"backend": backend, "status": "ok", "variants": run_all(jobs)}
+        record = {"backend": backend, "status": "ok", "variants": run_all(ctx, jobs)}
     stage.write_json(out_dir / "status.json", record)
     stage.write_json(Path(p.paths.reports) / "convert_trt.json", record)
 

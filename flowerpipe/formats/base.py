@@ -12,7 +12,9 @@ import numpy as np
 from flowerpipe.errors import FormatError
 
 __all__ = ["FormatError", "Skipped", "Variant", "ConvertContext", "Runner", "start_tensorflow", "require", "timed",
-           "size_mb"]
+           "size_mb", "LABELS_FILE", "labels_path", "write_labels", "read_labels"]
+
+LABELS_FILE = "labels.txt"  # one class name per line, in output order (TF Serving's and Triton's convention)
 
 
 class Skipped(Exception):
@@ -36,7 +38,7 @@ class ConvertContext:
     keras_path: Path
     savedmodel_path: Path
     image_size: int
-    num_classes: int
+    classes: list[str]
     calibration: np.ndarray  # float32 (N, H, W, 3) raw RGB from the training split
     options: dict = field(default_factory=dict)
 
@@ -45,6 +47,7 @@ class Runner(ABC):
     """A loaded model: raw RGB float32 (N, H, W, 3) in 0-255 -> probabilities (N, classes)."""
 
     device: str = "cpu"
+    image_size: int = 0  # the square input's side in pixels, read from the model (0 = unknown)
 
     @abstractmethod
     def predict(self, images: np.ndarray) -> np.ndarray:
@@ -69,6 +72,34 @@ def start_tensorflow(threads: int = 0) -> None:
     if threads:
         os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
     quiet_tensorflow()
+
+
+def labels_path(artifact: Path) -> Path:
+    """Where a model's class names live: a SavedModel's assets/, else beside the model file or in its folder."""
+    artifact = Path(artifact)
+    if (artifact / "saved_model.pb").exists():
+        return artifact / "assets" / LABELS_FILE
+    return (artifact if artifact.is_dir() else artifact.parent) / LABELS_FILE
+
+
+def write_labels(artifact: Path, classes: list[str]) -> Path:
+    """Write the class names where labels_path says, so the model folder can be served on its own."""
+    path = labels_path(artifact)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(classes) + "\n")
+    return path
+
+
+def read_labels(artifact: Path) -> list[str]:
+    """The class names that travel with a model, or a FormatError naming the missing file."""
+    path = labels_path(artifact)
+    try:
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FormatError(f"{artifact}: no readable class names at {path} ({exc.__class__.__name__})") from None
+    if not names:
+        raise FormatError(f"{path}: the labels file is empty")
+    return names
 
 
 def require(path: Path, what: str = "model file") -> Path:

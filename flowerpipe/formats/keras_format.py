@@ -21,6 +21,7 @@ class KerasRunner(Runner):
         self._dev = "/GPU:0" if device == "gpu" else "/CPU:0"
         with tf.device(self._dev):
             self.model = load_model(require(path))
+        self.image_size = int(self.model.input_shape[1] or 0)
         self._call = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
 
     def predict(self, images: np.ndarray) -> np.ndarray:

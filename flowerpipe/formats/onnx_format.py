@@ -87,6 +87,8 @@ class OnnxRunner(Runner):
             raise FormatError(f"{path}: not a valid ONNX model ({exc.__class__.__name__})") from None
         self.device = device
         self.input = self.sess.get_inputs()[0].name
+        side = self.sess.get_inputs()[0].shape[1]
+        self.image_size = side if isinstance(side, int) else 0
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Probabilities from the session."""

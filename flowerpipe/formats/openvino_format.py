@@ -72,6 +72,8 @@ class OpenVINORunner(Runner):
         self.output = next((o for o in self.compiled.outputs if "probabilities" in o.get_names()),
                            self.compiled.outputs[0])
         self.device = device
+        side = self.compiled.inputs[0].get_partial_shape()[1]
+        self.image_size = side.get_length() if side.is_static else 0
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Probabilities from one synchronous inference."""

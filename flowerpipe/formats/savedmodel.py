@@ -8,9 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flowerpipe.formats.base import FormatError, Runner, require, start_tensorflow
-
-LABELS_FILE = "labels.txt"
+from flowerpipe.formats.base import LABELS_FILE, FormatError, Runner, require, start_tensorflow
 
 
 def build_module(model, classes: list[str], image_size: int):
@@ -82,14 +80,6 @@ def export_probabilities(keras_path: Path, out: Path) -> Path:
     return out
 
 
-def read_labels(path: Path) -> list[str]:
-    """Class names stored beside a SavedModel."""
-    f = Path(path) / "assets" / LABELS_FILE
-    if not f.exists():
-        raise FormatError(f"{path}: no class names (assets/{LABELS_FILE}) in this SavedModel")
-    return [line for line in f.read_text().splitlines() if line]
-
-
 class SavedModelRunner(Runner):
     """Calls the serving_default signature's concrete function directly."""
 
@@ -104,6 +94,7 @@ class SavedModelRunner(Runner):
         except (OSError, ValueError, tf.errors.OpError) as exc:
             raise FormatError(f"{path}: not a loadable SavedModel ({exc.__class__.__name__})") from None
         self.fn = self.loaded.signatures["serving_default"]
+        self.image_size = int(next(iter(self.fn.structured_input_signature[1].values())).shape[1] or 0)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Probabilities from serving_default."""

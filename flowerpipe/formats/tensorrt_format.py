@@ -176,6 +176,7 @@ class EngineRunner(Runner):
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
         self.output = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+        self.image_size = max(0, int(self.engine.get_tensor_shape(self.input)[1]))
         self.stream = _check(cudart.cudaStreamCreate())
         self._buffers: dict[str, tuple[int, int]] = {}
 
@@ -227,6 +228,7 @@ class TFTRTRunner(Runner):
 
         with tf.device("/GPU:0"):
             self.fn = tf.saved_model.load(str(require(path, "TF-TRT SavedModel"))).signatures["serving_default"]
+        self.image_size = int(next(iter(self.fn.structured_input_signature[1].values())).shape[1] or 0)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Probabilities (the .numpy() copy waits for the GPU)."""

@@ -63,6 +63,7 @@ class TFLiteRunner(Runner):
         self.path = path
         self.inp = self.interp.get_input_details()[0]
         self.out = self.interp.get_output_details()
+        self.image_size = int(self.inp["shape"][1])
         self.prob = next((o for o in self.out if o["shape"][-1] > 1 and o["dtype"] != np.int32), self.out[0])
         self._batch = 0
 
