@@ -10,7 +10,8 @@ from conftest import ROOT
 
 # Used without an import statement, each for a reason.
 NOT_IMPORTED = {"dvc": "the pipeline's command-line tool", "tabulate": "pandas' DataFrame.to_markdown",
-                "tensorflow": "tensorflow-cpu and tensorflow[and-cuda] both install the `tensorflow` module"}
+                "tensorflow": "tensorflow-cpu and tensorflow[and-cuda] both install the `tensorflow` module",
+                "httptools": "uvicorn's HTTP parser, used when installed", "uvloop": "uvicorn's event loop, likewise"}
 
 
 def imported_distributions() -> set[str]:
@@ -55,5 +56,5 @@ def test_declared_pins_match_the_lock():
     lock = {normalize(k): v for k, v in lock.items()}
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     for spec in project["dependencies"]:
-        name, version = spec.split("#")[0].strip().split("==")
+        name, version = spec.split("#")[0].split(";")[0].strip().split("==")
         assert lock.get(normalize(name)) == version, (name, version, lock.get(normalize(name)))
