@@ -9,16 +9,24 @@ from flowerpipe.quiet import quiet_tensorflow
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from flowerpipe.data.tfrecord import Manifest
-    from flowerpipe.formats.registry import find, load
     from flowerpipe.infer import list_images, predict_files
-    from flowerpipe.params import load as load_params
 
-    p = load_params(args.params)
-    runner = load(find(p, args.format or p.infer.format), "cpu")
-    classes = Manifest.read(p.paths.tfrecords).classes
-    table, skipped = predict_files(runner, list_images(args.paths), classes, p.model.image_size,
-                                   args.top_k or p.infer.top_k)
+    if args.model:  # a model file or folder alone: its labels travel with it
+        from flowerpipe.serving.artifacts import load_artifact
+
+        loaded = load_artifact(args.model)
+        model, classes, size = loaded, loaded.classes, loaded.image_size
+        top_k = args.top_k or 3
+    else:
+        from flowerpipe.data.tfrecord import Manifest
+        from flowerpipe.formats.registry import find, load
+        from flowerpipe.params import load as load_params
+
+        p = load_params(args.params)
+        runner = load(find(p, args.format or p.infer.format), "cpu")
+        model, classes, size = runner, Manifest.read(p.paths.tfrecords).classes, p.model.image_size
+        top_k = args.top_k or p.infer.top_k
+    table, skipped = predict_files(model, list_images(args.paths), classes, size, top_k)
     for s in skipped:
         print(f"skipped {s['path']}: {s['reason']}", file=sys.stderr)
     if args.csv:
@@ -39,25 +47,45 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from flowerpipe.params import load as load_params
-    from flowerpipe.serve import serve
+def _labels(pairs: list[str]) -> dict[str, int]:
+    out = {}
+    for pair in pairs:
+        label, _, version = pair.partition("=")
+        if not label or not version.isdigit():
+            raise ValueError(f"--label {pair!r}: expected NAME=VERSION, e.g. stable=1")
+        out[label] = int(version)
+    return out
 
-    serve(load_params(args.params), args.host, args.port, args.format)
+
+def _serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from flowerpipe.params import Serve
+    from flowerpipe.params import load as load_params
+    from flowerpipe.serving.main import plan_from_params, plan_from_path, serve
+
+    has_params = Path(args.params).exists()
+    p = load_params(args.params) if has_params else None
+    if args.model or not has_params:
+        plan = plan_from_path(Path(args.model or "models"), args.format, args.name)
+    else:
+        plan = plan_from_params(p, args.format)
+        plan.name = args.name or plan.name
+    serve(plan, p.serve if p else Serve(), args.host, args.port, _labels(args.label))
     return 0
 
 
 def _client(args: argparse.Namespace) -> int:
     from flowerpipe.infer import list_images
-    from flowerpipe.serve import client_predict
+    from flowerpipe.serving.client import client_predict
 
     files = list_images(args.paths)
-    for f, pred in zip(files, client_predict(args.url, args.model, files), strict=True):
+    classes = args.classes.split(",") if args.classes else None
+    for f, pred in zip(files, client_predict(args.url, args.model, files, protocol=args.protocol), strict=True):
         probs = pred["probabilities"]
-        classes = args.classes.split(",") if args.classes else None
         order = sorted(range(len(probs)), key=lambda i: -probs[i])[: args.top_k]
         tops = ", ".join(f"{classes[i] if classes else i}={probs[i]:.3f}" for i in order)
-        print(f"{f}: {pred.get('class_name', order[0])} ({tops})")
+        print(f"{f}: {pred.get('class_name') or order[0]} ({tops})")
     return 0
 
 
@@ -69,10 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     pr = sub.add_parser("predict", help="top-k classes for image files or folders")
     pr.add_argument("paths", nargs="+")
     pr.add_argument("--format", help="model format, e.g. keras, onnx, tflite-int8, openvino-float32")
+    pr.add_argument("--model", help="a model file or folder to use alone (its labels.txt beside it), not params")
     pr.add_argument("--top-k", type=int, default=0)
     pr.add_argument("--csv", help="also write the table to this CSV file")
     pr.set_defaults(fn=_predict)
-    sv = sub.add_parser("serve", help="TF Serving-compatible REST server (127.0.0.1 unless --host)")
+    sv = sub.add_parser("serve", help="TF Serving REST and KServe V2 server (127.0.0.1 unless --host)")
+    sv.add_argument("model", nargs="?", help="a models/ folder, a base of numbered version folders, or one model "
+                                             "(default: the pipeline's, from --params; else ./models)")
+    sv.add_argument("--name", help="model name in URLs (default: model.name, or the base folder's name)")
+    sv.add_argument("--label", action="append", default=[], help="version label NAME=VERSION (repeatable)")
     sv.add_argument("--host")
     sv.add_argument("--port", type=int)
     sv.add_argument("--format", help="model format to serve (default: serve.format)")
@@ -83,16 +116,19 @@ def main(argv: list[str] | None = None) -> int:
     cl.add_argument("--model", default="flowers")
     cl.add_argument("--top-k", type=int, default=3)
     cl.add_argument("--classes", help="comma-separated class names, for servers that return only probabilities")
+    cl.add_argument("--protocol", choices=["tfs", "v2"], default="tfs", help="TF Serving REST or KServe V2")
     cl.set_defaults(fn=_client)
     sub.add_parser("info", help="every model format, its status and path").set_defaults(fn=_info)
     args = parser.parse_args(argv)
-    quiet_tensorflow(preload=args.command not in ("info", "client"))
+    # Serving and --model import TensorFlow only for a format that needs it.
+    quiet_tensorflow(preload=args.command == "predict" and not args.model)
     from flowerpipe.formats.base import FormatError
     from flowerpipe.params import ParamsError
+    from flowerpipe.serving.errors import RequestError
 
     try:
         return args.fn(args)
-    except (ParamsError, FormatError, FileNotFoundError, ValueError, OSError) as exc:
+    except (ParamsError, FormatError, RequestError, FileNotFoundError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

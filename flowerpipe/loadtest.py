@@ -1,20 +1,24 @@
-"""Start the REST server as a subprocess on a free loopback port, check its answers, and load it (bounded)."""
+"""Start `flowerpipe serve` on loopback, check its answers over both protocols, load it with b64 JPEG requests."""
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from flowerpipe.serve import to_png_b64
+from flowerpipe.serving.client import to_png_b64
 
 
 def free_port() -> int:
@@ -24,14 +28,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass
+class Server:
+    """A running server process: its URL and pid (for its memory)."""
+
+    url: str
+    pid: int
+
+
 @contextmanager
-def running_server(params_file: str, fmt: str, port: int, timeout: float = 180.0):
-    """`flowerpipe serve` on 127.0.0.1:port until the block ends; then SIGTERM (graceful) and wait."""
+def running_server(args: list[str], port: int, timeout: float = 180.0, params_file: str | None = None,
+                   cwd: Path | None = None) -> Iterator[Server]:
+    """`flowerpipe [--params F] serve ARGS` on 127.0.0.1:port until the block ends; then SIGTERM and wait."""
     import httpx
 
-    cmd = [sys.executable, "-m", "flowerpipe.cli", "--params", params_file, "serve", "--host", "127.0.0.1",
-           "--port", str(port), "--format", fmt]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    cmd = [sys.executable, "-m", "flowerpipe.cli", *(["--params", params_file] if params_file else []), "serve",
+           *args, "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
     try:
@@ -40,14 +53,14 @@ def running_server(params_file: str, fmt: str, port: int, timeout: float = 180.0
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited with {proc.returncode}: {proc.stdout.read()[-2000:]}")
             try:
-                if httpx.get(f"{url}/v1/models/", timeout=2).status_code in (200, 404):
+                if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.time() > deadline:
                 raise RuntimeError(f"server did not start within {timeout:.0f}s")
-            time.sleep(0.5)
-        yield url
+            time.sleep(0.3)
+        yield Server(url, proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -56,11 +69,24 @@ def running_server(params_file: str, fmt: str, port: int, timeout: float = 180.0
             proc.kill()
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process in MB (Linux /proc), 0 where unknown."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def check_answers(url: str, model: str, images: np.ndarray, expected: np.ndarray) -> dict:
-    """Row, columnar and b64 requests: top-1 agreement and largest probability difference against local runs."""
+    """Row, columnar and b64 (TF Serving) and JSON tensor (KServe V2) requests against local results."""
     import httpx
 
     endpoint = f"{url}/v1/models/{model}:predict"
+    v2 = {"inputs": [{"name": "image", "datatype": "FP32", "shape": list(images.shape),
+                      "data": images.ravel().tolist()}]}
     answers = {
         "row": [r["probabilities"] for r in httpx.post(endpoint, json={"instances": images.tolist()},
                                                         timeout=120).json()["predictions"]],
@@ -69,37 +95,59 @@ def check_answers(url: str, model: str, images: np.ndarray, expected: np.ndarray
         "b64": [r["probabilities"] for r in httpx.post(endpoint, json={
             "signature_name": "serving_bytes", "instances": [to_png_b64(x) for x in images]},
             timeout=120).json()["predictions"]],
+        "v2": httpx.post(f"{url}/v2/models/{model}/infer", json=v2, timeout=120).json()["outputs"][0]["data"],
     }
     out = {}
     for form, probs in answers.items():
-        probs = np.asarray(probs, np.float32)
+        probs = np.asarray(probs, np.float32).reshape(expected.shape)
         out[form] = {"top1_agreement": float((probs.argmax(1) == expected.argmax(1)).mean()),
                      "max_prob_diff": float(np.abs(probs - expected).max())}
     return out
 
 
-def load(url: str, model: str, images: np.ndarray, expected: np.ndarray, concurrency: int, requests: int,
-         max_seconds: float = 120.0) -> dict:
-    """`requests` single-image b64 requests from `concurrency` clients; every answer checked against its image."""
+def jpeg_requests(images: np.ndarray, sizes: tuple[int, ...] = (0,), quality: int = 90) -> list[bytes]:
+    """JPEG bytes of each image, resized in turn to each of sizes (0 = as it is): mixed-size b64 requests."""
+    from PIL import Image
+
+    out = []
+    for i, x in enumerate(images):
+        im = Image.fromarray(np.clip(np.rint(x), 0, 255).astype(np.uint8))
+        side = sizes[i % len(sizes)]
+        if side:
+            im = im.resize((side, side * 3 // 4), Image.Resampling.BICUBIC)
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=quality)
+        out.append(buf.getvalue())
+    return out
+
+
+def load(url: str, model: str, jpegs: list[bytes], expected: np.ndarray, concurrency: int, requests: int,
+         max_seconds: float = 120.0, pid: int = 0, tolerance: float = 1e-3) -> dict:
+    """`requests` single-image b64 JPEG requests from `concurrency` clients, each answer checked against its image."""
     import httpx
 
     endpoint = f"{url}/v1/models/{model}:predict"
-    bodies = [{"signature_name": "serving_bytes", "instances": [to_png_b64(x)]} for x in images]
+    bodies = [{"signature_name": "serving_bytes", "instances": [{"b64": base64.b64encode(j).decode()}]}
+              for j in jpegs]
     deadline = time.time() + max_seconds
 
     def one(i: int, client: httpx.Client) -> tuple[float, str]:
         if time.time() > deadline:
             return 0.0, "skipped"
-        k = i % len(images)
+        k = i % len(jpegs)
         t = time.perf_counter()
-        r = client.post(endpoint, json=bodies[k], timeout=60)
+        try:
+            r = client.post(endpoint, json=bodies[k], timeout=60)
+        except httpx.HTTPError:
+            return time.perf_counter() - t, "error"
         secs = time.perf_counter() - t
         if r.status_code != 200:
             return secs, "error"
         probs = np.asarray(r.json()["predictions"][0]["probabilities"])
-        same = probs.argmax() == expected[k].argmax() and np.abs(probs - expected[k]).max() < 1e-3
+        same = probs.argmax() == expected[k].argmax() and np.abs(probs - expected[k]).max() < tolerance
         return secs, "ok" if same else "mismatch"
 
+    rss_before = rss_mb(pid) if pid else 0.0
     with httpx.Client(limits=httpx.Limits(max_connections=concurrency)) as client, \
             ThreadPoolExecutor(concurrency) as pool:
         t0 = time.perf_counter()
@@ -107,13 +155,16 @@ def load(url: str, model: str, images: np.ndarray, expected: np.ndarray, concurr
         wall = time.perf_counter() - t0
     done = [s for s, status in results if status != "skipped"]
     lat = np.asarray(done) * 1e3 if done else np.zeros(1)
-    return {"requests": len(done), "errors": sum(st == "error" for _, st in results),
-            "mismatches": sum(st == "mismatch" for _, st in results),
-            "latency_ms_p50": round(float(np.percentile(lat, 50)), 3),
-            "latency_ms_p99": round(float(np.percentile(lat, 99)), 3),
-            "throughput_rps": round(len(done) / wall, 3)}
+    out = {"requests": len(done), "errors": sum(st == "error" for _, st in results),
+           "mismatches": sum(st == "mismatch" for _, st in results),
+           "latency_ms_p50": round(float(np.percentile(lat, 50)), 3),
+           "latency_ms_p99": round(float(np.percentile(lat, 99)), 3),
+           "throughput_rps": round(len(done) / wall, 3)}
+    if pid:
+        out.update(rss_mb_before=round(rss_before, 1), rss_mb_after=round(rss_mb(pid), 1))
+    return out
 
 
 def params_path() -> str:
     """The params file the current stage reads."""
-    return str(Path(os.environ.get("FLOWERPIPE_PARAMS", "params.yaml")).resolve())
+    return str(Path(os.environ.get("FLOWERPIPE_PARAMS") or "params.yaml").resolve())

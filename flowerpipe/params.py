@@ -232,10 +232,23 @@ class Serve(_Section):
     format: str = "auto"
     max_body_mb: PosInt = 32
     max_batch: PosInt = 64
-    batch_window_ms: Annotated[float, Field(ge=0)] = 2.0
-    concurrency: list[PosInt] = [1, 4]
-    requests: PosInt = 40
+    batch_window_ms: Annotated[float, Field(ge=0)] = 0.0
+    timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    decode_workers: NonNegInt = 0
+    keep_versions: PosInt = 2
+    poll_s: Annotated[float, Field(ge=0)] = 2.0
+    version_labels: dict[str, NonNegInt] = {}
+    concurrency: list[PosInt] = [1, 8]
+    requests: PosInt = 80
     threads: NonNegInt = 0
+
+    @field_validator("version_labels")
+    @classmethod
+    def _labels(cls, v: dict[str, int]) -> dict[str, int]:
+        bad = [k for k in v if not k or "/" in k or ":" in k or k.isdigit()]
+        if bad:
+            raise ValueError(f"labels {bad} must be non-numeric names without '/' or ':' (e.g. stable, canary)")
+        return v
 
 
 class Headline(_Section):

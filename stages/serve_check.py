@@ -1,9 +1,26 @@
-"""serve_check stage: run the REST server on a free loopback port, check its answers, load it, stop it."""
+"""serve_check stage: run the server on loopback, check its answers, load it beside the benchmark, stop it."""
 
 from pathlib import Path
 
 from flowerpipe import stage
 from flowerpipe.params import Params
+
+
+def beside_benchmark(levels: dict[str, dict], cells: dict[str, dict]) -> dict[str, dict]:
+    """Each load level next to the runtime's own figures: c1 against batch-1 latency, cN against batch-N images/s."""
+    out = {}
+    for level, r in levels.items():
+        c = int(level[1:])
+        row: dict = {}
+        b1, bc = cells.get("b1", {}), cells.get(f"b{c}", {})
+        if c == 1 and b1.get("status") == "ok":
+            row["runtime_batch1_ms"] = b1["latency_ms_median"]
+            row["added_ms_p50"] = round(r["latency_ms_p50"] - b1["latency_ms_median"], 3)
+        if bc.get("status") == "ok":
+            row[f"runtime_batch{c}_ips"] = bc["throughput_ips"]
+            row["fraction_of_runtime"] = round(r["throughput_rps"] / bc["throughput_ips"], 3)
+        out[level] = row
+    return out
 
 
 def main(p: Params) -> None:
@@ -14,27 +31,36 @@ def main(p: Params) -> None:
     from flowerpipe.data.tfrecord import arrays
     from flowerpipe.exclusive import timing_lock
     from flowerpipe.formats.registry import FLOAT_FORMATS, built, find, load
-    from flowerpipe.loadtest import check_answers, free_port, params_path, running_server
+    from flowerpipe.loadtest import check_answers, free_port, jpeg_requests, params_path, running_server
     from flowerpipe.loadtest import load as load_test
-    from flowerpipe.serve import pick_format
+    from flowerpipe.serving.decode import decode_all
+    from flowerpipe.serving.main import pick_format
 
     bench = stage.read_json(Path(p.paths.reports) / "benchmark.json", {}) or {}
     fmt = pick_format(p.serve.format, bench, built(p, FLOAT_FORMATS))
-    images, _ = arrays(p.paths.tfrecords, "test", p.model.image_size, limit=16)
+    size = p.model.image_size
+    images, _ = arrays(p.paths.tfrecords, "test", size, limit=16)
     images = np.rint(images).astype(np.float32)  # what a PNG round trip keeps exactly
-    expected = load(find(p, fmt), "cpu", p.serve.threads).predict(images)
-    with running_server(params_path(), fmt, free_port()) as url:
-        answers = check_answers(url, p.model.name, images, expected)
+    runner = load(find(p, fmt), "cpu", p.serve.threads)
+    expected = runner.predict(images)
+    jpegs = jpeg_requests(images, sizes=(0, 2 * size, 4 * size))  # the model's size, and larger photos
+    expected_jpeg = runner.predict(decode_all(jpegs, size))  # the server decodes with this same code
+    runner.close()
+    with running_server(["--format", fmt], free_port(), params_file=params_path()) as server:
+        answers = check_answers(server.url, p.model.name, images, expected)
         with timing_lock("serve_check"):
-            levels = {f"c{c}": load_test(url, p.model.name, images, expected, c, p.serve.requests)
-                      for c in p.serve.concurrency}
+            levels = {f"c{c}": load_test(server.url, p.model.name, jpegs, expected_jpeg, c, p.serve.requests,
+                                         pid=server.pid) for c in p.serve.concurrency}
+    compared = beside_benchmark(levels, bench.get("results", {}).get(fmt, {}).get("cpu", {}))
     for form, a in answers.items():
         print(f"{form:8s} top-1 agreement {a['top1_agreement']:.3f}  max|dp| {a['max_prob_diff']:.2e}")
     for level, r in levels.items():
-        print(f"{level}: {r['requests']} requests, {r['errors']} errors, {r['mismatches']} mismatches, "
-              f"p50 {r['latency_ms_p50']:.1f} ms, p99 {r['latency_ms_p99']:.1f} ms, {r['throughput_rps']:.1f} req/s")
-    stage.write_json(Path(p.paths.reports) / "serve.json", {"format": fmt, "images": int(len(images)),
-                                                            "answers": answers, "load": levels})
+        extra = ", ".join(f"{k} {v}" for k, v in compared[level].items())
+        print(f"{level}: {r['requests']} b64 JPEG requests, {r['errors']} errors, {r['mismatches']} mismatches, "
+              f"p50 {r['latency_ms_p50']:.1f} ms, p99 {r['latency_ms_p99']:.1f} ms, {r['throughput_rps']:.1f} req/s"
+              f"{'; ' + extra if extra else ''}")
+    stage.write_json(Path(p.paths.reports) / "serve.json", {
+        "format": fmt, "images": int(len(images)), "answers": answers, "load": levels, "vs_benchmark": compared})
     stage.write_json(Path(p.paths.metrics) / "serve.json", headline.serve(levels))
     bad = [lv for lv, r in levels.items() if r["errors"] or r["mismatches"]]
     if bad or any(a["top1_agreement"] < 1.0 for a in answers.values()):

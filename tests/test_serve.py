@@ -1,168 +1,644 @@
-"""The REST server for real on loopback: protocol, bad requests, batching under a bounded load."""
+"""The server for real on loopback: both protocols, every route and failure, batching, versions and hot reload."""
 
+import asyncio
 import base64
+import io
 import json
+import shutil
+import struct
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
 
-from flowerpipe.loadtest import free_port, load
-from flowerpipe.serve import (
-    RequestError,
-    ServedModel,
-    create_app,
-    format_response,
-    parse_request,
-    pick_format,
-    to_png_b64,
-)
+from flowerpipe.serving.app import Limits, create_app
+from flowerpipe.serving.batcher import Batcher
+from flowerpipe.serving.client import client_predict, to_png_b64
+from flowerpipe.serving.errors import RequestError
+from flowerpipe.serving.main import pick_format
+from flowerpipe.serving.repository import AVAILABLE, END, Loaded, Repository, Settings, Source
+from flowerpipe.serving.tfs import parse_predict, route
 
 CLASSES = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
 SIZE = 8
 
 
-class ColourRunner:
-    """A deterministic stand-in model: softmax over mean colour features; counts its calls."""
+def colour_model(seed: int = 0):
+    """A deterministic stand-in model: softmax over mean colour features (differs per seed)."""
+    w = np.random.default_rng(seed).normal(0, 0.05, (3, len(CLASSES))).astype(np.float32)
 
-    def __init__(self):
-        self.calls, self.batches = 0, []
-        self.w = np.random.default_rng(0).normal(0, 0.05, (3, len(CLASSES))).astype(np.float32)
-
-    def predict(self, images):
-        self.calls += 1
-        self.batches.append(len(images))
-        time.sleep(0.01)  # a model call costs time, so concurrent requests can be merged
-        z = images.mean(axis=(1, 2)) @ self.w
+    def predict(images):
+        z = images.mean(axis=(1, 2)) @ w
         e = np.exp(z - z.max(1, keepdims=True))
         return (e / e.sum(1, keepdims=True)).astype(np.float32)
 
+    return predict
+
+
+class Recorder:
+    """Wraps a model: records every batch, can be slowed down and made to fail on a marker pixel value."""
+
+    def __init__(self, seed=0, delay=0.0):
+        self.predict_fn, self.delay, self.batches, self.lock = colour_model(seed), delay, [], threading.Lock()
+
+    def __call__(self, images):
+        with self.lock:
+            self.batches.append(images[:, 0, 0, 0].astype(int).tolist())
+        time.sleep(self.delay)
+        if (images == 13).all(axis=(1, 2, 3)).any():  # an all-13 image makes this model raise
+            raise ArithmeticError("model blew up")
+        return self.predict_fn(images)
+
+
+def loader(path: Path) -> Loaded:
+    """Versions are folders holding model.json: {"seed", "delay", "broken"}."""
+    cfg = json.loads((path / "model.json").read_text())
+    if cfg.get("broken"):
+        raise ValueError("broken model file")
+    rec = Recorder(cfg.get("seed", 0), cfg.get("delay", 0.0))
+    return Loaded(rec, CLASSES, SIZE, "fake")
+
+
+def write_version(base: Path, number: int, **cfg) -> None:
+    (base / str(number)).mkdir(parents=True, exist_ok=True)
+    (base / str(number) / "model.json").write_text(json.dumps(cfg))
+
+
+class Running:
+    """An app served by uvicorn in a thread on a free loopback port."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        from flowerpipe.loadtest import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        for _ in range(200):
+            try:
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("server did not start")
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+def serve(base: Path, labels=None, keep=2, timeout=5.0, poll=0.0, max_batch=16, window_ms=5.0):
+    repo = Repository("flowers", Source(base=base), loader,
+                      Settings(max_batch=max_batch, window_ms=window_ms, keep_versions=keep, labels=labels or {}))
+    return repo, Running(create_app(repo, Limits(max_body_bytes=200_000, timeout_s=timeout, poll_s=poll)))
+
 
 @pytest.fixture(scope="module")
-def server():
-    import uvicorn
-
-    runner = ColourRunner()
-    model = ServedModel("flowers", 1, runner, CLASSES, SIZE, "test")
-    app = create_app(model, max_body_bytes=200_000, max_batch=16, window_ms=5)
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            httpx.get(f"{url}/v1/models/flowers", timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    yield url, runner
-    srv.should_exit = True
-    thread.join(10)
+def server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("models") / "flowers"
+    write_version(base, 1, seed=1, delay=0.01)
+    write_version(base, 2, seed=2, delay=0.01)
+    repo, running = serve(base, labels={"stable": 1, "canary": 2, "gone": 7})
+    yield running.url, repo
+    running.stop()
 
 
 def images(n, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, SIZE, SIZE, 3)).astype(np.float32)
 
 
-def predict(url, body, path="flowers:predict", **kw):
-    return httpx.post(f"{url}/v1/models/{path}", timeout=30, **kw, **({"json": body} if body is not None else {}))
+def post(url, path, body=None, **kw):
+    return httpx.post(f"{url}{path}", timeout=30, **kw, **({"json": body} if body is not None else {}))
 
 
-def test_status_and_metadata(server):
+def version_of(probs, x):
+    """Which seed's model produced these probabilities."""
+    return next(s for s in range(5) if np.allclose(probs, colour_model(s)(x), atol=1e-5))
+
+
+# ---------------------------------------------------------------- TF Serving REST
+
+
+def test_tfs_status_metadata_versions_and_labels(server):
     url, _ = server
-    status = httpx.get(f"{url}/v1/models/flowers").json()
-    assert status["model_version_status"][0] == {"version": "1", "state": "AVAILABLE",
-                                                  "status": {"error_code": "OK", "error_message": ""}}
-    assert httpx.get(f"{url}/v1/models/flowers/versions/1").status_code == 200
-    meta = httpx.get(f"{url}/v1/models/flowers/metadata").json()
+    listed = httpx.get(f"{url}/v1/models").json()["models"][0]
+    assert listed["name"] == "flowers" and [s["version"] for s in listed["model_version_status"]] == ["2", "1"]
+    status = httpx.get(f"{url}/v1/models/flowers").json()["model_version_status"]
+    assert status[0] == {"version": "2", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+    assert httpx.get(f"{url}/v1/models/flowers/versions/1").json()["model_version_status"][0]["version"] == "1"
+    assert httpx.get(f"{url}/v1/models/flowers/labels/stable").json()["model_version_status"][0]["version"] == "1"
+    meta = httpx.get(f"{url}/v1/models/flowers/labels/canary/metadata").json()
+    assert meta["model_spec"] == {"name": "flowers", "signature_name": "", "version": "2"}
     sig = meta["metadata"]["signature_def"]["signature_def"]["serving_default"]
-    assert sig["inputs"]["image"]["dtype"] == "DT_FLOAT"
     assert [d["size"] for d in sig["inputs"]["image"]["tensor_shape"]["dim"]] == ["-1", "8", "8", "3"]
     assert set(sig["outputs"]) == {"probabilities", "class_index", "class_name"}
+    assert meta["metadata"]["classes"] == CLASSES
 
 
-def test_row_columnar_and_b64_equal_local(server):
-    url, runner = server
+def test_tfs_every_request_form_answers_like_the_model(server):
+    url, _ = server
     x = images(3)
-    local = ColourRunner().predict(x)
-    r = predict(url, {"instances": x.tolist()})
-    assert r.status_code == 200, r.text
-    row = r.json()["predictions"]
-    col = predict(url, {"inputs": {"image": x.tolist()}}).json()["outputs"]
-    b64 = predict(url, {"signature_name": "serving_bytes", "instances": [to_png_b64(i) for i in x]}).json()
-    named = predict(url, {"instances": [{"image": i} for i in x.tolist()]}).json()["predictions"]
-    versioned = predict(url, {"signature_name": "serving_uint8", "instances": x.astype(int).tolist()},
-                        path="flowers/versions/1:predict").json()["predictions"]
-    for probs in ([r["probabilities"] for r in row], col["probabilities"],
-                  [r["probabilities"] for r in b64["predictions"]], [r["probabilities"] for r in named],
-                  [r["probabilities"] for r in versioned]):
-        assert np.allclose(probs, local, atol=1e-5)
-    assert [r["class_name"] for r in row] == [CLASSES[i] for i in local.argmax(1)] == col["class_name"]
+    v1, v2 = colour_model(1)(x), colour_model(2)(x)
+    row = post(url, "/v1/models/flowers:predict", {"instances": x.tolist()}).json()["predictions"]
+    col = post(url, "/v1/models/flowers:predict", {"inputs": {"image": x.tolist()}}).json()["outputs"]
+    b64 = post(url, "/v1/models/flowers:predict", {"signature_name": "serving_bytes",
+                                                   "instances": [to_png_b64(i) for i in x]}).json()["predictions"]
+    named = post(url, "/v1/models/flowers:predict", {"instances": [{"image": i} for i in x.tolist()]}).json()
+    uint8 = post(url, "/v1/models/flowers/versions/1:predict", {"signature_name": "serving_uint8",
+                                                                "instances": x.astype(int).tolist()}).json()
+    stable = post(url, "/v1/models/flowers/labels/stable:predict", {"instances": x.tolist()}).json()
+    for probs, want in (([r["probabilities"] for r in row], v2), (col["probabilities"], v2),
+                        ([r["probabilities"] for r in b64], v2),
+                        ([r["probabilities"] for r in named["predictions"]], v2),
+                        ([r["probabilities"] for r in uint8["predictions"]], v1),
+                        ([r["probabilities"] for r in stable["predictions"]], v1)):
+        assert np.allclose(probs, want, atol=1e-5)
+    assert [r["class_name"] for r in row] == [CLASSES[i] for i in v2.argmax(1)] == col["class_name"]
 
 
-@pytest.mark.parametrize("body, status, words", [
-    (b"{not json", 400, "malformed JSON"),
-    ({"instances": []}, 400, "non-empty"),
-    ({"instances": [[[[1, 2]]]]}, 400, "wrong shape"),
-    ({"instances": [[[["a", "b", "c"]] * SIZE] * SIZE]}, 400, "wrong dtype"),
-    ({"instances": [[1, 2], [3]]}, 400, "wrong shape"),
-    ({"instances": [{"b64": base64.b64encode(b"hello, not an image").decode()}]}, 400, "not a JPEG or PNG"),
-    ({"instances": [{"b64": "%%%"}]}, 400, "not valid base64"),
-    ({"instances": [1], "inputs": [1]}, 400, "exactly one"),
-    ({"signature_name": "pickle", "instances": [1]}, 400, "unknown signature_name"),
-    ({"signature_name": "serving_uint8", "instances": [[[[0.5, 1, 2]] * SIZE] * SIZE]}, 400, "integers 0-255"),
-    ({"instances": [[[[0, 0, 0]] * SIZE] * SIZE] * 17}, 400, "too many images"),
+@pytest.mark.parametrize("path, body, status, words", [
+    ("/v1/models/flowers:predict", b"{not json", 400, "malformed JSON"),
+    ("/v1/models/flowers:predict", {"instances": []}, 400, "non-empty"),
+    ("/v1/models/flowers:predict", {"instances": [[[[1, 2]]]]}, 400, "wrong shape"),
+    ("/v1/models/flowers:predict", {"instances": [[[["a", "b", "c"]] * SIZE] * SIZE]}, 400, "wrong dtype"),
+    ("/v1/models/flowers:predict", {"instances": [[1, 2], [3]]}, 400, "wrong shape"),
+    ("/v1/models/flowers:predict", {"instances": [{"b64": base64.b64encode(b"not an image").decode()}]}, 400,
+     "not a JPEG"),
+    ("/v1/models/flowers:predict", {"instances": [{"b64": "%%%"}]}, 400, "not valid base64"),
+    ("/v1/models/flowers:predict", {"instances": [{"b64": 7}]}, 400, "must be a string"),
+    ("/v1/models/flowers:predict", {"instances": [1], "inputs": [1]}, 400, "exactly one"),
+    ("/v1/models/flowers:predict", {"signature_name": "pickle", "instances": [1]}, 400, "unknown signature_name"),
+    ("/v1/models/flowers:predict", {"signature_name": "serving_uint8", "instances": [[[[0.5, 1, 2]] * SIZE] * SIZE]},
+     400, "integers 0-255"),
+    ("/v1/models/flowers:predict", {"instances": [[[[0, 0, 0]] * SIZE] * SIZE] * 17}, 400, "too many images"),
+    ("/v1/models/flowers:predict", b"[" * 100_000 + b"]" * 100_000, 400, "malformed JSON"),
+    ("/v1/models/flowers:predict", b'{"instances": [[[[1e999, 0, 0]]]]}', 400, "wrong"),
+    ("/v1/models/flowers:classify", {"instances": [1]}, 400, "no classify signature"),
+    ("/v1/models/flowers:regress", {"instances": [1]}, 400, "no regress signature"),
+    ("/v1/models/flowers/versions/x:predict", {"instances": [1]}, 400, "version must be a number"),
+    ("/v1/models/flowers/versions/7:predict", {"instances": [1]}, 404, "Servable not found"),
+    ("/v1/models/flowers/labels/nope:predict", {"instances": [1]}, 404, "unknown version label"),
+    ("/v1/models/flowers/labels/gone:predict", {"instances": [1]}, 404, "Servable not found"),
+    ("/v1/models/nope:predict", {"instances": [1]}, 404, "Servable not found"),
+    ("/v1/models/flowers/metadata", {"instances": [1]}, 405, "only for :predict"),
+    ("/v2/models/flowers/infer", b"{nope", 400, "malformed JSON"),
+    ("/v2/models/flowers/infer", {"inputs": []}, 400, "exactly one tensor"),
+    ("/v2/models/flowers/infer", {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]}, 400,
+     "unknown input"),
+    ("/v2/models/flowers/infer", {"inputs": [{"name": "image", "datatype": "FP64", "shape": [1, 8, 8, 3],
+                                              "data": [0] * 192}]}, 400, "FP32 or UINT8"),
+    ("/v2/models/flowers/infer", {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 8, 8, 3],
+                                              "data": [0] * 191}]}, 400, "needs 192 values"),
+    ("/v2/models/flowers/infer", {"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 8, 8, 3],
+                                              "data": [300] * 192}]}, 400, "0-255"),
+    ("/v2/models/flowers/infer", {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 8, -8, 3],
+                                              "data": [0] * 192}]}, 400, "non-negative"),
+    ("/v2/models/flowers/infer", {"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1],
+                                              "data": ["%%%"]}]}, 400, "not valid base64"),
+    ("/v2/models/flowers/infer", {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 8, 8, 3],
+                                              "data": [0] * 192}], "outputs": [{"name": "logits"}]}, 400,
+     "unknown output"),
+    ("/v2/models/flowers/versions/7/infer", {"inputs": []}, 404, "Servable not found"),
+    ("/v2/models/nope/infer", {"inputs": []}, 404, "Servable not found"),
+    ("/v2/health/live", {}, 405, "Method Not Allowed"),
+    ("/nowhere", {}, 404, "unknown path /nowhere"),
 ])
-def test_bad_requests_get_4xx_and_server_keeps_serving(server, body, status, words):
+def test_bad_requests_get_an_error_object_and_the_server_keeps_serving(server, path, body, status, words):
     url, _ = server
-    r = predict(url, None, content=body if isinstance(body, bytes) else json.dumps(body).encode(),
-                headers={"content-type": "application/json"})
+    r = post(url, path, content=body if isinstance(body, bytes) else json.dumps(body).encode(),
+             headers={"content-type": "application/json"})
     assert r.status_code == status and words in r.json()["error"], r.text
-    assert predict(url, {"instances": images(1).tolist()}).status_code == 200
+    assert post(url, "/v1/models/flowers:predict", {"instances": images(1).tolist()}).status_code == 200
 
 
-def test_unknown_model_version_oversize_and_method(server):
+def test_oversize_bodies_and_wrong_methods(server):
     url, _ = server
-    assert "Servable not found" in predict(url, {"instances": images(1).tolist()}, "nope:predict").json()["error"]
-    assert predict(url, {"instances": images(1).tolist()}, "flowers/versions/7:predict").status_code == 404
-    assert httpx.get(f"{url}/v1/models/flowers/versions/x").status_code == 404
     big = b'{"instances": [' + b"0," * 150_000 + b"0]}"
-    r = predict(url, None, content=big, headers={"content-type": "application/json"})
-    assert r.status_code == 413 and "limit" in r.json()["error"]
-    assert httpx.get(f"{url}/v1/models/flowers:predict").status_code == 405
-    assert predict(url, {"instances": images(1).tolist()}).status_code == 200
+    for path in ("/v1/models/flowers:predict", "/v2/models/flowers/infer"):
+        r = post(url, path, content=big, headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "limit" in r.json()["error"]
+    r = httpx.get(f"{url}/v1/models/flowers:predict")
+    assert r.status_code == 405 and "POST" in r.json()["error"]
+    assert httpx.get(f"{url}/v2/models/flowers/infer").json()["error"]
 
 
-def test_bounded_concurrent_load_no_errors_no_mixups(server):
-    url, runner = server
-    x = np.rint(images(12, seed=3))
-    expected = ColourRunner().predict(x)
-    calls = runner.calls
-    result = load(url, "flowers", x, expected, concurrency=6, requests=60, max_seconds=60)
-    assert result["requests"] == 60 and result["errors"] == 0 and result["mismatches"] == 0
-    assert result["latency_ms_p50"] <= result["latency_ms_p99"]
-    assert runner.calls - calls < 60  # concurrent requests were batched together
-    assert max(runner.batches) > 1
+# ---------------------------------------------------------------- KServe V2 / Open Inference Protocol
+
+TENSOR = {"type": "object", "required": ["name", "datatype", "shape"],
+          "properties": {"name": {"type": "string"}, "datatype": {"type": "string"},
+                         "shape": {"type": "array", "items": {"type": "integer"}}}}
+DATA = {"type": "array", "items": {"anyOf": [{"$ref": "#/$defs/data"}, {"type": "number"}, {"type": "string"},
+                                             {"type": "boolean"}]}}
+# The response objects of the protocol's published OpenAPI document (kserve docs/predict-api/v2/rest_predict_v2.yaml).
+SCHEMAS = {
+    "server": {"type": "object", "required": ["name", "version", "extensions"],
+               "properties": {"name": {"type": "string"}, "version": {"type": "string"},
+                              "extensions": {"type": "array", "items": {"type": "string"}}}},
+    "model": {"type": "object", "required": ["name", "platform"],
+              "properties": {"name": {"type": "string"}, "platform": {"type": "string"},
+                             "versions": {"type": "array", "items": {"type": "string"}},
+                             "inputs": {"type": "array", "items": TENSOR},
+                             "outputs": {"type": "array", "items": TENSOR}}},
+    "infer": {"$defs": {"data": DATA}, "type": "object", "required": ["model_name", "outputs"],
+              "properties": {"model_name": {"type": "string"}, "model_version": {"type": "string"},
+                             "id": {"type": "string"}, "parameters": {"type": "object"},
+                             "outputs": {"type": "array", "items": {
+                                 "type": "object", "required": ["name", "shape", "datatype", "data"],
+                                 "properties": {**TENSOR["properties"], "parameters": {"type": "object"},
+                                                "data": {"$ref": "#/$defs/data"}}}}}},
+    "error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+}
 
 
-def test_parse_and_format_units():
-    x, sig, columnar = parse_request(json.dumps({"inputs": images(2).tolist()}).encode(), SIZE, 4)
-    assert x.shape == (2, SIZE, SIZE, 3) and sig == "serving_default" and columnar
-    with pytest.raises(RequestError, match="JSON object"):
-        parse_request(b"[1, 2]", SIZE, 4)
-    out = format_response(np.array([[0.1, 0.9]], np.float32), ["a", "b"], columnar=False)
-    assert out == {"predictions": [{"probabilities": [pytest.approx(0.1), pytest.approx(0.9)], "class_index": 1,
-                                    "class_name": "b"}]}
+def test_v2_routes_answer_in_the_published_schema(server):
+    import jsonschema
+
+    url, _ = server
+    jsonschema.validate(httpx.get(f"{url}/v2").json(), SCHEMAS["server"])
+    assert httpx.get(f"{url}/v2/health/live").status_code == 200
+    assert httpx.get(f"{url}/v2/health/ready").status_code == 200
+    for path in ("/v2/models/flowers", "/v2/models/flowers/versions/1"):
+        meta = httpx.get(f"{url}{path}").json()
+        jsonschema.validate(meta, SCHEMAS["model"])
+        assert meta["versions"] == ["2", "1"] and meta["inputs"][0]["shape"] == [-1, 8, 8, 3]
+    assert httpx.get(f"{url}/v2/models/flowers/versions/1/ready").status_code == 200
+    assert httpx.get(f"{url}/v2/models/flowers/ready").json()["version"] == "2"
+    r = httpx.get(f"{url}/v2/models/flowers/versions/9/ready")
+    assert r.status_code == 404
+    jsonschema.validate(r.json(), SCHEMAS["error"])
+    x = images(2)
+    body = {"id": "req-1", "inputs": [{"name": "image", "datatype": "FP32", "shape": [2, 8, 8, 3],
+                                       "data": x.ravel().tolist()}]}
+    answer = post(url, "/v2/models/flowers/versions/1/infer", body).json()
+    jsonschema.validate(answer, SCHEMAS["infer"])
+    assert answer["id"] == "req-1" and answer["model_version"] == "1"
+    outs = {o["name"]: o for o in answer["outputs"]}
+    assert np.allclose(np.reshape(outs["probabilities"]["data"], outs["probabilities"]["shape"]),
+                       colour_model(1)(x), atol=1e-5)
+    assert outs["class_name"]["data"] == [CLASSES[i] for i in colour_model(1)(x).argmax(1)]
+    nested = dict(body, inputs=[dict(body["inputs"][0], datatype="UINT8", data=x.astype(int).tolist())])
+    assert post(url, "/v2/models/flowers/infer", nested).status_code == 200
+    jsonschema.validate(post(url, "/v2/models/flowers/infer", {"inputs": 3}).json(), SCHEMAS["error"])
 
 
-def test_pick_format_prefers_fastest_measured_float():
+def test_v2_binary_tensors_and_encoded_images(server):
+    url, _ = server
+    x = images(2)
+    raw = x.astype("<f4").tobytes()
+    head = json.dumps({"inputs": [{"name": "image", "datatype": "FP32", "shape": [2, 8, 8, 3],
+                                   "parameters": {"binary_data_size": len(raw)}}],
+                       "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}},
+                                   {"name": "class_name"}]}).encode()
+    r = post(url, "/v2/models/flowers/infer", content=head + raw,
+             headers={"Inference-Header-Content-Length": str(len(head))})
+    assert r.status_code == 200, r.text
+    n = int(r.headers["Inference-Header-Content-Length"])
+    meta = json.loads(r.content[:n])
+    assert meta["outputs"][0]["parameters"]["binary_data_size"] == 2 * 5 * 4
+    assert np.allclose(np.frombuffer(r.content[n:], "<f4").reshape(2, 5), colour_model(2)(x), atol=1e-6)
+    assert meta["outputs"][1]["data"] == [CLASSES[i] for i in colour_model(2)(x).argmax(1)]
+    pngs = [base64.b64decode(to_png_b64(i)["b64"]) for i in x]
+    blob = b"".join(struct.pack("<I", len(p)) + p for p in pngs)
+    head = json.dumps({"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [2],
+                                   "parameters": {"binary_data_size": len(blob)}}]}).encode()
+    r = post(url, "/v2/models/flowers/infer", content=head + blob,
+             headers={"Inference-Header-Content-Length": str(len(head))})
+    assert np.allclose(r.json()["outputs"][0]["data"], colour_model(2)(x).ravel(), atol=1e-5)
+    lying = struct.pack("<I", len(pngs[0]) + 10) + blob[4:]  # the first element claims more bytes than there are
+    plain = json.dumps({"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1], "data": ["AA=="]}]})
+    for content, length, words in ((head + blob[:-3], len(head), "binary_data_size"),
+                                   (head + lying, len(head), "runs past"),
+                                   (head[:-1] + b" " + blob, len(head) - 1, "malformed JSON"),
+                                   (plain.encode() + b"xyz", len(plain), "no input declares")):
+        r = post(url, "/v2/models/flowers/infer", content=content,
+                 headers={"Inference-Header-Content-Length": str(length)})
+        assert r.status_code == 400 and words in r.json()["error"], r.text
+    r = post(url, "/v2/models/flowers/infer", content=head, headers={"Inference-Header-Content-Length": "99999"})
+    assert r.status_code == 400 and "byte count" in r.json()["error"]
+
+
+def test_tritonclient_works_against_the_server(server):
+    import tritonclient.http as triton
+
+    url, _ = server
+    client = triton.InferenceServerClient(url.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("flowers", "1")
+    assert client.get_model_metadata("flowers")["inputs"][0]["name"] == "image"
+    assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
+    x = images(3)
+    inp = triton.InferInput("image", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)  # binary by default
+    result = client.infer("flowers", [inp], model_version="1", request_id="t1")
+    assert np.allclose(result.as_numpy("probabilities"), colour_model(1)(x), atol=1e-6)
+    assert result.as_numpy("class_index").tolist() == colour_model(1)(x).argmax(1).tolist()
+    assert [n.decode() for n in result.as_numpy("class_name")] == [CLASSES[i] for i in colour_model(1)(x).argmax(1)]
+    pngs = np.array([base64.b64decode(to_png_b64(i)["b64"]) for i in x], dtype=np.object_)
+    enc = triton.InferInput("image_bytes", [3], "BYTES")
+    enc.set_data_from_numpy(pngs)
+    out = client.infer("flowers", [enc], outputs=[triton.InferRequestedOutput("probabilities", binary_data=False)])
+    assert np.allclose(out.as_numpy("probabilities"), colour_model(2)(x), atol=1e-5)
+    nope = triton.InferInput("nope", [1], "FP32")
+    nope.set_data_from_numpy(np.zeros(1, np.float32))
+    with pytest.raises(Exception, match="unknown input"):
+        client.infer("flowers", [nope])
+    client.close()
+
+
+def test_client_command_over_both_protocols(server, tmp_path):
+    url, _ = server
+    files = []
+    for i, x in enumerate(images(2, seed=5)):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(x.astype(np.uint8)).save(files[-1])
+    tfs = client_predict(url, "flowers", files)
+    v2 = client_predict(url, "flowers", files, protocol="v2")
+    assert np.allclose([p["probabilities"] for p in tfs], [p["probabilities"] for p in v2], atol=1e-6)
+    assert [p["class_name"] for p in tfs] == [p["class_name"] for p in v2]
+    with pytest.raises(RequestError, match="404"):
+        client_predict(url, "nope", files)
+    with pytest.raises(RequestError, match="cannot reach"):
+        client_predict("http://127.0.0.1:9", "flowers", files, timeout=2)
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def test_prometheus_metrics_count_requests_latency_batches_and_queue(server):
+    url, _ = server
+    before = httpx.get(f"{url}/monitoring/prometheus/metrics").text
+    post(url, "/v1/models/flowers:predict", {"instances": images(2).tolist()})
+    post(url, "/v1/models/flowers:predict", {"instances": []})
+    text = httpx.get(f"{url}/metrics").text
+
+    def value(body, line_start):
+        return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines() if line.startswith(line_start))
+
+    ok = 'flowerpipe_requests_total{code="200",endpoint="tfs_predict"}'
+    bad = 'flowerpipe_requests_total{code="400",endpoint="tfs_predict"}'
+    assert value(text, ok) == value(before, ok) + 1 and value(text, bad) == value(before, bad) + 1
+    assert value(text, 'flowerpipe_request_seconds_count{endpoint="tfs_predict"}') >= 2
+    assert value(text, "flowerpipe_batch_size_sum") >= value(before, "flowerpipe_batch_size_sum") + 2
+    assert "flowerpipe_queue_images 0.0" in text and "flowerpipe_model_versions_available 2.0" in text
+
+
+# ---------------------------------------------------------------- batching
+
+
+def run_batcher(jobs, max_batch=4, window_ms=50.0, delay=0.05, timeout=5.0, stagger=0.0):
+    """Submit jobs (lists of image ids) in order; return (answers or errors, the model's batches)."""
+    rec = Recorder(delay=delay)
+    batcher = Batcher(rec, max_batch, window_ms)
+
+    async def main():
+        async def one(ids, i):
+            await asyncio.sleep(i * stagger)
+            x = np.zeros((len(ids), SIZE, SIZE, 3), np.float32) + np.array(ids, np.float32)[:, None, None, None]
+            try:
+                return await batcher.predict(x, timeout)
+            except RequestError as exc:
+                return exc
+
+        out = await asyncio.gather(*(one(ids, i) for i, ids in enumerate(jobs)))
+        await batcher.drain()
+        return out
+
+    return asyncio.run(main()), rec.batches, batcher
+
+
+def test_batcher_is_first_in_first_out_and_never_lets_a_request_overtake():
+    answers, batches, batcher = run_batcher([[1, 2, 3], [4, 5, 6], [7], [8, 9], [10]], stagger=0.002)
+    assert batches == [[1, 2, 3], [4, 5, 6, 7], [8, 9, 10]]  # [7] waited behind [4,5,6], which did not fit with [1,2,3]
+    assert [len(a) for a in answers] == [3, 3, 1, 2, 1] and batcher.stats.batches == 3
+    for ids, a in zip([[1, 2, 3], [4, 5, 6], [7], [8, 9], [10]], answers, strict=True):
+        x = np.zeros((len(ids), SIZE, SIZE, 3), np.float32) + np.array(ids, np.float32)[:, None, None, None]
+        assert np.allclose(a, colour_model(0)(x))
+
+
+def test_batcher_deadline_gives_504_and_skips_the_expired_request():
+    answers, batches, _ = run_batcher([[1], [2], [3]], max_batch=1, window_ms=0, delay=0.3, timeout=0.45)
+    assert isinstance(answers[0], np.ndarray)
+    assert all(isinstance(a, RequestError) and a.status == 504 and "deadline" in str(a) for a in answers[1:])
+    assert [2] in batches and [3] not in batches  # [3] expired in the queue: the model never saw it
+
+
+def test_model_exception_fails_only_its_batch_with_500():
+    answers, batches, batcher = run_batcher([[13], [1]], max_batch=1, window_ms=0, delay=0)
+    assert isinstance(answers[0], RequestError) and answers[0].status == 500 and "blew up" in str(answers[0])
+    assert isinstance(answers[1], np.ndarray) and batcher.stats.batches == 1
+
+
+def test_a_dead_batcher_loop_fails_pending_requests_and_restarts(monkeypatch):
+    calls = {"n": 0}
+    real_take = Batcher._take
+
+    def flaky(self):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("bug in the loop")
+        return real_take(self)
+
+    monkeypatch.setattr(Batcher, "_take", flaky)
+    answers, _, batcher = run_batcher([[1], [2]], window_ms=20, delay=0)
+    assert all(isinstance(a, RequestError) and a.status == 500 for a in answers)
+    answers, _, _ = run_batcher([[3]], window_ms=0, delay=0)
+    assert isinstance(answers[0], np.ndarray) and batcher.stats.restarts == 1
+
+
+def test_concurrent_http_requests_each_get_their_own_answer_and_are_batched(server):
+    url, repo = server
+    x = images(48, seed=3)
+    want = colour_model(2)(x)
+    batcher = repo.resolve().batcher
+    calls = batcher.stats.batches
+
+    def one(i):
+        r = post(url, "/v1/models/flowers:predict", {"instances": [x[i].tolist()]})
+        return i, np.asarray(r.json()["predictions"][0]["probabilities"])
+
+    with ThreadPoolExecutor(8) as pool:
+        for i, probs in pool.map(one, range(48)):
+            assert np.allclose(probs, want[i], atol=1e-6)
+    assert batcher.stats.batches - calls < 48 and max(batcher.stats.sizes[-10:]) > 1
+
+
+# ---------------------------------------------------------------- versions and hot reload
+
+
+def test_hot_reload_while_requests_run(tmp_path):
+    base = tmp_path / "flowers"
+    write_version(base, 1, seed=1, delay=0.005)
+    repo, running = serve(base, keep=2, poll=0.1)
+    url, x = running.url, images(1, seed=9)
+    stop, seen, failures = threading.Event(), set(), []
+
+    def hammer():
+        with httpx.Client() as c:
+            while not stop.is_set():
+                r = c.post(f"{url}/v1/models/flowers:predict", json={"instances": x.tolist()}, timeout=30)
+                if r.status_code != 200:
+                    failures.append(r.text)
+                else:
+                    seen.add(version_of(r.json()["predictions"][0]["probabilities"], x))
+
+    def wait_for(check, what):
+        for _ in range(200):
+            if check():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}: {httpx.get(f'{url}/v1/models/flowers').text}")
+
+    def states():
+        return {s["version"]: s["state"] for s in httpx.get(f"{url}/v1/models/flowers").json()["model_version_status"]}
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        (base / "2").mkdir()  # a version being copied in: no model file yet, so nothing is loaded
+        time.sleep(0.5)
+        assert "2" not in states()
+        write_version(base, 2, seed=2, delay=0.005)
+        wait_for(lambda: states().get("2") == AVAILABLE, "v2")
+        wait_for(lambda: 2 in seen, "answers from v2")
+        assert version_of(post(url, "/v1/models/flowers/versions/1:predict", {"instances": x.tolist()}).json()
+                          ["predictions"][0]["probabilities"], x) == 1  # the old version keeps answering
+        write_version(base, 3, broken=True)
+        wait_for(lambda: states().get("3") == END, "v3 reported broken")
+        status = {s["version"]: s for s in httpx.get(f"{url}/v1/models/flowers").json()["model_version_status"]}
+        assert "broken model file" in status["3"]["status"]["error_message"]
+        assert post(url, "/v1/models/flowers:predict", {"instances": x.tolist()}).status_code == 200
+        write_version(base, 3, seed=3)  # fixed: loaded, and v1 falls out of keep_versions=2
+        wait_for(lambda: states() == {"3": AVAILABLE, "2": AVAILABLE, "1": END}, "v3 loaded, v1 unloaded")
+        shutil.rmtree(base / "3")
+        wait_for(lambda: states()["3"] == END, "v3 unloaded when its folder went")
+        seen.clear()
+        wait_for(lambda: seen == {2}, "answers from v2 again")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+        running.stop()
+    assert not failures, failures[:3]
+
+
+def test_a_broken_newest_version_at_start_falls_back_and_none_loading_is_one_error(tmp_path):
+    base = tmp_path / "flowers"
+    write_version(base, 1, seed=1)
+    write_version(base, 2, broken=True)
+    repo = Repository("flowers", Source(base=base), loader, Settings(keep_versions=1))
+    asyncio.run(repo.start())
+    assert [v.number for v in repo.available()] == [1] and repo.versions[2].state == END
+    write_version(base, 1, broken=True)
+    with pytest.raises(Exception, match="no version of flowers could be loaded"):
+        asyncio.run(Repository("flowers", Source(base=base), loader, Settings()).start())
+
+
+def test_units_route_parse_and_pick_format():
+    assert route("flowers/labels/stable:predict").label == "stable"
+    assert route("flowers/versions/3/metadata").version == 3
+    with pytest.raises(RequestError):
+        route("flowers/versions/3/extra")
+    x, columnar = parse_predict(json.dumps({"inputs": images(2).tolist()}).encode(), SIZE, 4)
+    assert x.shape == (2, SIZE, SIZE, 3) and columnar
     bench = {"results": {"onnx": {"cpu": {"b1": {"status": "ok", "latency_ms_median": 60.0}}},
                          "openvino-float32": {"cpu": {"b1": {"status": "ok", "latency_ms_median": 50.0}}},
                          "tflite-int8": {"cpu": {"b1": {"status": "ok", "latency_ms_median": 10.0}}}}}
     assert pick_format("auto", bench, ["onnx", "openvino-float32", "tflite-int8"]) == "openvino-float32"
     assert pick_format("auto", bench, ["onnx"]) == "onnx"
     assert pick_format("auto", {}, ["savedmodel", "keras"]) == "savedmodel"
-    assert pick_format("tflite-int8", bench, []) == "tflite-int8"
+
+
+def test_serving_decoder_matches_the_training_decoder(photos):
+    from flowerpipe.data.images import load_image
+    from flowerpipe.serving.decode import decode_image
+
+    diffs = []
+    for f in sorted(photos.rglob("*.jpg"))[:6]:
+        raw = f.read_bytes()
+        big = io.BytesIO()
+        Image.open(io.BytesIO(raw)).resize((320, 240)).save(big, "JPEG", quality=92)
+        for data in (raw, big.getvalue()):
+            diffs.append(np.abs(decode_image(data, 47, "x") - load_image(data, 47)).mean())
+    assert max(diffs) < 1.5, diffs  # grey levels: the two JPEG decoders round differently, the resize is the same
+
+
+# ---------------------------------------------------------------- a real model, from a copied model folder alone
+
+
+@pytest.mark.slow
+def test_copied_model_folder_serves_alone_without_tensorflow_under_1000_mixed_requests(project, tmp_path):
+    from flowerpipe.data.tfrecord import arrays
+    from flowerpipe.loadtest import check_answers, free_port, jpeg_requests, load, rss_mb, running_server
+    from flowerpipe.serving.artifacts import load_artifact
+    from flowerpipe.serving.decode import decode_all
+
+    repo, _ = project
+    shutil.copytree(repo / "models", tmp_path / "models")  # no params, no data, no DVC beside it
+    shutil.rmtree(tmp_path / "models" / "converted" / "openvino")  # so that auto picks ONNX
+    local = load_artifact(tmp_path / "models" / "converted" / "onnx" / "model.onnx")
+    size = local.image_size
+    x = np.rint(arrays(repo / "data" / "tfrecords", "test", size, limit=12)[0]).astype(np.float32)
+    jpegs = jpeg_requests(x, sizes=(0, 2 * size, 5 * size))
+    expected = local.predict(decode_all(jpegs, size))
+    with running_server(["models"], free_port(), cwd=tmp_path) as server:
+        maps = Path(f"/proc/{server.pid}/maps").read_text()
+        assert "tensorflow" not in maps and "onnxruntime" in maps  # ONNX served without TensorFlow
+        meta = httpx.get(f"{server.url}/v1/models/flowers/metadata").json()["metadata"]
+        assert meta["format"] == "onnx" and meta["classes"] == local.classes
+        answers = check_answers(server.url, "flowers", x, local.predict(x))
+        assert all(a["top1_agreement"] == 1.0 and a["max_prob_diff"] < 1e-4 for a in answers.values()), answers
+        warm = load(server.url, "flowers", jpegs, expected, 8, 200, pid=server.pid)
+        first = load(server.url, "flowers", jpegs, expected, 8, 500, pid=server.pid)
+        second = load(server.url, "flowers", jpegs, expected, 8, 500, pid=server.pid)
+    for r in (warm, first, second):
+        assert r["requests"] > 0 and r["errors"] == 0 and r["mismatches"] == 0, r
+    assert first["requests"] + second["requests"] == 1000
+    growth = second["rss_mb_after"] - first["rss_mb_after"]
+    print(f"1000 requests at c8: {first['throughput_rps']:.0f} and {second['throughput_rps']:.0f} req/s, "
+          f"p99 {second['latency_ms_p99']:.1f} ms, RSS {warm['rss_mb_after']:.0f} -> {first['rss_mb_after']:.0f} -> "
+          f"{second['rss_mb_after']:.0f} MB")
+    assert growth < 20, (first, second)  # steady: the second 500 requests do not add memory
+    assert rss_mb(0) == 0.0
+
+
+def test_hostile_images_are_400s_never_decoded_bombs(photos):
+    from flowerpipe.serving.decode import decode_image
+
+    bomb = io.BytesIO()
+    Image.new("1", (8000, 7000)).save(bomb, "PNG")  # 56 megapixels in a few KB
+    jpeg = next(photos.rglob("*.jpg")).read_bytes()
+    for data, words in ((bomb.getvalue(), "pixels is over"), (jpeg[: len(jpeg) // 2], "could not be decoded"),
+                        (b"", "empty image"), (b"GIF89a" + b"\0" * 20, "not a JPEG")):
+        with pytest.raises(RequestError, match=words) as err:
+            decode_image(data, SIZE, "instance 0")
+        assert err.value.status == 400
+    assert len(bomb.getvalue()) < 100_000
+
+
+def test_a_client_that_stalls_mid_body_gets_408_and_blocks_no_one(tmp_path):
+    import socket
+
+    base = tmp_path / "flowers"
+    write_version(base, 1, seed=1)
+    _, running = serve(base, timeout=1.0)
+    try:
+        with socket.create_connection(("127.0.0.1", running.port)) as s:
+            s.sendall(b"POST /v1/models/flowers:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 1000\r\n\r\n{\"instances\": [")
+            t = time.perf_counter()
+            assert post(running.url, "/v1/models/flowers:predict", {"instances": images(1).tolist()}).status_code == 200
+            assert time.perf_counter() - t < 0.5  # the stalled body does not hold up another client
+            s.settimeout(10)
+            answer = s.recv(4096).decode()
+        assert answer.startswith("HTTP/1.1 408") and "not received within 1 s" in answer, answer
+    finally:
+        running.stop()

@@ -1,0 +1,216 @@
+"""One routing layer over the model repository: TF Serving REST, KServe V2, health and metrics; errors as {"error"}."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+
+from flowerpipe import __version__
+from flowerpipe.serving import tfs, v2
+from flowerpipe.serving.batcher import Unloading
+from flowerpipe.serving.errors import RequestError
+from flowerpipe.serving.metrics import PATHS, Metrics, MetricsMiddleware
+from flowerpipe.serving.repository import Repository, Version
+
+log = logging.getLogger(__name__)
+JSON = "application/json"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-request limits and the decode pool's size."""
+
+    max_body_bytes: int = 32 << 20
+    timeout_s: float = 30.0
+    decode_workers: int = 0  # 0 = one per core
+    poll_s: float = 2.0  # how often the model base folder is scanned for new versions (0 = never)
+
+
+def error(message: str, status: int) -> JSONResponse:
+    """TF Serving's and KServe's error shape."""
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The request body: 413 as soon as it is over the limit (declared or streamed), 408 if it is not all in time."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise RequestError(f"request body over the {limit} byte limit", 413)
+    body = bytearray()
+
+    async def receive() -> None:
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > limit:
+                raise RequestError(f"request body over the {limit} byte limit", 413)
+
+    try:
+        await asyncio.wait_for(receive(), timeout)
+    except TimeoutError:
+        raise RequestError(f"request body not received within {timeout:g} s", 408) from None
+    return bytes(body)
+
+
+def create_app(repo: Repository, limits: Limits = Limits()) -> FastAPI:
+    """The server: every route answers from `repo`, decoding in a thread pool and calling the model through batchers."""
+    pool = ThreadPoolExecutor(limits.decode_workers or os.cpu_count() or 1, thread_name_prefix="decode")
+    metrics = Metrics(lambda: repo.queued_images, lambda: len(repo.available()))
+    repo.on_batch = metrics.batch.observe
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        if not repo.available():
+            await repo.start()
+        watcher = (asyncio.get_running_loop().create_task(repo.watch(limits.poll_s))
+                   if repo.source.watched and limits.poll_s > 0 else None)
+        yield
+        if watcher:
+            watcher.cancel()
+        await repo.close()  # uvicorn stopped taking requests and drained open ones first
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="flowerpipe", version=__version__, docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=lifespan)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.state.repo, app.state.metrics = repo, metrics
+
+    @app.exception_handler(RequestError)
+    async def _request_error(_r, exc: RequestError):
+        return error(str(exc), exc.status)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException):
+        if exc.status_code == 404:
+            return error(f"unknown path {request.url.path}; this server answers /v1/models/{repo.name}..., "
+                         f"/v2/models/{repo.name}..., /v2/health/ready and {PATHS[0]}", 404)
+        return error(str(exc.detail), exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_r, exc: RequestValidationError):
+        return error(f"bad request: {exc.errors()[:1]}", 400)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(_r, exc: Exception):
+        log.exception("unhandled error")
+        return error(f"internal error: {exc.__class__.__name__}", 500)
+
+    def model(name: str) -> Repository:
+        if name != repo.name:
+            raise RequestError(f"Servable not found for request: Latest({name}); this server has {repo.name!r}", 404)
+        return repo
+
+    async def decode(fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+    def deadline(start: float) -> float:
+        return max(0.001, limits.timeout_s - (asyncio.get_running_loop().time() - start))
+
+    async def predict(v: Version, images, start: float, version: int | None = None, label: str | None = None):
+        """(version that answered, probabilities); a request whose version is unloaded meanwhile goes on to the next."""
+        for _ in range(3):
+            try:
+                return v, await v.batcher.predict(images, deadline(start))
+            except Unloading:
+                v = repo.resolve(version, label)  # the new latest, or a 404 when the named version has gone
+                if v.model.image_size != images.shape[1]:
+                    raise RequestError("the model version changed input size while this request waited; retry",
+                                       503) from None
+        raise Unloading()
+
+    # ---------------------------------------------------------------- TF Serving REST
+
+    @app.get("/v1/models")
+    async def list_models():
+        return {"models": [{"name": repo.name, "model_version_status": repo.status()}]}
+
+    @app.get("/v1/models/{rest:path}")
+    async def tfs_get(rest: str):
+        r = tfs.route(rest)
+        if r.action != "status" and r.action != "metadata":
+            raise RequestError(f"{r.action} takes POST", 405)
+        m = model(r.name)
+        if r.action == "status":
+            return {"model_version_status": m.status(r.version, r.label)}
+        v = m.resolve(r.version, r.label)
+        return tfs.metadata(m.name, v.number, v.model.classes, v.model.image_size, v.model.format)
+
+    @app.post("/v1/models/{rest:path}")
+    async def tfs_post(rest: str, request: Request):
+        start = asyncio.get_running_loop().time()
+        r = tfs.route(rest)
+        if r.action in ("classify", "regress"):
+            raise RequestError(f"this model has no {r.action} signature (its method is tensorflow/serving/predict); "
+                               f"use POST /v1/models/{r.name}:predict", 400)
+        if r.action != "predict":
+            raise RequestError(f"POST is only for :predict, not {r.action}", 405)
+        v = model(r.name).resolve(r.version, r.label)
+        body = await read_body(request, limits.max_body_bytes, deadline(start))
+        images, columnar = await decode(tfs.parse_predict, body, v.model.image_size, v.batcher.max_batch)
+        v, probs = await predict(v, images, start, r.version, r.label)
+        return Response(tfs.predict_response(probs, v.model.classes, columnar), media_type=JSON)
+
+    # ---------------------------------------------------------------- KServe V2 / Open Inference Protocol
+
+    @app.get("/v2")
+    @app.get("/v2/")
+    async def v2_server():
+        return {"name": "flowerpipe", "version": __version__, "extensions": v2.EXTENSIONS}
+
+    @app.get("/v2/health/live")
+    async def v2_live():
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def v2_ready():
+        if not repo.available():
+            return error(f"no version of {repo.name} is available", 503)
+        return {"ready": True}
+
+    def v2_version(name: str, version: str | None) -> Version:
+        if version is not None and not (version.isdigit() and len(version) < 19):
+            raise RequestError(f"version must be a number, got {version!r}", 400)
+        return model(name).resolve(int(version) if version is not None else None)
+
+    @app.get("/v2/models/{name}")
+    @app.get("/v2/models/{name}/versions/{version}")
+    async def v2_metadata(name: str, version: str | None = None):
+        v = v2_version(name, version)
+        return v2.model_metadata(name, [x.number for x in repo.available()], v.model.classes, v.model.image_size,
+                                 v.model.format)
+
+    @app.get("/v2/models/{name}/ready")
+    @app.get("/v2/models/{name}/versions/{version}/ready")
+    async def v2_model_ready(name: str, version: str | None = None):
+        v = v2_version(name, version)
+        return {"name": name, "version": str(v.number), "ready": True}
+
+    @app.post("/v2/models/{name}/infer")
+    @app.post("/v2/models/{name}/versions/{version}/infer")
+    async def v2_infer(name: str, request: Request, version: str | None = None):
+        start = asyncio.get_running_loop().time()
+        v = v2_version(name, version)
+        body = await read_body(request, limits.max_body_bytes, deadline(start))
+        req = await decode(v2.parse_infer, body, request.headers.get(v2.HEADER), v.model.image_size,
+                           v.batcher.max_batch)
+        v, probs = await predict(v, req.images, start, int(version) if version is not None else None)
+        content, headers = v2.infer_response(name, v.number, req, probs, v.model.classes)
+        return Response(content, headers=headers)
+
+    # ---------------------------------------------------------------- monitoring
+
+    async def prometheus():
+        content, media = metrics.render()
+        return Response(content, media_type=media)
+
+    for path in PATHS:
+        app.add_api_route(path, prometheus, methods=["GET"])
+    return app

@@ -1,0 +1,135 @@
+"""`flowerpipe serve`: find what to serve (a model folder alone, or the pipeline's params), load it, run uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from flowerpipe.errors import FormatError
+from flowerpipe.params import Params, Serve
+from flowerpipe.serving.repository import Repository, Settings, Source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Plan:
+    """What to serve: a model name, where its versions come from, and fallbacks for a model without labels."""
+
+    name: str
+    source: Source
+    format: str
+    classes: list[str] | None = None
+    image_size: int = 0
+
+
+def pick_format(requested: str, benchmark: dict, available: list[str]) -> str:
+    """`serve.format`, or for 'auto' the float format with the lowest batch-1 CPU latency measured."""
+    from flowerpipe.formats.registry import FLOAT_FORMATS
+
+    if requested != "auto":
+        return requested
+    best, best_ms = None, float("inf")
+    for name in FLOAT_FORMATS:
+        cells = benchmark.get("results", {}).get(name, {}).get("cpu", {})
+        if name not in available or not cells:
+            continue
+        smallest = cells[min(cells, key=lambda k: int(k[1:]))]  # keys are "b<batch size>"
+        if smallest.get("status") == "ok" and smallest["latency_ms_median"] < best_ms:
+            best, best_ms = name, smallest["latency_ms_median"]
+    if best:
+        return best
+    fallback = [n for n in FLOAT_FORMATS if n in available]
+    if not fallback:
+        raise FormatError("no float model format is built yet (run dvc repro)")
+    return fallback[0]
+
+
+def plan_from_params(p: Params, fmt: str | None) -> Plan:
+    """The pipeline's own model: serve.format (auto = fastest measured), labels from the model or the manifest."""
+    from flowerpipe.data.tfrecord import Manifest
+    from flowerpipe.formats.registry import FLOAT_FORMATS, built, find, savedmodel_dir
+    from flowerpipe.jsonio import read_json
+
+    bench = read_json(Path(p.paths.reports) / "benchmark.json", {}) or {}
+    name = pick_format(fmt or p.serve.format, bench, built(p, FLOAT_FORMATS))
+    variant = find(p, name)
+    try:
+        classes = Manifest.read(p.paths.tfrecords).classes
+    except (OSError, ValueError):
+        classes = None  # no data here: the labels that travel with the model are used
+    if name == "savedmodel":
+        source = Source(base=savedmodel_dir(p).parent)
+    else:
+        source = Source(fixed=variant.path, version=p.export.version)
+    return Plan(p.model.name, source, name, classes, p.model.image_size)
+
+
+def _pipeline_models(folder: Path, fmt: str | None) -> Plan:
+    """A copied `models/` folder: serving/<name>/<N>/ and converted/..., laid out as the pipeline writes them."""
+    from flowerpipe.formats.registry import FLOAT_FORMATS, built, find
+    from flowerpipe.params import parse
+
+    served = sorted(d for d in (folder / "serving").glob("*") if d.is_dir()) if (folder / "serving").is_dir() else []
+    name = served[0].name if served else "flowers"
+    p = parse({"paths": {"model": str(folder / "model.keras"), "serving": str(folder / "serving"),
+                         "converted": str(folder / "converted")}, "model": {"name": name}})
+    versions = sorted(int(d.name) for d in (folder / "serving" / name).glob("[1-9]*") if d.name.isdigit())
+    version = versions[-1] if versions else 1
+    p = parse({**p.model_dump(), "export": {**p.export.model_dump(), "version": version}})
+    fmt = pick_format(fmt or "auto", {}, built(p, FLOAT_FORMATS)) if fmt in (None, "auto") else fmt
+    if fmt == "savedmodel":
+        return Plan(name, Source(base=folder / "serving" / name), fmt)
+    return Plan(name, Source(fixed=find(p, fmt).path, version=version), fmt)
+
+
+def plan_from_path(path: Path, fmt: str | None, name: str | None) -> Plan:
+    """A model file or folder alone: a pipeline models/ folder, a base of numbered versions, or one model."""
+    from flowerpipe.serving.artifacts import detect, format_name
+
+    path = Path(path)
+    if not path.exists():
+        raise FormatError(f"{path}: no such file or folder")
+    if path.is_dir() and ((path / "serving").is_dir() or (path / "converted").is_dir()):
+        plan = _pipeline_models(path, fmt)
+    elif path.is_dir() and any(d.is_dir() and d.name.isdigit() for d in path.iterdir()):
+        plan = Plan(path.resolve().name, Source(base=path), "versions")
+    else:
+        family, option, _ = detect(path)
+        plan = Plan("flowers", Source(fixed=path), format_name(family, option))
+    plan.name = name or plan.name
+    return plan
+
+
+def repository(plan: Plan, s: Serve, labels: dict[str, int] | None = None) -> Repository:
+    """The repository for a plan with the serve params' batching and version policy."""
+    from flowerpipe.serving.artifacts import load_artifact
+
+    loader = partial(load_artifact, device="cpu", threads=s.threads, classes=plan.classes, image_size=plan.image_size)
+    settings = Settings(max_batch=s.max_batch, window_ms=s.batch_window_ms, keep_versions=s.keep_versions,
+                        labels={**s.version_labels, **(labels or {})})
+    return Repository(plan.name, plan.source, loader, settings)
+
+
+def serve(plan: Plan, s: Serve, host: str | None = None, port: int | None = None,
+          labels: dict[str, int] | None = None) -> None:
+    """Load the newest versions (one clear error if none loads), then run uvicorn until SIGINT/SIGTERM."""
+    import uvicorn
+
+    from flowerpipe.serving.app import Limits, create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    repo = repository(plan, s, labels)
+    asyncio.run(repo.start())
+    limits = Limits(s.max_body_mb << 20, s.timeout_s, s.decode_workers, s.poll_s if plan.source.watched else 0)
+    app = create_app(repo, limits)
+    host, port = host or s.host, s.port if port is None else port
+    latest = repo.available()[0]
+    where = plan.source.base or plan.source.fixed
+    print(f"serving {repo.name} v{latest.number} ({latest.model.format}) from {where} on http://{host}:{port} "
+          f"(TF Serving REST /v1/models/{repo.name}, KServe V2 /v2/models/{repo.name}, "
+          f"metrics /monitoring/prometheus/metrics)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10)
