@@ -642,3 +642,24 @@ def test_a_client_that_stalls_mid_body_gets_408_and_blocks_no_one(tmp_path):
         assert answer.startswith("HTTP/1.1 408") and "not received within 1 s" in answer, answer
     finally:
         running.stop()
+
+
+def test_what_to_serve_is_found_from_the_folder_alone(tmp_path):
+    from flowerpipe.errors import FormatError
+    from flowerpipe.serving.main import plan_from_path
+
+    models = tmp_path / "models"
+    (models / "serving" / "roses" / "3").mkdir(parents=True)
+    (models / "serving" / "roses" / "3" / "saved_model.pb").write_bytes(b"")
+    (models / "converted" / "onnx").mkdir(parents=True)
+    (models / "converted" / "onnx" / "model.onnx").write_bytes(b"")
+    auto = plan_from_path(models, None, None)
+    assert (auto.name, auto.source.fixed, auto.source.version) == ("roses", models / "converted/onnx/model.onnx", 3)
+    saved = plan_from_path(models, "savedmodel", "flowers")
+    assert saved.name == "flowers" and saved.source.watched and saved.source.base == models / "serving" / "roses"
+    base = plan_from_path(models / "serving" / "roses", None, None)
+    assert base.name == "roses" and base.source.scan() == {3: models / "serving" / "roses" / "3"}
+    one = plan_from_path(models / "converted" / "onnx", None, None)
+    assert not one.source.watched and one.source.scan() == {1: models / "converted" / "onnx"}
+    with pytest.raises(FormatError, match="no model here"):
+        plan_from_path(tmp_path, None, None)

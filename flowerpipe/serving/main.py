@@ -21,7 +21,6 @@ class Plan:
 
     name: str
     source: Source
-    format: str
     classes: list[str] | None = None
     image_size: int = 0
 
@@ -65,7 +64,7 @@ def plan_from_params(p: Params, fmt: str | None) -> Plan:
         source = Source(base=savedmodel_dir(p).parent)
     else:
         source = Source(fixed=variant.path, version=p.export.version)
-    return Plan(p.model.name, source, name, classes, p.model.image_size)
+    return Plan(p.model.name, source, classes, p.model.image_size)
 
 
 def _pipeline_models(folder: Path, fmt: str | None) -> Plan:
@@ -75,20 +74,20 @@ def _pipeline_models(folder: Path, fmt: str | None) -> Plan:
 
     served = sorted(d for d in (folder / "serving").glob("*") if d.is_dir()) if (folder / "serving").is_dir() else []
     name = served[0].name if served else "flowers"
-    p = parse({"paths": {"model": str(folder / "model.keras"), "serving": str(folder / "serving"),
-                         "converted": str(folder / "converted")}, "model": {"name": name}})
     versions = sorted(int(d.name) for d in (folder / "serving" / name).glob("[1-9]*") if d.name.isdigit())
     version = versions[-1] if versions else 1
-    p = parse({**p.model_dump(), "export": {**p.export.model_dump(), "version": version}})
-    fmt = pick_format(fmt or "auto", {}, built(p, FLOAT_FORMATS)) if fmt in (None, "auto") else fmt
+    p = parse({"paths": {"model": str(folder / "model.keras"), "serving": str(folder / "serving"),
+                         "converted": str(folder / "converted")}, "model": {"name": name},
+               "export": {"version": version}})
+    fmt = pick_format(fmt or "auto", {}, built(p, FLOAT_FORMATS))
     if fmt == "savedmodel":
-        return Plan(name, Source(base=folder / "serving" / name), fmt)
-    return Plan(name, Source(fixed=find(p, fmt).path, version=version), fmt)
+        return Plan(name, Source(base=folder / "serving" / name))
+    return Plan(name, Source(fixed=find(p, fmt).path, version=version))
 
 
 def plan_from_path(path: Path, fmt: str | None, name: str | None) -> Plan:
     """A model file or folder alone: a pipeline models/ folder, a base of numbered versions, or one model."""
-    from flowerpipe.serving.artifacts import detect, format_name
+    from flowerpipe.serving.artifacts import detect
 
     path = Path(path)
     if not path.exists():
@@ -96,10 +95,10 @@ def plan_from_path(path: Path, fmt: str | None, name: str | None) -> Plan:
     if path.is_dir() and ((path / "serving").is_dir() or (path / "converted").is_dir()):
         plan = _pipeline_models(path, fmt)
     elif path.is_dir() and any(d.is_dir() and d.name.isdigit() for d in path.iterdir()):
-        plan = Plan(path.resolve().name, Source(base=path), "versions")
+        plan = Plan(path.resolve().name, Source(base=path))
     else:
-        family, option, _ = detect(path)
-        plan = Plan("flowers", Source(fixed=path), format_name(family, option))
+        detect(path)  # one clear error now for a path that holds no model
+        plan = Plan("flowers", Source(fixed=path))
     plan.name = name or plan.name
     return plan
 
