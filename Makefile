@@ -9,27 +9,41 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
+# Install profile, one hashed lock each (locks/<profile>.txt): cpu by default, gpu with `make run GPU=1`,
+# macos on a Mac; `make test` adds the test tools (locks/dev.txt = cpu + tools; on GPU, the tools unhashed).
+ifeq ($(shell uname -s),Darwin)
+PROFILE ?= macos
+else ifneq ($(GPU),)
+PROFILE ?= gpu
+else
+PROFILE ?= cpu
+endif
+TESTED := $(if $(filter cpu,$(PROFILE)),$(BIN)/.installed-dev,$(BIN)/.installed-$(PROFILE) $(BIN)/.tools)
 
-.PHONY: env run test lint bench clean
+.PHONY: env run test lint bench clean locks
 
-$(BIN)/.installed: requirements.lock pyproject.toml
+$(BIN)/.installed-%: locks/%.txt pyproject.toml
 	@test -x $(BIN)/python || test -n "$(PYTHON)" || { echo "error: no Python 3.11, 3.12 or 3.13 found on the PATH;\
 	 install one, or run make PYTHON=/path/to/python3.12" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
-	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --require-hashes -r $<
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-env: $(BIN)/.installed  ## create .venv with the pinned dependencies
+$(BIN)/.tools: pyproject.toml  # test tools beside the gpu or macos lock (pinned in pyproject, not hashed)
+	$(BIN)/python -m pip install --quiet --no-build-isolation -e .[dev]
+	touch $@
+
+env: $(BIN)/.installed-$(PROFILE)  ## create .venv with the locked dependencies of the profile
 
 run: env  ## run the whole pipeline
 	$(BIN)/dvc repro
 
-lint: env
+lint: $(TESTED)
 	$(BIN)/ruff check flowerpipe stages tests benchmarks
 
-test: env lint  ## lint, then the test suite (CPU only, no internet)
+test: $(TESTED) lint  ## lint, then the test suite
 	$(BIN)/python -m pytest -q -ra --durations=15
 
 bench: env  ## data-pipeline throughput on a folder of photos: make bench PHOTOS=path
@@ -37,3 +51,15 @@ bench: env  ## data-pipeline throughput on a folder of photos: make bench PHOTOS
 
 clean:
 	rm -rf $(VENV)
+
+# Regenerate every lock from pyproject.toml (needs PyPI); each keeps its current pins where it can.
+UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --quiet --generate-hashes --python-version 3.11 \
+	--custom-compile-command "make locks"
+locks: $(TESTED)  ## re-resolve locks/*.txt with uv for every profile and platform
+	$(UV_COMPILE) --extra pipeline --extra cpu --python-platform x86_64-manylinux_2_28 -o locks/cpu.txt
+	$(UV_COMPILE) --extra pipeline --extra cpu --extra dev --python-platform x86_64-manylinux_2_28 \
+		-c locks/cpu.txt -o locks/dev.txt
+	$(UV_COMPILE) --extra pipeline --extra gpu --python-platform x86_64-manylinux_2_28 -c locks/cpu.txt -o locks/gpu.txt
+	MACOSX_DEPLOYMENT_TARGET=14.0 $(UV_COMPILE) --extra pipeline --extra macos --python-platform aarch64-apple-darwin \
+		-c locks/cpu.txt -o locks/macos.txt
+	$(UV_COMPILE) --extra serve --python-platform x86_64-manylinux_2_28 -c locks/cpu.txt -o locks/serve.txt

@@ -38,14 +38,15 @@ class Server:
 
 @contextmanager
 def running_server(args: list[str], port: int, timeout: float = 180.0, params_file: str | None = None,
-                   cwd: Path | None = None) -> Iterator[Server]:
+                   cwd: Path | None = None, python: str | None = None, env: dict | None = None) -> Iterator[Server]:
     """`flowerpipe [--params F] serve ARGS` on 127.0.0.1:port until the block ends; then SIGTERM and wait."""
     import httpx
 
-    cmd = [sys.executable, "-m", "flowerpipe.cli", *(["--params", params_file] if params_file else []), "serve",
-           *args, "--host", "127.0.0.1", "--port", str(port)]
+    params = ["--params", params_file] if params_file else []
+    cmd = [python or sys.executable, "-m", "flowerpipe.cli", *params, "serve", *args, "--host", "127.0.0.1", "--port",
+           str(port)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + timeout

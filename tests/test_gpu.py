@@ -1,4 +1,4 @@
-"""The GPU paths for real where an NVIDIA GPU is present (install `.[gpu]` there); skipped, with the reason, elsewhere.
+"""The GPU paths for real where an NVIDIA GPU is present (`make test GPU=1`); skipped, with the reason, elsewhere.
 
 They read the shared tiny project, whose `dvc repro` on a GPU machine trains with mixed precision
 (`train.mixed_precision: auto`) and builds TensorRT engines (`convert_trt`).

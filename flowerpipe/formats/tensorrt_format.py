@@ -49,7 +49,7 @@ def select_backend(requested: str, env: Environment) -> str:
     if env.gpus == 0:
         raise Skipped("no NVIDIA GPU visible (TensorRT runs only on NVIDIA GPUs)")
     tftrt_reason = "this TensorFlow build has no TensorRT (TF-TRT was removed from pip TensorFlow after 2.17)"
-    onnx_reason = "the tensorrt and cuda-python packages are not installed (pip install -e .[gpu])"
+    onnx_reason = "the tensorrt and cuda-python packages are not installed (make run GPU=1 installs them)"
     onnx_ok = env.tensorrt_installed and env.cuda_python_installed
     if requested == "tftrt":
         if not env.tf_has_tensorrt:

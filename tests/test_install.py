@@ -1,0 +1,59 @@
+"""The slim serving profile, installed from its lock on another supported Python, serves a copied model folder."""
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+
+def other_python() -> str | None:
+    """A working Python 3.12 or 3.13 other than this one (on the PATH or under pyenv), or None."""
+    names = [f"python3.{m}" for m in (13, 12) if m != sys.version_info.minor]
+    candidates = [shutil.which(n) for n in names]
+    candidates += sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.1[23].*/bin/python3.1[23]")), reverse=True)
+    for exe in filter(None, candidates):
+        run = subprocess.run([exe, "-c", "import sys; print(sys.version_info[:2] >= (3, 12))"], capture_output=True,
+                             text=True)
+        if run.returncode == 0 and run.stdout.strip() == "True" and not exe.endswith(f"3.{sys.version_info.minor}"):
+            return exe
+    return None
+
+
+@pytest.mark.slow
+def test_slim_serving_install_on_another_python_serves_a_copied_model_folder(project, tmp_path):
+    import httpx
+
+    from flowerpipe.loadtest import free_port, running_server
+    from flowerpipe.serving.artifacts import load_artifact
+    from flowerpipe.serving.client import to_png_b64
+
+    python = other_python()
+    if python is None:
+        pytest.skip("no Python 3.12 or 3.13 besides this one on this machine")
+    venv = tmp_path / "venv"
+    subprocess.run([python, "-m", "venv", str(venv)], check=True)
+    install = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--require-hashes",
+                              "-r", str(ROOT / "locks" / "serve.txt")], capture_output=True, text=True, timeout=900)
+    assert install.returncode == 0, install.stderr[-3000:]
+    shutil.copytree(project[0] / "models", tmp_path / "models")
+    model = tmp_path / "models" / "converted" / "openvino" / "float32" / "model.xml"
+    probe = subprocess.run([str(venv / "bin" / "python"), "-c", "import tensorflow"], capture_output=True, text=True)
+    assert "No module named 'tensorflow'" in probe.stderr  # slim: no TensorFlow, no DVC, no converters
+    for absent in ("dvc", "tf2onnx", "nncf", "matplotlib"):
+        assert not list((venv / "lib").glob(f"python3.*/site-packages/{absent}")), absent
+
+    x = np.random.default_rng(0).integers(0, 256, (2, 71, 71, 3)).astype(np.float32)
+    expected = load_artifact(model).predict(x)
+    with running_server([str(model.parent), "--name", "flowers"], free_port(), cwd=tmp_path,
+                        python=str(venv / "bin" / "python"), env={"PYTHONPATH": str(ROOT)}) as server:
+        r = httpx.post(f"{server.url}/v1/models/flowers:predict", timeout=60,
+                       json={"signature_name": "serving_bytes", "instances": [to_png_b64(i) for i in x]})
+        assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+    assert r.status_code == 200, r.text
+    probs = np.asarray([p["probabilities"] for p in r.json()["predictions"]])
+    assert np.abs(probs - expected).max() < 1e-4
