@@ -20,7 +20,7 @@ PROFILE ?= cpu
 endif
 TESTED := $(if $(filter cpu,$(PROFILE)),$(BIN)/.installed-dev,$(BIN)/.installed-$(PROFILE) $(BIN)/.tools)
 
-.PHONY: env run test lint bench clean locks
+.PHONY: env run test lint bench clean locks smoke
 
 $(BIN)/.installed-%: locks/%.txt pyproject.toml
 	@test -x $(BIN)/python || test -n "$(PYTHON)" || { echo "error: no Python 3.11, 3.12 or 3.13 found on the PATH;\
@@ -50,7 +50,16 @@ bench: env  ## data-pipeline throughput on a folder of photos: make bench PHOTOS
 	$(BIN)/python benchmarks/data_throughput.py $(PHOTOS)
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) .venv-smoke
+
+# Another supported Python than the one CI tests on: a fresh environment from the CPU lock, then a smoke run.
+SMOKE_PYTHON ?= $(firstword $(foreach p,python3.13 python3.12 $(wildcard $(HOME)/.pyenv/versions/3.1[32].*/bin/python3.1[32]),\
+	$(shell command -v $(p) >/dev/null 2>&1 && $(p) -c '$(SUPPORTED)' >/dev/null 2>&1 && echo $(p))))
+smoke:  ## fresh .venv-smoke on SMOKE_PYTHON from locks/cpu.txt: import everything, download, tfrecords, predict
+	@test -n "$(SMOKE_PYTHON)" || { echo "error: no python3.12 or python3.13 found; make smoke SMOKE_PYTHON=..." >&2; exit 1; }
+	rm -rf .venv-smoke && $(SMOKE_PYTHON) -m venv .venv-smoke
+	.venv-smoke/bin/python -m pip install --quiet --require-hashes -r locks/cpu.txt
+	.venv-smoke/bin/python tests/smoke.py
 
 # Regenerate every lock from pyproject.toml (needs PyPI); each keeps its current pins where it can.
 UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --quiet --generate-hashes --python-version 3.11 \
