@@ -234,6 +234,7 @@ class Serve(_Section):
     max_batch: PosInt = 64
     batch_window_ms: Annotated[float, Field(ge=0)] = 0.0
     timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    max_inflight: PosInt = 256
     decode_workers: NonNegInt = 0
     keep_versions: PosInt = 2
     poll_s: Annotated[float, Field(ge=0)] = 2.0

@@ -96,10 +96,11 @@ class Running:
         self.thread.join(15)
 
 
-def serve(base: Path, labels=None, keep=2, timeout=5.0, poll=0.0, max_batch=16, window_ms=5.0):
+def serve(base: Path, labels=None, keep=2, timeout=5.0, poll=0.0, max_batch=16, window_ms=5.0, inflight=256):
     repo = Repository("flowers", Source(base=base), loader,
                       Settings(max_batch=max_batch, window_ms=window_ms, keep_versions=keep, labels=labels or {}))
-    return repo, Running(create_app(repo, Limits(max_body_bytes=200_000, timeout_s=timeout, poll_s=poll)))
+    limits = Limits(max_body_bytes=200_000, timeout_s=timeout, poll_s=poll, max_inflight=inflight)
+    return repo, Running(create_app(repo, limits))
 
 
 @pytest.fixture(scope="module")
@@ -629,11 +630,18 @@ def test_a_client_that_stalls_mid_body_gets_408_and_blocks_no_one(tmp_path):
 
     base = tmp_path / "flowers"
     write_version(base, 1, seed=1)
-    _, running = serve(base, timeout=1.0)
+    _, running = serve(base, timeout=1.0, inflight=2)
+    head = b"POST /v1/models/flowers:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
     try:
-        with socket.create_connection(("127.0.0.1", running.port)) as s:
-            s.sendall(b"POST /v1/models/flowers:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                      b"Content-Length: 1000\r\n\r\n{\"instances\": [")
+        with socket.create_connection(("127.0.0.1", running.port)) as s, \
+                socket.create_connection(("127.0.0.1", running.port)) as s2:
+            s.sendall(head + b"Content-Length: 1000\r\n\r\n{\"instances\": [")
+            s2.sendall(head + b"Content-Length: 9\r\n\r\n{")
+            time.sleep(0.2)  # two requests in flight, both stalled: a third is refused at once, in the error shape
+            busy = httpx.get(f"{running.url}/v1/models/flowers")
+            assert busy.status_code == 503 and "serve.max_inflight" in busy.json()["error"]
+            s2.close()
+            time.sleep(0.2)
             t = time.perf_counter()
             assert post(running.url, "/v1/models/flowers:predict", {"instances": images(1).tolist()}).status_code == 200
             assert time.perf_counter() - t < 0.5  # the stalled body does not hold up another client

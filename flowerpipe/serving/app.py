@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from flowerpipe import __version__
 from flowerpipe.serving import tfs, v2
@@ -33,6 +34,7 @@ class Limits:
     timeout_s: float = 30.0
     decode_workers: int = 0  # 0 = one per core
     poll_s: float = 2.0  # how often the model base folder is scanned for new versions (0 = never)
+    max_inflight: int = 256  # requests answered at once; more get 503 before their body is read
 
 
 def error(message: str, status: int) -> JSONResponse:
@@ -57,7 +59,28 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
         await asyncio.wait_for(receive(), timeout)
     except TimeoutError:
         raise RequestError(f"request body not received within {timeout:g} s", 408) from None
+    except ClientDisconnect:
+        raise RequestError("the client disconnected before sending its whole body", 400) from None
     return bytes(body)
+
+
+class InflightLimit:
+    """A pure ASGI middleware: at most `limit` requests at once; the next gets 503 {"error"} at once."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit, self.inflight = app, limit, 0
+
+    async def __call__(self, scope, receive, send):  # noqa: D102 (the ASGI interface)
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self.inflight >= self.limit:
+            return await error(f"server busy: {self.inflight} requests in flight (serve.max_inflight); retry",
+                               503)(scope, receive, send)
+        self.inflight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.inflight -= 1
 
 
 def create_app(repo: Repository, limits: Limits = Limits()) -> FastAPI:
@@ -80,7 +103,8 @@ def create_app(repo: Repository, limits: Limits = Limits()) -> FastAPI:
 
     app = FastAPI(title="flowerpipe", version=__version__, docs_url=None, redoc_url=None, openapi_url=None,
                   lifespan=lifespan)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(InflightLimit, limit=limits.max_inflight)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # added last: outermost, so it counts the 503s too
     app.state.repo, app.state.metrics = repo, metrics
 
     @app.exception_handler(RequestError)

@@ -123,7 +123,8 @@ def serve(plan: Plan, s: Serve, host: str | None = None, port: int | None = None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     repo = repository(plan, s, labels)
     asyncio.run(repo.start())
-    limits = Limits(s.max_body_mb << 20, s.timeout_s, s.decode_workers, s.poll_s if plan.source.watched else 0)
+    limits = Limits(s.max_body_mb << 20, s.timeout_s, s.decode_workers, s.poll_s if plan.source.watched else 0,
+                    s.max_inflight)
     app = create_app(repo, limits)
     host, port = host or s.host, s.port if port is None else port
     latest = repo.available()[0]
