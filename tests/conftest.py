@@ -175,6 +175,11 @@ def pytest_collection_finish(session):
     if any(_tier(item) for item in session.items) and not session.config.option.collectonly:
         # Most of the DAG is single-threaded process start-up: the unit tests use the other core meanwhile.
         _SHARED["project"] = Background(build_project, session.config._tmp_path_factory.mktemp("project"))
+    if any("slim_venv" in getattr(item, "fixturenames", ()) for item in session.items) \
+            and not session.config.option.collectonly:
+        from test_install import make_slim_venv  # mostly download and unpacking: it overlaps the project build
+
+        _SHARED["slim_venv"] = Background(make_slim_venv, session.config._tmp_path_factory.mktemp("slim"))
 
 
 @pytest.fixture(scope="session")
@@ -223,6 +228,16 @@ def stage_cli(name: str, cwd: Path) -> tuple[int, str, str]:
         except SystemExit as exc:
             code = int(exc.code or 0)
     return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="session")
+def slim_venv(tmp_path_factory) -> Path | None:
+    """A venv on another supported Python with only locks/serve.txt installed (None when there is no such Python)."""
+    if "slim_venv" not in _SHARED:
+        from test_install import make_slim_venv
+
+        _SHARED["slim_venv"] = Background(make_slim_venv, tmp_path_factory.mktemp("slim"))
+    return _SHARED["slim_venv"].result()
 
 
 @pytest.fixture(scope="session")

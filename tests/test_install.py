@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,22 +25,30 @@ def other_python() -> str | None:
     return None
 
 
+def make_slim_venv(folder: Path) -> Path | None:
+    """A fresh venv on another supported Python from locks/serve.txt (hashes required), or None without one."""
+    python = other_python()
+    if python is None:
+        return None
+    venv = folder / "venv"
+    subprocess.run([python, "-m", "venv", str(venv)], check=True)
+    install = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--require-hashes",
+                              "-r", str(ROOT / "locks" / "serve.txt")], capture_output=True, text=True, timeout=900)
+    assert install.returncode == 0, install.stderr[-3000:]
+    return venv
+
+
 @pytest.mark.slow
-def test_slim_serving_install_on_another_python_serves_a_copied_model_folder(project, tmp_path):
+def test_slim_serving_install_on_another_python_serves_a_copied_model_folder(project, slim_venv, tmp_path):
     import httpx
 
     from flowerpipe.loadtest import free_port, running_server
     from flowerpipe.serving.artifacts import load_artifact
     from flowerpipe.serving.client import to_png_b64
 
-    python = other_python()
-    if python is None:
+    if slim_venv is None:
         pytest.skip("no Python 3.12 or 3.13 besides this one on this machine")
-    venv = tmp_path / "venv"
-    subprocess.run([python, "-m", "venv", str(venv)], check=True)
-    install = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--require-hashes",
-                              "-r", str(ROOT / "locks" / "serve.txt")], capture_output=True, text=True, timeout=900)
-    assert install.returncode == 0, install.stderr[-3000:]
+    venv = slim_venv
     shutil.copytree(project[0] / "models", tmp_path / "models")
     model = tmp_path / "models" / "converted" / "openvino" / "float32" / "model.xml"
     probe = subprocess.run([str(venv / "bin" / "python"), "-c", "import tensorflow"], capture_output=True, text=True)
