@@ -180,7 +180,10 @@ class Repository:
                 settled, self._seen[number] = self._seen.get(number) == sig and sig[0] > 0, sig
                 known = self.versions.get(number)
                 wanted = number in keep or number > newest
-                if settled and wanted and (known is None or (known.state == END and known.signature != sig)):
+                # An unloaded version comes back when wanted again (a newer one was removed); a failed one only
+                # when its folder changed.
+                retry = known is not None and known.state == END and (known.signature != sig or not known.error)
+                if settled and wanted and (known is None or retry):
                     await self._load(number, found[number], sig)
             for number, v in list(self.versions.items()):
                 if v.state == AVAILABLE and number not in found:
