@@ -112,15 +112,20 @@ def environment(threads: int) -> dict:
 # ---------------------------------------------------------------- worker process
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory: VmHWM (reset by exec, unlike ru_maxrss, which a spawned child inherits)."""
+def status_mb(field: str, pid: int | str = "self") -> float:
+    """A memory field of /proc/<pid>/status (VmRSS, VmHWM...) in MB; 0 where unknown (no such process, not Linux)."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return 0.0
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory: VmHWM (reset by exec, unlike ru_maxrss, which a spawned child inherits)."""
+    return status_mb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_runtime(task: dict) -> dict:

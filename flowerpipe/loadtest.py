@@ -72,13 +72,9 @@ def running_server(args: list[str], port: int, timeout: float = 180.0, params_fi
 
 def rss_mb(pid: int) -> float:
     """Resident memory of a process in MB (Linux /proc), 0 where unknown."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+    from flowerpipe.bench import status_mb
+
+    return status_mb("VmRSS", pid)
 
 
 def check_answers(url: str, model: str, images: np.ndarray, expected: np.ndarray) -> dict:

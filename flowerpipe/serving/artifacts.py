@@ -64,6 +64,6 @@ def load_artifact(path: Path, device: str = "cpu", threads: int = 0, classes: li
     family, option, model_path = detect(path)
     if labels_path(model_path).exists() or not classes:
         classes = read_labels(model_path)
-    runner = load(Variant(format_name(family, option), family, option, model_path), device, threads)
-    return Loaded(runner.predict, classes, runner.image_size or image_size, format_name(family, option),
-                  runner.close)
+    name = format_name(family, option)
+    runner = load(Variant(name, family, option, model_path), device, threads)
+    return Loaded(runner.predict, classes, runner.image_size or image_size, name, runner.close)

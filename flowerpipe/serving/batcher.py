@@ -37,7 +37,6 @@ class BatchStats:
     """What the batcher did, for the metrics endpoint and tests."""
 
     batches: int = 0
-    images: int = 0
     restarts: int = 0
     sizes: list[int] = field(default_factory=list)
 
@@ -150,7 +149,6 @@ class Batcher:
         finally:
             self._busy = False
         self.stats.batches += 1
-        self.stats.images += len(batch)
         self.stats.sizes.append(len(batch))
         del self.stats.sizes[:-1000]
         self.on_batch(len(batch))
