@@ -653,7 +653,7 @@ def test_a_client_that_stalls_mid_body_gets_408_and_blocks_no_one(tmp_path):
                 if not chunk:
                     break
                 answer += chunk
-        assert answer.startswith("HTTP/1.1 408") and "not received within 1 s" in answer, answer
+        assert answer.startswith("HTTP/1.1 408") and "not received within serve.timeout_s=1 s" in answer, answer
     finally:
         running.stop()
 

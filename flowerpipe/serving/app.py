@@ -42,8 +42,8 @@ def error(message: str, status: int) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-async def read_body(request: Request, limit: int, timeout: float) -> bytes:
-    """The request body: 413 as soon as it is over the limit (declared or streamed), 408 if it is not all in time."""
+async def read_body(request: Request, limit: int, timeout: float, timeout_s: float) -> bytes:
+    """The request body: 413 as soon as it is over the limit (declared or streamed), 408 if not all in `timeout`."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise RequestError(f"request body over the {limit} byte limit", 413)
@@ -58,7 +58,7 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
     try:
         await asyncio.wait_for(receive(), timeout)
     except TimeoutError:
-        raise RequestError(f"request body not received within {timeout:g} s", 408) from None
+        raise RequestError(f"request body not received within serve.timeout_s={timeout_s:g} s", 408) from None
     except ClientDisconnect:
         raise RequestError("the client disconnected before sending its whole body", 400) from None
     return bytes(body)
@@ -177,7 +177,7 @@ def create_app(repo: Repository, limits: Limits = Limits()) -> FastAPI:
         if r.action != "predict":
             raise RequestError(f"POST is only for :predict, not {r.action}", 405)
         v = model(r.name).resolve(r.version, r.label)
-        body = await read_body(request, limits.max_body_bytes, deadline(start))
+        body = await read_body(request, limits.max_body_bytes, deadline(start), limits.timeout_s)
         images, columnar = await decode(tfs.parse_predict, body, v.model.image_size, v.batcher.max_batch)
         v, probs = await predict(v, images, start, r.version, r.label)
         return Response(tfs.predict_response(probs, v.model.classes, columnar), media_type=JSON)
@@ -222,7 +222,7 @@ def create_app(repo: Repository, limits: Limits = Limits()) -> FastAPI:
     async def v2_infer(name: str, request: Request, version: str | None = None):
         start = asyncio.get_running_loop().time()
         v = v2_version(name, version)
-        body = await read_body(request, limits.max_body_bytes, deadline(start))
+        body = await read_body(request, limits.max_body_bytes, deadline(start), limits.timeout_s)
         req = await decode(v2.parse_infer, body, request.headers.get(v2.HEADER), v.model.image_size,
                            v.batcher.max_batch)
         v, probs = await predict(v, req.images, start, int(version) if version is not None else None)
