@@ -1,64 +1,131 @@
-"""Print training images/s at two image sizes, and the frozen-phase speed-up of cached backbone features.
+"""Print training images/s: float32 and bfloat16, the train stage's input pipeline against in-memory data, each
+as a share of the measured matmul peak; then the frozen-phase speed-up of cached backbone features.
 
-Random weights and random images (speed does not depend on them). Usage:
-python benchmarks/training.py [SIZE_A SIZE_B] [BATCH]
+Random weights (speed does not depend on them). The cases run in interleaved rounds and the median is printed,
+because this machine's speed drifts between runs. bfloat16 runs where the CPU has it (or with --bf16, emulated).
+Usage: python benchmarks/training.py [--size 128] [--batch 32] [--width 1.0] [--middle-blocks 8]
+                                     [--records data/tfrecords] [--rounds 3] [--steps 6] [--bf16]
 """
 
-import sys
+import argparse
+import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 
 from flowerpipe.quiet import quiet_tensorflow
 
 
-def images_per_second(model, x, y, batch: int, steps: int = 4) -> float:
-    """Training throughput of model.fit over `steps` batches, after one warm-up step."""
-    import keras
-
-    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="categorical_crossentropy")
-    model.fit(x[:batch], y[:batch], batch_size=batch, epochs=1, verbose=0)  # trace and compile
+def images_per_second(model, data, batch: int, steps: int) -> float:
+    """Training throughput of model.fit over `steps` batches of a repeating dataset (already warmed up)."""
     t = time.perf_counter()
-    model.fit(x[: steps * batch], y[: steps * batch], batch_size=batch, epochs=1, verbose=0, shuffle=False)
+    model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
     return steps * batch / (time.perf_counter() - t)
 
 
-def main() -> None:
-    """Full training at two sizes; then one frozen-backbone epoch with and without cached features."""
-    quiet_tensorflow()
+def build(args, policy: str):
+    """A compiled model under a dtype policy (the policy must be set before the layers are built)."""
     import keras
 
-    from flowerpipe.model import backbone_of, build_model, feature_extractor
+    from flowerpipe.model import build_model
     from flowerpipe.params import Model
+    from flowerpipe.training.loops import optimizer_for
 
-    sizes = [int(s) for s in sys.argv[1:3]] or [160, 299]
-    batch = int(sys.argv[3]) if len(sys.argv) > 3 else 16
-    rng = np.random.default_rng(0)
-    for size in sizes:
-        x = rng.uniform(0, 255, (4 * batch, size, size, 3)).astype(np.float32)
-        y = np.eye(5, dtype=np.float32)[rng.integers(0, 5, len(x))]
-        keras.utils.set_random_seed(0)
-        ips = images_per_second(build_model(Model(image_size=size, weights="none"), 5), x, y, batch)
-        print(f"train Xception {size}x{size}, batch {batch}, whole network: {ips:.2f} images/s")
-    size = sizes[0]
-    n = 8 * batch
+    keras.mixed_precision.set_global_policy(policy)
+    keras.utils.set_random_seed(0)
+    model = build_model(Model(image_size=args.size, weights="none", width=args.width,
+                              middle_blocks=args.middle_blocks), 5)
+    model.compile(optimizer=optimizer_for(1e-4), loss="categorical_crossentropy")
+    keras.mixed_precision.set_global_policy("float32")
+    return model
+
+
+def main() -> None:
+    """Whole-network training per precision and input; then one frozen-backbone epoch with and without caching."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--width", type=float, default=1.0)
+    ap.add_argument("--middle-blocks", type=int, default=8)
+    ap.add_argument("--records", type=Path, help="TFRecords folder: also time the train stage's own input pipeline")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--bf16", action="store_true", help="time bfloat16 even where the CPU would emulate it")
+    args = ap.parse_args()
+    quiet_tensorflow()
+    import tensorflow as tf
+
+    from flowerpipe.cpu import bf16_missing
+    from flowerpipe.params import Train
+    from flowerpipe.training.loops import _datasets
+    from flowerpipe.training.throughput import matmul_peak_gflops, training_flops
+
+    size, batch, rng = args.size, args.batch, np.random.default_rng(0)
+    x = rng.uniform(0, 255, (4 * batch, size, size, 3)).astype(np.float32)
+    y = np.eye(5, dtype=np.float32)[rng.integers(0, 5, len(x))]
+    memory = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch, drop_remainder=True).repeat().prefetch(2)
+    cases = {"float32, in-memory batches": (build(args, "float32"), memory, "float32")}
+    reason = bf16_missing()
+    if not reason or args.bf16:
+        label = "mixed_bfloat16, in-memory batches" + (" (emulated: no bf16 here)" if reason else "")
+        cases[label] = (build(args, "mixed_bfloat16"), memory, "bfloat16")
+    else:
+        print(f"mixed_bfloat16: not timed: {reason} (--bf16 times it emulated)")
+    if args.records:
+        stage_data, _ = _datasets(args.records, size, batch, Train(), True, 5)
+        cases["float32, train stage's pipeline (TFRecords, decode, augment)"] = (build(args, "float32"), stage_data,
+                                                                               "float32")
+    flops = training_flops(next(iter(cases.values()))[0])["train_step"]
+    peaks = {dtype: matmul_peak_gflops(dtype) for dtype in {c[2] for c in cases.values()}}
+    for model, data, _ in cases.values():
+        model.fit(data, steps_per_epoch=2, epochs=1, verbose=0)  # trace, compile, fill the input pipeline
+    rates: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(args.rounds):
+        for name, (model, data, _) in cases.items():
+            rates[name].append(images_per_second(model, data, batch, args.steps))
+    print(f"Xception {size}x{size} width {args.width:g}, {args.middle_blocks} middle blocks, batch {batch}: "
+          f"{flops / 1e9:.2f} GFLOP per training image; matmul peak "
+          + ", ".join(f"{d} {g:.0f} GFLOP/s" for d, g in peaks.items()))
+    for name, (_, _, dtype) in cases.items():
+        ips, rounds = statistics.median(rates[name]), ", ".join(f"{r:.2f}" for r in rates[name])
+        print(f"  {name:62s} {ips:7.2f} images/s  {ips * flops / 1e9:6.1f} GFLOP/s = "
+              f"{ips * flops / 1e9 / peaks[dtype]:4.0%} of peak  (rounds: {rounds})")
+    frozen_phase(args, rng)
+
+
+def frozen_phase(args, rng) -> None:
+    """Six frozen-backbone epochs: full forward passes every epoch, features extracted once, features reused."""
+    import keras
+
+    from flowerpipe.model import backbone_of, feature_extractor
+
+    size, batch, n, epochs = args.size, args.batch, 8 * args.batch, 6
     x = rng.uniform(0, 255, (n, size, size, 3)).astype(np.float32)
     y = np.eye(5, dtype=np.float32)[rng.integers(0, 5, n)]
-    model = build_model(Model(image_size=size, weights="none"), 5)
+    model = build(args, "float32")
     backbone_of(model).trainable = False
-    full = images_per_second(model, x, y, batch, steps=8)
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    model.fit(x[:batch], y[:batch], batch_size=batch, verbose=0)
+    t = time.perf_counter()
+    model.fit(x, y, batch_size=batch, epochs=1, verbose=0)
+    full = n / (time.perf_counter() - t)
     t = time.perf_counter()
     feats = feature_extractor(model).predict(x, batch_size=batch, verbose=0)
     extract = time.perf_counter() - t
     head = keras.Sequential([keras.Input((feats.shape[1],)), keras.layers.Dropout(0.2),
                              keras.layers.Dense(5, activation="softmax")])
-    cached = images_per_second(head, feats, y, batch, steps=8)
-    epochs = 6
-    full_secs, cached_secs = epochs * n / full, extract + epochs * n / cached
-    print(f"frozen backbone at {size}: full forward passes {full:.1f} images/s; cached features {cached:.0f} images/s "
-          f"after a one-off extraction of {n / extract:.1f} images/s")
+    head.compile(optimizer="adam", loss="categorical_crossentropy")
+    head.fit(feats[:batch], y[:batch], batch_size=batch, verbose=0)
+    t = time.perf_counter()
+    head.fit(feats, y, batch_size=batch, epochs=epochs, verbose=0)
+    head_secs = time.perf_counter() - t
+    full_secs, cached_secs = epochs * n / full, extract + head_secs
+    print(f"frozen backbone at {size}: full forward passes {full:.1f} images/s; features extracted once at "
+          f"{n / extract:.1f} images/s, then {epochs * n / head_secs:.0f} images/s on the head")
     print(f"  {epochs} epochs of {n} images: {full_secs:.1f} s full vs {cached_secs:.1f} s cached = "
-          f"{full_secs / cached_secs:.1f}x faster")
+          f"{full_secs / cached_secs:.1f}x faster; an experiment that reuses the features stage's output: "
+          f"{head_secs:.2f} s = {full_secs / head_secs:.0f}x faster")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from flowerpipe import xception
 from flowerpipe.backbones import BACKBONES
-from flowerpipe.errors import FormatError
+from flowerpipe.errors import FormatError, UserError
 from flowerpipe.params import Model
 
 INPUT_NAME = "image"
@@ -44,10 +44,18 @@ def build_backbone(m: Model):
     import keras
 
     size, weights = m.image_size, resolve_weights(m.weights)
-    if m.arch == "xception":
-        return xception.build(size, m.width, m.middle_blocks, weights)
-    ctor = getattr(keras.applications, BACKBONES[m.arch].constructor)
-    return ctor(include_top=False, weights=weights, input_shape=(size, size, 3), pooling="avg")
+    try:
+        if m.arch == "xception":
+            return xception.build(size, m.width, m.middle_blocks, weights)
+        ctor = getattr(keras.applications, BACKBONES[m.arch].constructor)
+        return ctor(include_top=False, weights=weights, input_shape=(size, size, 3), pooling="avg")
+    except Exception as exc:
+        if weights != "imagenet" or "URL fetch failure" not in str(exc):
+            raise
+        raise UserError(f"model.weights: imagenet: Keras could not download the {m.arch} ImageNet weights "
+                        f"({str(exc).split(': ')[0].removeprefix('URL fetch failure on ')}). Offline: download that "
+                        "file elsewhere and set model.weights to its path (or put it in ~/.keras/models/), or train "
+                        "from scratch with model.weights=none") from None
 
 
 def build_model(m: Model, num_classes: int, bn_momentum: float | None = None):
@@ -68,6 +76,15 @@ def build_model(m: Model, num_classes: int, bn_momentum: float | None = None):
     x = keras.layers.Dropout(dropout, name="dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name=OUTPUT_NAME)(x)
     return keras.Model(inputs, outputs, name=f"{arch}_classifier")
+
+
+def features_model(m: Model):
+    """Raw pixels to the pooled features of a pretrained backbone: build_model's graph up to its dropout, no head."""
+    import keras
+
+    inputs = keras.Input((m.image_size, m.image_size, 3), name=INPUT_NAME)
+    x = scaling_layer(BACKBONES[m.arch].scaling)(inputs)
+    return keras.Model(inputs, build_backbone(m)(x, training=False), name="features")
 
 
 def batch_norm_layers(model) -> list:

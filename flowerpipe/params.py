@@ -13,7 +13,7 @@ OFFICIAL_URL = "https://storage.googleapis.com/download.tensorflow.org/example_i
 OFFICIAL_SHA256 = "4c54ace7911aaffe13a365c34f650e71dd5bf1be0a58b464e5a7183e3e595d9c"
 
 TFLITE_VARIANTS = ("float32", "float16", "dynamic", "int8")
-OPENVINO_VARIANTS = ("float32", "int8")
+OPENVINO_VARIANTS = ("float32", "bfloat16", "int8")
 TRT_PRECISIONS = ("fp32", "fp16", "int8")
 
 PosInt = Annotated[int, Field(gt=0)]
@@ -36,6 +36,7 @@ class Paths(_Section):
     tfrecords: str = "data/tfrecords"
     model: str = "models/model.keras"
     train_dir: str = "models/train"
+    features: str = "data/features"
     serving: str = "models/serving"
     converted: str = "models/converted"
     live: str = "dvclive"
@@ -145,13 +146,17 @@ class Train(_Section):
     scratch_epochs: PosInt = 30
     scratch_learning_rate: Annotated[float, Field(gt=0)] = 1e-3
     scratch_bn_momentum: Annotated[float, Field(gt=0, lt=1)] = 0.9
+    scratch_schedule: Literal["cosine", "constant"] = "cosine"
+    scratch_warmup_epochs: NonNegInt = 2
+    scratch_weight_decay: Annotated[float, Field(ge=0, lt=1)] = 0.05
     deterministic: bool = True
     augment: bool = True
+    augment_strength: Annotated[float, Field(gt=0, le=4)] = 1.0
     label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
     patience: NonNegInt = 5
     cache_features: bool = True
     strategy: Literal["auto", "default", "mirrored", "multi_worker"] = "auto"
-    mixed_precision: Literal["auto", "on", "off"] = "auto"
+    mixed_precision: Literal["auto", "off", "float16", "bfloat16"] = "auto"
     seed: int = 42
     max_steps_per_epoch: NonNegInt = 0
 
@@ -181,7 +186,7 @@ class Onnx(_Section):
 class OpenVINO(_Section):
     """OpenVINO IR precisions."""
 
-    variants: list[Literal["float32", "int8"]] = list(OPENVINO_VARIANTS)
+    variants: list[Literal["float32", "bfloat16", "int8"]] = list(OPENVINO_VARIANTS)
     calibration_images: PosInt = 300
 
 
@@ -205,8 +210,8 @@ class Benchmark(_Section):
     """Timing matrix."""
 
     runtimes: list[str] = ["keras", "savedmodel", "tflite-float32", "tflite-float16", "tflite-dynamic",
-                           "tflite-int8", "onnx", "onnx-int8", "openvino-float32", "openvino-int8",
-                           "tensorrt-fp32", "tensorrt-fp16", "tensorrt-int8"]
+                           "tflite-int8", "onnx", "onnx-int8", "openvino-float32", "openvino-bfloat16",
+                           "openvino-int8", "tensorrt-fp32", "tensorrt-fp16", "tensorrt-int8"]
     devices: list[Literal["cpu", "gpu"]] = ["cpu", "gpu"]
     batch_sizes: list[PosInt] = [1, 8, 32]
     warmup: NonNegInt = 3
@@ -230,6 +235,7 @@ class Serve(_Section):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8501
     format: str = "auto"
+    min_agreement: Annotated[float, Field(ge=0, le=1)] = 0.995
     max_body_mb: PosInt = 32
     max_batch: PosInt = 64
     batch_window_ms: Annotated[float, Field(ge=0)] = 0.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from flowerpipe.cpu import bf16_missing
 from flowerpipe.data import tfrecord
 from flowerpipe.errors import UserError
 from flowerpipe.model import backbone_of, batch_norm_layers, build_model, resolve_weights
@@ -11,7 +12,7 @@ from flowerpipe.params import Model, Train
 from flowerpipe.training.checkpoints import Checkpoints, fingerprint
 from flowerpipe.training.epochs import EpochLog, Result
 from flowerpipe.training.loops import Run, fit_phase, head_on_cached_features
-from flowerpipe.training.strategy import kind_of, make_strategy, use_mixed_precision
+from flowerpipe.training.strategy import kind_of, make_strategy, precision_policy
 
 
 def freeze_for_fine_tuning(backbone, layers: int) -> None:
@@ -27,10 +28,11 @@ def freeze_for_fine_tuning(backbone, layers: int) -> None:
             layer.trainable = False
 
 
-def fit(data_dir: Path, m: Model, p: Train, checkpoint_dir: Path, live):
+def fit(data_dir: Path, m: Model, p: Train, checkpoint_dir: Path, live, features_dir: Path | None = None):
     """Train a classifier on the TFRecords, logging each epoch to a dvclive Live; return (model, Result, ckpt).
 
-    Resumes from checkpoint_dir when it belongs to the same params and data.
+    Resumes from checkpoint_dir when it belongs to the same params and data; the frozen-backbone phase reuses
+    the features in features_dir when they belong to this backbone and data.
     """
     import keras
     import tensorflow as tf
@@ -44,13 +46,13 @@ def fit(data_dir: Path, m: Model, p: Train, checkpoint_dir: Path, live):
     n_train, n_val = manifest.count("train"), manifest.count("val")
     if n_train == 0:
         raise UserError(f"{data_dir}: the train split is empty")
-    mixed = use_mixed_precision(p.mixed_precision, len(tf.config.list_physical_devices("GPU")))
-    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    policy = precision_policy(p.mixed_precision, len(tf.config.list_physical_devices("GPU")), bf16_missing())
+    keras.mixed_precision.set_global_policy(policy)
     replicas = strategy.num_replicas_in_sync
-    result = Result(replicas=replicas, strategy=kind_of(strategy), mixed_precision=mixed)
+    result = Result(replicas=replicas, strategy=kind_of(strategy), precision=policy)
     ckpt = Checkpoints(checkpoint_dir, fingerprint(m, p, data_dir / tfrecord.MANIFEST))
     run = Run(data_dir, m, p, strategy, len(manifest.classes), n_train, n_val, p.batch_size * replicas, ckpt,
-              EpochLog(live, result, ckpt), result)
+              EpochLog(live, result, ckpt), result, features_dir)
     with strategy.scope():
         model = build_model(m, run.num_classes, bn_momentum=None if pretrained else p.scratch_bn_momentum)
     if replicas > 1:

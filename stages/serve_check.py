@@ -30,14 +30,14 @@ def main(p: Params) -> None:
     from flowerpipe import headline
     from flowerpipe.data.tfrecord import arrays
     from flowerpipe.exclusive import timing_lock
-    from flowerpipe.formats.registry import FLOAT_FORMATS, built, find, load
+    from flowerpipe.formats.registry import find, load
     from flowerpipe.loadtest import check_answers, free_port, jpeg_requests, params_path, running_server
     from flowerpipe.loadtest import load as load_test
     from flowerpipe.serving.decode import decode_all
-    from flowerpipe.serving.main import pick_format
+    from flowerpipe.serving.main import pipeline_format
 
     bench = stage.read_json(Path(p.paths.reports) / "benchmark.json", {}) or {}
-    fmt = pick_format(p.serve.format, bench, built(p, FLOAT_FORMATS))
+    fmt = pipeline_format(p)
     size = p.model.image_size
     images, _ = arrays(p.paths.tfrecords, "test", size, limit=16)
     images = np.rint(images).astype(np.float32)  # what a PNG round trip keeps exactly

@@ -84,7 +84,10 @@ GIT_ENV = {"GIT_AUTHOR_NAME": "flowerpipe-tests", "GIT_AUTHOR_EMAIL": "tests@loc
            "GIT_COMMITTER_NAME": "flowerpipe-tests", "GIT_COMMITTER_EMAIL": "tests@localhost"}
 # The shared project: enough images and epochs that the model really discriminates (formats are compared).
 # Timed: the headline formats, ONNX (a float runtime without TensorFlow) and one GPU-only runtime (a skip).
-PROJECT = {**TINY, "train": {**TINY["train"], "scratch_epochs": 8, "augment": False},
+# Its model trains with a constant learning rate and no weight decay: with the cosine recipe the 8-epoch tiny
+# model ends sharper (Keras 15/15 on test), and int8 flips 3-5 of its 15 test images (agreement 0.67-0.8).
+PROJECT = {**TINY, "train": {**TINY["train"], "scratch_epochs": 8, "augment": False, "scratch_schedule": "constant",
+                             "scratch_weight_decay": 0.0},
            "benchmark": {**TINY["benchmark"], "runtimes": ["savedmodel", "tflite-int8", "onnx", "openvino-int8",
                                                            "tensorrt-fp16"]}}
 

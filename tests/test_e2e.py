@@ -74,6 +74,9 @@ def test_each_param_reruns_only_the_stages_that_read_it(project):
         "model.name": ("roses", {"export", "evaluate", "benchmark", "infer", "serve_check"}),
         "trt.max_batch_size": (8, {"convert_trt"}),
         "train.patience": (2, {"train"}),
+        "train.learning_rate": (0.002, {"train"}),  # a head-only change: the features stage's output is reused
+        "model.dropout": (0.3, {"train"}),
+        "train.cache_features": (False, {"features", "train"}),
     }
     try:
         for key, (value, stages) in cases.items():

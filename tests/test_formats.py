@@ -156,3 +156,37 @@ def test_trt_backend_selection(requested, env, expected):
 def test_trt_skip_reasons(requested, env, reason):
     with pytest.raises(Skipped, match=reason):
         select_backend(requested, ENVS[env])
+
+
+@pytest.mark.slow
+def test_openvino_bfloat16_only_where_the_cpu_computes_it(converted, tmp_path):
+    """Built, scored and served in bf16 where OpenVINO offers BF16; elsewhere skipped with the reason, never f32."""
+    import shutil
+
+    from flowerpipe.formats import openvino_format
+    from flowerpipe.serving.artifacts import load_artifact
+
+    reports = converted / "reports"
+    record = json.loads((reports / "convert_openvino.json").read_text())["openvino-bfloat16"]
+    scored = json.loads((reports / "evaluate.json").read_text())["formats"]["openvino-bfloat16"]
+    float32 = converted / "models" / "converted" / "openvino" / "float32"
+    folder = tmp_path / "bfloat16"  # what a bf16 folder built elsewhere holds: the float32 IR
+    shutil.copytree(float32, folder)
+    x = np.random.default_rng(0).uniform(0, 255, (4, 71, 71, 3)).astype(np.float32)
+    reference = openvino_format.load(float32 / "model.xml", "float32").predict(x)
+    reason = openvino_format.bf16_missing()
+    served = load_artifact(folder / "model.xml")
+    if reason:
+        assert "AVX512_BF16" in reason and "offers FP32" in reason, reason
+        assert record == {"status": "skipped", "reason": reason}
+        assert scored == {"status": "skipped", "reason": reason}
+        with pytest.raises(Skipped, match="would compute this bfloat16 model in f32"):
+            openvino_format.load(folder / "model.xml", "bfloat16")
+        assert served.format == "openvino-float32"  # a copied bf16 folder still serves, exactly, in float32
+        np.testing.assert_allclose(served.predict(x), reference, atol=1e-6)
+    else:
+        assert record["status"] == "ok" and scored["status"] == "ok", (record, scored)
+        assert scored["top1_agreement"] >= 0.9 and scored["max_prob_diff"] < 0.05, scored
+        assert served.format == "openvino-bfloat16"
+        diff = np.abs(served.predict(x) - reference).max()
+        assert 0 < diff < 0.05, diff  # bf16 really computed: close to float32, not identical

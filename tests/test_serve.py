@@ -557,6 +557,13 @@ def test_units_route_parse_and_pick_format():
     assert pick_format("auto", bench, ["onnx", "openvino-float32", "tflite-int8"]) == "openvino-float32"
     assert pick_format("auto", bench, ["onnx"]) == "onnx"
     assert pick_format("auto", {}, ["savedmodel", "keras"]) == "savedmodel"
+    # bfloat16 is faster here, and eligible only with a measured top-1 agreement of at least min_agreement
+    bench["results"]["openvino-bfloat16"] = {"cpu": {"b1": {"status": "ok", "latency_ms_median": 30.0}}}
+    built = ["onnx", "openvino-float32", "openvino-bfloat16"]
+    scored = {"formats": {"openvino-bfloat16": {"status": "ok", "top1_agreement": 0.996}}}
+    assert pick_format("auto", bench, built, scored, 0.995) == "openvino-bfloat16"
+    assert pick_format("auto", bench, built, scored, 0.999) == "openvino-float32"
+    assert pick_format("auto", bench, built, {}, 0.995) == "openvino-float32"  # never scored: not eligible
 
 
 def test_serving_decoder_matches_the_training_decoder(photos):

@@ -13,10 +13,11 @@ import pytest
 from conftest import ROOT, TINY, call_stage, git_project, make_photos, run_stage, sh, stage_cli, write_params
 
 from flowerpipe import xception
+from flowerpipe.cpu import bf16_missing, flags
 from flowerpipe.errors import UserError
 from flowerpipe.loadtest import free_port
 from flowerpipe.model import backbone_of, load_model
-from flowerpipe.training.strategy import choose_strategy, use_mixed_precision
+from flowerpipe.training.strategy import choose_strategy, precision_policy
 
 
 @pytest.mark.parametrize("name, gpus, workers, expected", [
@@ -32,12 +33,25 @@ def test_multi_worker_needs_tf_config():
         choose_strategy("multi_worker", 0, 0)
 
 
-def test_mixed_precision_choice():
-    assert use_mixed_precision("auto", 1) and not use_mixed_precision("auto", 0)
-    assert use_mixed_precision("on", 0) and not use_mixed_precision("off", 2)
+@pytest.mark.parametrize("setting,gpus,bf16,expected", [
+    ("auto", 1, "", "mixed_float16"), ("auto", 0, "", "mixed_bfloat16"), ("auto", 0, "no bf16", "float32"),
+    ("float16", 0, "no bf16", "mixed_float16"), ("bfloat16", 2, "no bf16", "mixed_bfloat16"), ("off", 1, "", "float32"),
+])
+def test_precision_policy(setting, gpus, bf16, expected):
+    assert precision_policy(setting, gpus, bf16) == expected
 
 
-@pytest.mark.slow
+def test_bf16_is_read_from_the_cpu_flags_never_assumed(tmp_path):
+    assert bf16_missing(frozenset({"avx2", "avx512f", "avx512_bf16"})) == ""
+    assert bf16_missing(frozenset({"avx2", "amx_tile", "amx_bf16"})) == ""
+    assert "neither AVX512_BF16 nor AMX-BF16" in bf16_missing(frozenset({"avx2", "avx512f", "avx512_vnni"}))
+    assert "unknown" in bf16_missing(frozenset())
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16\n\nprocessor\t: 1\nflags\t: fpu\n")
+    assert flags(str(info)) == {"fpu", "avx2", "avx512_bf16"}
+    assert flags(str(tmp_path / "missing")) == frozenset()
+
+
 def test_train_outputs_and_reload(trained):
     record = json.loads((trained / "reports" / "train.json").read_text())
     assert record["epochs_run"] == 8 and record["strategy"] == "default"
@@ -156,6 +170,46 @@ def test_mirrored_strategy_on_two_logical_cpus(tiny_records):
     assert result["loss"][-1] < result["loss"][0], result["loss"]
 
 
+def test_features_belong_to_one_backbone_and_dataset(tmp_path):
+    from flowerpipe.data.tfrecord import MANIFEST
+    from flowerpipe.params import Model
+    from flowerpipe.training import features
+
+    m, data = Model(**TINY["model"]), tmp_path / "records"
+    data.mkdir()
+    (data / MANIFEST).write_text('{"classes": ["a"]}')
+    key = features.key(m, data)
+    assert features.key(m.model_copy(update={"dropout": 0.5, "name": "roses"}), data) == key  # the head's only
+    assert features.key(m.model_copy(update={"image_size": 96}), data) != key
+    (data / MANIFEST).write_text('{"classes": ["b"]}')
+    assert features.key(m, data) != key  # other data
+    feats = {"train": (np.ones((3, 4), np.float32), np.array([0, 1, 2])), "val": (np.zeros((1, 4)), np.array([1]))}
+    features.save(tmp_path / "f", feats, key, 1.0)
+    loaded = features.load(tmp_path / "f", key)
+    assert loaded is not None and np.array_equal(loaded["train"][0], feats["train"][0])
+    assert features.load(tmp_path / "f", "another-key") is None and features.load(tmp_path / "none", key) is None
+    (tmp_path / "f" / "val_features.npy").write_bytes(b"not numpy")
+    assert features.load(tmp_path / "f", key) is None  # unreadable: extracted again, never a crash
+    (tmp_path / "f" / features.RECORD).write_text("{")
+    assert features.load(tmp_path / "f", key) is None
+
+
+def test_imagenet_weights_offline_is_one_clear_line(monkeypatch):
+    from keras.src.utils import file_utils
+
+    from flowerpipe.model import build_backbone
+    from flowerpipe.params import Model
+
+    def offline(*args, **kwargs):  # what Keras raises without a network
+        raise Exception("URL fetch failure on https://storage.googleapis.com/w/xception_notop.h5: None -- "
+                        "[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    with pytest.raises(UserError, match=r"download the xception ImageNet weights \(https://storage.googleapis.com/"
+                                        r"w/xception_notop.h5\).*set model.weights to its path"):
+        build_backbone(Model(image_size=71))
+
+
 @pytest.mark.slow
 def test_pretrained_weights_file_cached_head_then_fine_tune(tmp_path):
     """The default transfer path, with a weights file standing in for ImageNet: cached-feature head, then fine-tune."""
@@ -167,9 +221,18 @@ def test_pretrained_weights_file_cached_head_then_fine_tune(tmp_path):
                             "train": {**TINY["train"], "epochs": 2, "fine_tune_epochs": 1, "fine_tune_layers": 10}})
     call_stage("download", tmp_path)
     call_stage("tfrecords", tmp_path)
+    call_stage("features", tmp_path)
     run_stage("train", tmp_path)
     record = json.loads((tmp_path / "reports" / "train.json").read_text())
     assert [h["phase"] for h in record["history"]] == ["head", "head", "fine_tune"]
+    assert record["head_features"] == "reused" and record["matmul_peak_gflops"] > 1 and "fraction_of_peak" in record
+    # the features stage's features are the ones the train stage would extract: the same head epochs
+    shutil.rmtree(tmp_path / "data" / "features")
+    run_stage("train", tmp_path)
+    again = json.loads((tmp_path / "reports" / "train.json").read_text())
+    assert again["head_features"] == "extracted"
+    for a, b in zip(record["history"][:2], again["history"][:2], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-4) and a["val_accuracy"] == b["val_accuracy"], (a, b)
     # fine-tuning trained only the top 10 backbone layers, and no BatchNorm (weights or statistics)
     start = xception.scaled(m["image_size"], m["width"], m["middle_blocks"])
     start.load_weights(weights)
@@ -286,3 +349,18 @@ def test_mid_phase_resume_logs_the_epochs_before_the_crash_once(tmp_path):
     assert result.images_seen == 40 and result.train_seconds == 2.0  # only the new epoch was trained here
     assert [(s, v) for s, n, v in live.rows if n == "loss"] == [(0, 1.5), (1, 1.2), (2, 1.0)]
     assert result.best_val_accuracy == 0.7
+
+
+def test_training_flops_are_counted_from_the_layers():
+    from flowerpipe.training.throughput import matmul_peak_gflops, training_flops
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+    x = keras.layers.SeparableConv2D(6, 3, padding="same", use_bias=False, name="sep")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(5, name="head")(x))
+    conv, sep, head = 2 * 64 * 3 * 3 * 3 * 4, 2 * 64 * (3 * 3 * 4 + 4 * 6), 2 * 6 * 5
+    assert training_flops(model) == {"forward": conv + sep + head, "train_step": 3 * (conv + sep + head)}
+    model.get_layer("conv").trainable = False  # frozen: its forward pass only
+    assert training_flops(model)["train_step"] == conv + 3 * (sep + head)
+    assert 1 < matmul_peak_gflops(n=256, seconds=0.1) < 1e5

@@ -1,4 +1,4 @@
-"""OpenVINO IR in float32 and NNCF int8 (calibrated on training images), run with OpenVINO Runtime."""
+"""OpenVINO IR in float32, bfloat16 (where the CPU has it) and NNCF int8 (calibrated on training images)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,23 @@ import numpy as np
 
 from flowerpipe.formats.base import ConvertContext, FormatError, Runner, Skipped, require
 
-VARIANTS = ("float32", "int8")
+VARIANTS = ("float32", "bfloat16", "int8")
+# What each variant asks OpenVINO's CPU plugin to compute in (INFERENCE_PRECISION_HINT): for int8, the
+# layers NNCF left unquantized.
+PRECISION_HINTS = {"float32": "f32", "bfloat16": "bf16", "int8": "f32"}
+
+
+def bf16_missing() -> str:
+    """Why OpenVINO cannot compute in bfloat16 on this CPU ('' when it can): it lists BF16 among its capabilities."""
+    import openvino as ov
+
+    from flowerpipe.cpu import bf16_missing as cpu_reason
+
+    capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    if "BF16" in capabilities:
+        return ""
+    return (f"{cpu_reason() or 'OpenVINO finds no bfloat16 support on this CPU'}; OpenVINO's CPU plugin offers "
+            f"{', '.join(capabilities)} only")
 
 
 def filename(variant: str) -> str:
@@ -22,6 +38,8 @@ def convert(ctx: ConvertContext, variant: str, out: Path) -> Path:
     """Convert the SavedModel to IR; int8 runs NNCF post-training quantization on the calibration images."""
     import openvino as ov
 
+    if variant == "bfloat16" and (reason := bf16_missing()):
+        raise Skipped(reason)
     model = ov.convert_model(str(ctx.savedmodel_path))
     if variant == "int8":
         import nncf
@@ -29,7 +47,7 @@ def convert(ctx: ConvertContext, variant: str, out: Path) -> Path:
         calib = ctx.calibration
         dataset = nncf.Dataset([calib[i:i + 1] for i in range(len(calib))])
         model = nncf.quantize(model, dataset, subset_size=len(calib), preset=nncf.QuantizationPreset.MIXED)
-    elif variant != "float32":
+    elif variant not in PRECISION_HINTS:  # float32 and bfloat16 share the float32 IR
         raise ValueError(f"openvino.variants: unknown variant {variant!r}; expected one of {VARIANTS}")
     tmp = out.parent.with_name(f".{out.parent.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -53,21 +71,30 @@ def device_name(device: str) -> str:
 
 
 class OpenVINORunner(Runner):
-    """A compiled OpenVINO model with the LATENCY hint; float32 IR runs in f32 (no silent bf16 on AMX CPUs)."""
+    """A compiled OpenVINO model with the LATENCY hint, in its variant's precision (no silent bf16 on AMX CPUs).
+
+    The bfloat16 variant is the float32 IR compiled with the bf16 hint. OpenVINO quietly computes in f32
+    where the CPU has no bfloat16, so the runner checks what it got and refuses to pass f32 off as bf16.
+    """
 
     def __init__(self, path: Path, variant: str, device: str = "cpu", threads: int = 0):
         import openvino as ov
 
         require(path)
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads or os.cpu_count() or 1}
-        if device == "cpu":
-            config["INFERENCE_PRECISION_HINT"] = "f32"
+        hint = PRECISION_HINTS.get(variant)
+        if device == "cpu" and hint:
+            config["INFERENCE_PRECISION_HINT"] = hint
         try:
             self.compiled = ov.Core().compile_model(str(path), device_name(device), config)
         except Skipped:
             raise
         except Exception as exc:
             raise FormatError(f"{path}: not a valid OpenVINO IR ({str(exc).splitlines()[0][:200]})") from None
+        if hint == "bf16" and device == "cpu":
+            got = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # an ov.Type: "bf16"
+            if got != "bf16":
+                raise Skipped(f"OpenVINO would compute this bfloat16 model in {got} here: {bf16_missing()}")
         self.request = self.compiled.create_infer_request()
         self.output = next((o for o in self.compiled.outputs if "probabilities" in o.get_names()),
                            self.compiled.outputs[0])

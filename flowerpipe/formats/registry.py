@@ -30,6 +30,9 @@ ALL_NAMES = ("keras", "savedmodel", *(f"tflite-{v}" for v in TFLITE_VARIANTS), "
 REFERENCE = "keras"
 # Formats that compute in float32 like the trained model (serve.format auto picks among these).
 FLOAT_FORMATS = ("openvino-float32", "onnx", "tflite-float32", "savedmodel", "keras")
+# Reduced-precision formats that may be near-lossless: serve.format auto takes one only when the evaluate
+# stage measured its top-1 agreement with the trained model at serve.min_agreement or above.
+NEAR_FLOAT_FORMATS = ("openvino-bfloat16",)
 # Where each format's conversion stage records status, seconds and size.
 CONVERT_RECORDS = ("export", "convert_tflite", "convert_onnx", "convert_openvino", "convert_trt")
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from flowerpipe.errors import FormatError
 from flowerpipe.serving.repository import Loaded
 
 # File suffix -> format family; a SavedModel is a folder holding saved_model.pb.
+log = logging.getLogger(__name__)
 SUFFIXES = {".onnx": "onnx", ".tflite": "tflite", ".xml": "openvino", ".keras": "keras", ".plan": "tensorrt",
             ".engine": "tensorrt"}
 
@@ -58,12 +60,20 @@ def format_name(family: str, option: str) -> str:
 def load_artifact(path: Path, device: str = "cpu", threads: int = 0, classes: list[str] | None = None,
                   image_size: int = 0) -> Loaded:
     """Load a model for serving with the labels that travel with it (classes only when it has none)."""
-    from flowerpipe.formats.base import Variant, labels_path, read_labels
+    from flowerpipe.formats.base import Skipped, Variant, labels_path, read_labels
     from flowerpipe.formats.registry import load
 
     family, option, model_path = detect(path)
     if labels_path(model_path).exists() or not classes:
         classes = read_labels(model_path)
+    try:
+        runner = load(Variant(format_name(family, option), family, option, model_path), device, threads)
+    except Skipped as exc:
+        if (family, option) != ("openvino", "bfloat16"):
+            raise
+        # The bfloat16 folder holds the float32 IR: on a CPU without bfloat16 it serves, exactly, in float32.
+        log.warning("%s: %s; serving it in float32", model_path, exc)
+        option = "float32"
+        runner = load(Variant(format_name(family, option), family, option, model_path), device, threads)
     name = format_name(family, option)
-    runner = load(Variant(name, family, option, model_path), device, threads)
     return Loaded(runner.predict, classes, runner.image_size or image_size, name, runner.close)

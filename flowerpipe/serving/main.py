@@ -25,14 +25,19 @@ class Plan:
     image_size: int = 0
 
 
-def pick_format(requested: str, benchmark: dict, available: list[str]) -> str:
-    """`serve.format`, or for 'auto' the float format with the lowest batch-1 CPU latency measured."""
-    from flowerpipe.formats.registry import FLOAT_FORMATS
+def pick_format(requested: str, benchmark: dict, available: list[str], evaluate: dict | None = None,
+                min_agreement: float = 1.0) -> str:
+    """`serve.format`, or for 'auto' the lowest batch-1 CPU latency measured among the float formats and the
+    near-float ones (bfloat16) whose top-1 agreement with the trained model in `evaluate` is >= min_agreement."""
+    from flowerpipe.formats.registry import FLOAT_FORMATS, NEAR_FLOAT_FORMATS
 
     if requested != "auto":
         return requested
+    scored = (evaluate or {}).get("formats", {})
+    near = [n for n in NEAR_FLOAT_FORMATS if scored.get(n, {}).get("status") == "ok"
+            and scored[n].get("top1_agreement", 0.0) >= min_agreement]
     best, best_ms = None, float("inf")
-    for name in FLOAT_FORMATS:
+    for name in (*FLOAT_FORMATS, *near):
         cells = benchmark.get("results", {}).get(name, {}).get("cpu", {})
         if name not in available or not cells:
             continue
@@ -47,14 +52,23 @@ def pick_format(requested: str, benchmark: dict, available: list[str]) -> str:
     return fallback[0]
 
 
+def pipeline_format(p: Params, fmt: str | None = None) -> str:
+    """What the pipeline serves: fmt or serve.format, auto deciding on the benchmark and evaluate records."""
+    from flowerpipe.formats.registry import FLOAT_FORMATS, NEAR_FLOAT_FORMATS, built
+    from flowerpipe.jsonio import read_json
+
+    reports = Path(p.paths.reports)
+    return pick_format(fmt or p.serve.format, read_json(reports / "benchmark.json", {}) or {},
+                       built(p, (*FLOAT_FORMATS, *NEAR_FLOAT_FORMATS)), read_json(reports / "evaluate.json", {}) or {},
+                       p.serve.min_agreement)
+
+
 def plan_from_params(p: Params, fmt: str | None) -> Plan:
     """The pipeline's own model: serve.format (auto = fastest measured), labels from the model or the manifest."""
     from flowerpipe.data.tfrecord import Manifest
-    from flowerpipe.formats.registry import FLOAT_FORMATS, built, find, savedmodel_dir
-    from flowerpipe.jsonio import read_json
+    from flowerpipe.formats.registry import find, savedmodel_dir
 
-    bench = read_json(Path(p.paths.reports) / "benchmark.json", {}) or {}
-    name = pick_format(fmt or p.serve.format, bench, built(p, FLOAT_FORMATS))
+    name = pipeline_format(p, fmt)
     variant = find(p, name)
     try:
         classes = Manifest.read(p.paths.tfrecords).classes

@@ -17,10 +17,12 @@ class Result:
     epochs_run: int = 0
     images_seen: int = 0
     train_seconds: float = 0.0
+    flops: float = 0.0  # FLOPs of every training step and feature extraction, counted from the layers
     replicas: int = 1
     strategy: str = "default"
-    mixed_precision: bool = False
+    precision: str = "float32"  # the Keras dtype policy training ran under
     resumed_from: str = ""
+    features: str = ""  # head phase on cached features: "reused" (the features stage's) or "extracted" here
 
     @property
     def best_val_accuracy(self) -> float:
@@ -39,6 +41,7 @@ class EpochLog:
 
     def __init__(self, live, result: Result, ckpt: Checkpoints):
         self.live, self.result, self.ckpt = live, result, ckpt
+        self.step_flops = 0  # per image, for the phase now training (set when it starts)
 
     def epoch(self, phase: str, logs: dict, images: int, seconds: float, replay: bool = False) -> None:
         """Record one epoch (replay: an epoch an interrupted run already trained, logged again, not counted)."""
@@ -49,6 +52,7 @@ class EpochLog:
         if not replay:
             self.result.images_seen += images
             self.result.train_seconds += seconds
+            self.result.flops += images * self.step_flops
             self.ckpt.record(phase, row)
         for key, name in LIVE_NAMES.items():
             if key in row and math.isfinite(row[key]):  # dvclive would store a diverged NaN as a string

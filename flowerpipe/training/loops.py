@@ -14,19 +14,20 @@ from flowerpipe.model import OUTPUT_NAME, feature_extractor
 from flowerpipe.params import Model, Train
 from flowerpipe.training.checkpoints import Checkpoints
 from flowerpipe.training.epochs import EpochLog, Result
+from flowerpipe.training.throughput import training_flops
 
 log = logging.getLogger(__name__)
 
 
-def augmenter(seed: int):
-    """Light augmentation for flowers: flips, small rotations, zoom and contrast."""
+def augmenter(seed: int, strength: float = 1.0):
+    """Augmentation for flowers: flips; rotations, zoom and contrast scaled by strength (1: light)."""
     import keras
 
     return keras.Sequential([
         keras.layers.RandomFlip("horizontal", seed=seed),
-        keras.layers.RandomRotation(0.08, seed=seed),
-        keras.layers.RandomZoom(0.15, seed=seed),
-        keras.layers.RandomContrast(0.15, seed=seed),
+        keras.layers.RandomRotation(0.08 * strength, seed=seed),
+        keras.layers.RandomZoom(0.15 * strength, seed=seed),
+        keras.layers.RandomContrast(0.15 * strength, seed=seed),
     ], name="augment")
 
 
@@ -45,7 +46,7 @@ def _datasets(data_dir: Path, image_size: int, global_batch: int, train: Train, 
     train_ds = tfrecord.dataset(data_dir, "train", image_size, global_batch, shuffle=True, seed=train.seed,
                                 repeat=True, drop_remainder=True)
     if augment:
-        aug = augmenter(train.seed)
+        aug = augmenter(train.seed, train.augment_strength)
         train_ds = train_ds.map(lambda x, y: (aug(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
     if replicas > 1:
         val_batch = min(global_batch, (n_val // replicas) * replicas) or replicas
@@ -58,20 +59,36 @@ def _datasets(data_dir: Path, image_size: int, global_batch: int, train: Train, 
             val_ds.map(onehot).with_options(opts))
 
 
-def optimizer_for(learning_rate: float):
-    """Adam, wrapped in loss scaling under mixed_float16 (what compile() adds; a custom loop must add it itself)."""
+def optimizer_for(learning_rate, weight_decay: float = 0.0):
+    """Adam (AdamW with decoupled weight decay, not on biases or BatchNorm), wrapped in loss scaling under
+    mixed_float16 (what compile() adds; a custom loop must add it itself). learning_rate may be a schedule."""
     import keras
 
-    optimizer = keras.optimizers.Adam(learning_rate)
+    if weight_decay:
+        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
+        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    else:
+        optimizer = keras.optimizers.Adam(learning_rate)
     if keras.mixed_precision.global_policy().name == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
 
 
-def _compile(model, learning_rate: float, label_smoothing: float) -> None:
+def learning_rate_for(p: Train, phase: str, lr: float, epochs: int, steps: int):
+    """The phase's learning rate: from scratch, a linear warm-up then cosine decay to 0 by the last step."""
     import keras
 
-    model.compile(optimizer=optimizer_for(learning_rate),
+    if phase != "scratch" or p.scratch_schedule == "constant":
+        return lr
+    warmup = min(p.scratch_warmup_epochs, epochs) * steps
+    return keras.optimizers.schedules.CosineDecay(lr / 10 if warmup else lr, max(1, epochs * steps - warmup),
+                                                  warmup_target=lr if warmup else None, warmup_steps=warmup)
+
+
+def _compile(model, learning_rate, label_smoothing: float, weight_decay: float = 0.0) -> None:
+    import keras
+
+    model.compile(optimizer=optimizer_for(learning_rate, weight_decay),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
                   metrics=["accuracy"])
 
@@ -91,6 +108,7 @@ class Run:
     ckpt: Checkpoints
     log: EpochLog
     result: Result
+    features_dir: Path | None = None  # the features stage's output, reused when it matches this backbone and data
 
     def datasets(self):
         """Train and val datasets for a fit() phase (augmented when train.augment is on)."""
@@ -133,17 +151,20 @@ def fit_phase(run: Run, model, phase: str, epochs: int, lr: float) -> None:
         return
     steps = steps_per_epoch(run.n_train, run.batch, run.p.max_steps_per_epoch)
     train_ds, val_ds = run.datasets()
+    run.log.step_flops = training_flops(model)["train_step"]
+    lr = learning_rate_for(run.p, phase, lr, epochs, steps)
+    decay = run.p.scratch_weight_decay if phase == "scratch" else 0.0
     with run.strategy.scope():
         if run.result.strategy == "multi_worker":
-            _fit_multi_worker(run, model, phase, epochs, lr, train_ds, val_ds if run.n_val else None, steps)
+            _fit_multi_worker(run, model, phase, epochs, lr, decay, train_ds, val_ds if run.n_val else None, steps)
         else:
-            _compile(model, lr, run.p.label_smoothing)
+            _compile(model, lr, run.p.label_smoothing, decay)
             model.fit(train_ds, validation_data=val_ds if run.n_val else None, epochs=epochs, steps_per_epoch=steps,
                       verbose=2, callbacks=run.callbacks(phase, min(run.n_train, steps * run.batch), run.n_val > 0))
     run.ckpt.finish(phase, model, run.result.history[start:])
 
 
-def _fit_multi_worker(run: Run, model, phase, epochs, lr, train_ds, val_ds, steps) -> None:
+def _fit_multi_worker(run: Run, model, phase, epochs, lr, decay, train_ds, val_ds, steps) -> None:
     """A plain strategy.run loop for MultiWorkerMirroredStrategy, where Keras 3.15's fit() fails.
 
     Keras all-reduces the first input batch and its scalar logs with axis=0 under MWMS; this loop
@@ -153,7 +174,7 @@ def _fit_multi_worker(run: Run, model, phase, epochs, lr, train_ds, val_ds, step
     import tensorflow as tf
 
     strategy, batch, p = run.strategy, run.batch, run.p
-    optimizer = optimizer_for(lr)
+    optimizer = optimizer_for(lr, decay)
     optimizer.build(model.trainable_variables)
     loss_fn = keras.losses.CategoricalCrossentropy(label_smoothing=p.label_smoothing, reduction="none")
 
@@ -201,33 +222,33 @@ def _fit_multi_worker(run: Run, model, phase, epochs, lr, train_ds, val_ds, step
 
 
 def head_on_cached_features(run: Run, model) -> None:
-    """Frozen-backbone phase: compute backbone features once, train only the head on them."""
+    """Frozen-backbone phase on backbone features: the features stage's when they match, else extracted here."""
     import keras
     import tensorflow as tf
+
+    from flowerpipe.training import features
 
     phase, p, m, batch = "head", run.p, run.m, run.batch
     start = len(run.result.history)
     if run.resume(phase, model):
         return
     extractor = feature_extractor(model)
-    t0 = time.perf_counter()
-    feats = {}
-    for split in ("train", "val"):
-        xs, ys = [], []
-        for x, y in tfrecord.dataset(run.data_dir, split, m.image_size, batch):
-            xs.append(extractor(x, training=False).numpy())
-            ys.append(y.numpy())
-        feats[split] = (np.concatenate(xs), np.concatenate(ys)) if xs else None
-    extract_secs = time.perf_counter() - t0
+    feats = features.load(run.features_dir, features.key(m, run.data_dir)) if run.features_dir else None
+    run.result.features = "reused" if feats is not None else "extracted"
+    if feats is None:
+        feats, extract_secs = features.extract_timed(extractor, run.data_dir, m.image_size)
+        run.result.train_seconds += extract_secs  # the one full forward pass counts as training time
+        run.result.flops += training_flops(extractor)["forward"] * sum(len(y) for _, y in feats.values())
+    log.info("head phase on %s backbone features", run.result.features)
     fx, fy = feats["train"]
     head = keras.Sequential([keras.Input((fx.shape[1],)), keras.layers.Dropout(m.dropout),
                              keras.layers.Dense(run.num_classes, activation="softmax", dtype="float32")])
     _compile(head, p.learning_rate, p.label_smoothing)
     onehot = np.eye(run.num_classes, dtype=np.float32)
     train_ds = tf.data.Dataset.from_tensor_slices((fx, onehot[fy])).shuffle(len(fx), seed=p.seed).batch(batch)
-    val = feats["val"]
+    val = feats.get("val")
     val_ds = tf.data.Dataset.from_tensor_slices((val[0], onehot[val[1]])).batch(batch) if val else None
-    run.result.train_seconds += extract_secs  # the one full forward pass counts as training time
+    run.log.step_flops = training_flops(head)["train_step"]
     head.fit(train_ds, validation_data=val_ds, epochs=p.epochs, verbose=2,
              callbacks=run.callbacks(phase, len(fx), val is not None))
     model.get_layer(OUTPUT_NAME).set_weights(head.layers[-1].get_weights())

@@ -1,0 +1,66 @@
+"""Training speed in the units that explain it: FLOPs per image counted from the layers, and the matmul peak."""
+
+from __future__ import annotations
+
+import math
+import time
+
+
+def _leaves(model) -> list:
+    """Every layer of a model that is not itself a model (nested backbones opened)."""
+    import keras
+
+    out = []
+    for layer in model.layers:
+        out.extend(_leaves(layer) if isinstance(layer, keras.Model) else [layer])
+    return out
+
+
+def layer_flops(layer) -> int:
+    """Forward FLOPs per image of a convolution or dense layer: 2 x output positions x kernel size (0 for others).
+
+    A kernel holds one multiply-add per input channel, tap and output channel at each output position;
+    a separable convolution's depthwise and pointwise kernels both run at its output positions.
+    """
+    kernels = [w for w in layer.weights if w.path.rsplit("/", 1)[-1].endswith("kernel")]
+    if not kernels:
+        return 0
+    positions = math.prod(int(d) for d in layer.output.shape[1:-1])  # H x W (1 for Dense)
+    return 2 * positions * sum(math.prod(int(d) for d in k.shape) for k in kernels)
+
+
+def training_flops(model) -> dict[str, int]:
+    """FLOPs per image: a forward pass, and a training step (backward: 2x forward for each trainable layer).
+
+    The backward pass computes the gradient of each trainable layer's weights and of its input, each about
+    as costly as its forward pass; frozen layers cost only their forward pass (their input gradient is not
+    needed below the lowest trainable layer, and is small above it here). BatchNorm, activations and
+    pooling are left out: under 2% of Xception's FLOPs.
+    """
+    forward = trainable = 0
+    for layer in _leaves(model):
+        f = layer_flops(layer)
+        forward += f
+        trainable += f if layer.trainable_weights else 0
+    return {"forward": forward, "train_step": forward + 2 * trainable}
+
+
+def matmul_peak_gflops(dtype: str = "float32", n: int = 1024, seconds: float = 1.0) -> float:
+    """The GFLOP/s TensorFlow reaches here on square n x n matmuls in dtype, the practical peak of this device."""
+    import tensorflow as tf
+
+    a = tf.random.stateless_uniform((n, n), seed=(1, 2), dtype=tf.float32)
+    a = tf.cast(a, dtype)
+
+    @tf.function
+    def chain(x):
+        for _ in range(4):
+            x = tf.matmul(x, a) * 0.01  # scaled so that values stay finite over repeated calls
+        return x
+
+    chain(a).numpy()  # trace and warm up
+    calls, t = 0, time.perf_counter()
+    while calls < 3 or time.perf_counter() - t < seconds:
+        chain(a).numpy()
+        calls += 1
+    return 4 * calls * 2 * n ** 3 / (time.perf_counter() - t) / 1e9
