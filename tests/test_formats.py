@@ -161,10 +161,13 @@ def test_trt_skip_reasons(requested, env, reason):
 @pytest.mark.slow
 def test_openvino_bfloat16_only_where_the_cpu_computes_it(converted, tmp_path):
     """Built, scored and served in bf16 where OpenVINO offers BF16; elsewhere skipped with the reason, never f32."""
+    import contextlib
     import shutil
 
     from flowerpipe.formats import openvino_format
+    from flowerpipe.params import load
     from flowerpipe.serving.artifacts import load_artifact
+    from flowerpipe.serving.main import plan_from_params
 
     reports = converted / "reports"
     record = json.loads((reports / "convert_openvino.json").read_text())["openvino-bfloat16"]
@@ -184,6 +187,8 @@ def test_openvino_bfloat16_only_where_the_cpu_computes_it(converted, tmp_path):
             openvino_format.load(folder / "model.xml", "bfloat16")
         assert served.format == "openvino-float32"  # a copied bf16 folder still serves, exactly, in float32
         np.testing.assert_allclose(served.predict(x), reference, atol=1e-6)
+        with contextlib.chdir(converted), pytest.raises(FormatError, match="bfloat16 was not built here: this CPU"):
+            plan_from_params(load("params.yaml"), "openvino-bfloat16")  # `flowerpipe serve --format ...`
     else:
         assert record["status"] == "ok" and scored["status"] == "ok", (record, scored)
         assert scored["top1_agreement"] >= 0.9 and scored["max_prob_diff"] < 0.05, scored
