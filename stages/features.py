@@ -12,8 +12,7 @@ from flowerpipe.params import Params
 
 def main(p: Params) -> None:
     """Read params, do the work, write the outputs dvc.yaml declares."""
-    import shutil
-
+    from flowerpipe.data.tfrecord import atomic_dir
     from flowerpipe.model import features_model, resolve_weights
     from flowerpipe.outputs import check_outputs
     from flowerpipe.quiet import quiet_tensorflow
@@ -21,18 +20,25 @@ def main(p: Params) -> None:
 
     out = Path(p.paths.features)
     check_outputs({"paths.features": out}, {"paths.tfrecords": p.paths.tfrecords})
-    shutil.rmtree(out, ignore_errors=True)  # a stale split's files never outlive a new extraction
-    if resolve_weights(p.model.weights) is None:
-        features.skip(out, "model.weights is none: training from scratch has no frozen-backbone phase")
-    elif not p.train.cache_features:
-        features.skip(out, "train.cache_features is off: the head phase runs full forward passes")
+    tmp, commit, abort = atomic_dir(out)  # the previous features stay until the new ones are complete
+    try:
+        if resolve_weights(p.model.weights) is None:
+            features.skip(tmp, "model.weights is none: training from scratch has no frozen-backbone phase")
+        elif not p.train.cache_features:
+            features.skip(tmp, "train.cache_features is off: the head phase runs full forward passes")
+        else:
+            quiet_tensorflow()  # now that it is needed: imported with its start-up notices hidden
+            feats, secs = features.extract_timed(features_model(p.model), Path(p.paths.tfrecords), p.model.image_size)
+            features.save(tmp, feats, features.key(p.model, Path(p.paths.tfrecords)), secs)
+    except BaseException:
+        abort()
+        raise
+    commit()
+    record = stage.read_json(out / features.RECORD)
+    if record["status"] == "ok":
+        print(f"features of {record['train']['images']} train images in {record['seconds']}s -> {out}")
     else:
-        quiet_tensorflow()  # now that it is needed: imported with its start-up notices hidden
-        feats, secs = features.extract_timed(features_model(p.model), Path(p.paths.tfrecords), p.model.image_size)
-        features.save(out, feats, features.key(p.model, Path(p.paths.tfrecords)), secs)
-        print(f"features of {', '.join(f'{len(y)} {s}' for s, (_, y) in feats.items())} images in {secs:.1f}s -> {out}")
-        return
-    print(f"features: skipped: {stage.read_json(out / features.RECORD)['reason']}")
+        print(f"features: skipped: {record['reason']}")
 
 
 if __name__ == "__main__":
