@@ -28,7 +28,7 @@ def main(p: Params) -> None:
             features.skip(tmp, "train.cache_features is off: the head phase runs full forward passes")
         else:
             quiet_tensorflow()  # now that it is needed: imported with its start-up notices hidden
-            feats, secs = features.extract_timed(features_model(p.model), Path(p.paths.tfrecords), p.model.image_size)
+            feats, secs = features.extract(features_model(p.model), Path(p.paths.tfrecords), p.model.image_size)
             features.save(tmp, feats, features.key(p.model, Path(p.paths.tfrecords)), secs)
     except BaseException:
         abort()

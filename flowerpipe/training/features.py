@@ -28,9 +28,10 @@ def key(m: Model, data_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def extract(extractor, data_dir: Path, image_size: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """(features, labels) per split from one inference pass of the extractor (splits without images left out)."""
-    out = {}
+def extract(extractor, data_dir: Path, image_size: int) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], float]:
+    """(features, labels) per split from one inference pass of the extractor (splits without images left out),
+    and the seconds it took."""
+    t, out = time.perf_counter(), {}
     for split in SPLITS:
         xs, ys = [], []
         for x, y in tfrecord.dataset(data_dir, split, image_size, BATCH):
@@ -38,7 +39,7 @@ def extract(extractor, data_dir: Path, image_size: int) -> dict[str, tuple[np.nd
             ys.append(y.numpy())
         if xs:
             out[split] = (np.concatenate(xs), np.concatenate(ys))
-    return out
+    return out, time.perf_counter() - t
 
 
 def save(folder: Path, feats: dict, feats_key: str, seconds: float) -> None:
@@ -70,9 +71,3 @@ def load(folder: Path, feats_key: str) -> dict[str, tuple[np.ndarray, np.ndarray
         log.warning("%s: saved features unreadable (%s); extracting them again", folder, exc)
         return None
 
-
-def extract_timed(extractor, data_dir: Path, image_size: int) -> tuple[dict, float]:
-    """extract() and the seconds it took."""
-    t = time.perf_counter()
-    feats = extract(extractor, data_dir, image_size)
-    return feats, time.perf_counter() - t

@@ -236,7 +236,7 @@ def head_on_cached_features(run: Run, model) -> None:
     feats = features.load(run.features_dir, features.key(m, run.data_dir)) if run.features_dir else None
     run.result.features = "reused" if feats is not None else "extracted"
     if feats is None:
-        feats, extract_secs = features.extract_timed(extractor, run.data_dir, m.image_size)
+        feats, extract_secs = features.extract(extractor, run.data_dir, m.image_size)
         run.result.train_seconds += extract_secs  # the one full forward pass counts as training time
         run.result.flops += training_flops(extractor)["forward"] * sum(len(y) for _, y in feats.values())
     log.info("head phase on %s backbone features", run.result.features)
