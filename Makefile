@@ -43,31 +43,19 @@ run: env  ## run the whole pipeline
 lint: $(TESTED)
 	$(BIN)/ruff check flowerpipe stages tests benchmarks
 
-# The smoke run (another Python, fresh environment) goes on beside the suite: its install is mostly downloads.
-test: $(TESTED) lint  ## lint, then the test suite and, beside it, the smoke run on another Python
-	@$(MAKE) --no-print-directory smoke >.smoke.log 2>&1 & smoke=$$!; \
-	$(BIN)/python -m pytest -q -ra --durations=15; status=$$?; \
-	if wait $$smoke; then tail -n 1 .smoke.log; else cat .smoke.log; echo "error: make smoke failed" >&2; status=1; fi; \
-	exit $$status
+test: $(TESTED) lint  ## lint, then the test suite (with the smoke run on another Python beside it)
+	$(BIN)/python -m pytest -q -ra --durations=15
 
 bench: env  ## data-pipeline throughput on a folder of photos: make bench PHOTOS=path
 	$(BIN)/python benchmarks/data_throughput.py $(PHOTOS)
 
 clean:
-	rm -rf $(VENV) .venv-smoke .smoke.log
+	rm -rf $(VENV)
 
-# Another supported Python than the suite's: a fresh environment from the CPU lock (uv: 15 s, pip: 150 s), then a
-# smoke run. With no other 3.11-3.13 interpreter on the machine it says so and passes.
-PY_MINOR = $(shell $(1) -c 'import sys; print(*sys.version_info[:2])' 2>/dev/null)
-SMOKE_PYTHON ?= $(firstword $(foreach p,python3.13 python3.12 python3.11 $(wildcard $(HOME)/.pyenv/versions/3.1[123].*/bin/python3.1[123]),\
-	$(shell command -v $(p) >/dev/null 2>&1 && $(p) -c '$(SUPPORTED)' >/dev/null 2>&1 \
-		&& test "$(call PY_MINOR,$(p))" != "$(call PY_MINOR,$(PYTHON))" && echo $(p))))
-smoke: $(TESTED)  ## fresh .venv-smoke on SMOKE_PYTHON from locks/cpu.txt: import everything, download, tfrecords, predict
-	@test -n "$(SMOKE_PYTHON)" || { echo "smoke skipped: no supported Python other than $(PYTHON) found;\
-	 make smoke SMOKE_PYTHON=/path/to/python3.1x"; exit 0; }; \
-	set -e; rm -rf .venv-smoke; $(BIN)/uv venv --quiet --python $(SMOKE_PYTHON) .venv-smoke; \
-	$(BIN)/uv pip install --quiet --python .venv-smoke/bin/python --require-hashes -r locks/cpu.txt; \
-	.venv-smoke/bin/python tests/smoke.py; rm -rf .venv-smoke
+# The suite's smoke test alone: a fresh uv environment from locks/cpu.txt on another supported Python
+# (SMOKE_PYTHON=/path/to/python3.1x to choose) imports everything, runs download and tfrecords, predicts once.
+smoke: | $(TESTED)  ## the smoke run on another Python, alone
+	$(BIN)/python -m pytest -q -ra tests/test_install.py -k smoke
 
 # Regenerate every lock from pyproject.toml (needs PyPI); each keeps its current pins where it can.
 UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --quiet --generate-hashes --python-version 3.11 \

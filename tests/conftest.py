@@ -163,26 +163,46 @@ _SHARED: dict[str, Background] = {}
 
 
 def _tier(item) -> int:
+    if "smoke_run" in getattr(item, "fixturenames", ()):
+        return 3  # waits for its background run, which started with the session
     if item.get_closest_marker("e2e") is not None:
         return 2
     return 1 if "project" in getattr(item, "fixturenames", ()) else 0
 
 
 def pytest_collection_modifyitems(items):
-    """Tests that need no shared project first, then its readers, then the end-to-end tests (which change it)."""
+    """Tests that need no shared project first, then its readers, then the end-to-end tests (which change it),
+    then the smoke run on another Python."""
     items.sort(key=_tier)
 
 
-def pytest_collection_finish(session):
-    """Start building the shared project when a selected test needs it, while the other tests run."""
-    if any(_tier(item) for item in session.items) and not session.config.option.collectonly:
-        # Most of the DAG is single-threaded process start-up: the unit tests use the other core meanwhile.
-        _SHARED["project"] = Background(build_project, session.config._tmp_path_factory.mktemp("project"))
-    if any("slim_venv" in getattr(item, "fixturenames", ()) for item in session.items) \
-            and not session.config.option.collectonly:
-        from test_install import make_slim_venv  # mostly download and unpacking: it overlaps the project build
+# Session fixtures built in a thread from the start (mostly download and unpacking, beside the project build):
+# fixture name -> the function in test_install.py that makes it.
+INSTALLS = {"slim_venv": "make_slim_venv", "smoke_run": "smoke_in_fresh_env"}
 
-        _SHARED["slim_venv"] = Background(make_slim_venv, session.config._tmp_path_factory.mktemp("slim"))
+
+def _started(name: str, tmp_path_factory) -> Background:
+    """The background job behind session fixture `name`, started now if it has not been."""
+    if name not in _SHARED:
+        if name == "project":
+            _SHARED[name] = Background(build_project, tmp_path_factory.mktemp(name))
+        else:
+            import test_install
+
+            _SHARED[name] = Background(getattr(test_install, INSTALLS[name]), tmp_path_factory.mktemp(name))
+    return _SHARED[name]
+
+
+def pytest_collection_finish(session):
+    """Start the shared project and the installs the selected tests need, while the other tests run."""
+    if session.config.option.collectonly:
+        return
+    names = {name for item in session.items for name in getattr(item, "fixturenames", ())}
+    if any(_tier(item) in (1, 2) for item in session.items):
+        # Most of the DAG is single-threaded process start-up: the unit tests use the other core meanwhile.
+        _started("project", session.config._tmp_path_factory)
+    for name in names & INSTALLS.keys():
+        _started(name, session.config._tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
@@ -192,9 +212,7 @@ def project(tmp_path_factory) -> tuple[Path, dict]:
     Built once per session, in the background from the start; the format, benchmark, training and end-to-end
     tests read it. Tests that change it (experiments) run in the e2e module, last, and restore the workspace.
     """
-    if "project" not in _SHARED:
-        _SHARED["project"] = Background(build_project, tmp_path_factory.mktemp("project"))
-    return _SHARED["project"].result()
+    return _started("project", tmp_path_factory).result()
 
 
 def call_stage(name: str, cwd: Path) -> None:
@@ -236,14 +254,16 @@ def stage_cli(name: str, cwd: Path) -> tuple[int, str, str]:
 @pytest.fixture(scope="session")
 def slim_venv(tmp_path_factory) -> Path | None:
     """A venv on another supported Python with only locks/serve.txt installed (None when there is no such Python)."""
-    if "slim_venv" not in _SHARED:
-        from test_install import make_slim_venv
-
-        _SHARED["slim_venv"] = Background(make_slim_venv, tmp_path_factory.mktemp("slim"))
-    return _SHARED["slim_venv"].result()
+    return _started("slim_venv", tmp_path_factory).result()
 
 
 @pytest.fixture(scope="session")
 def trained(project) -> Path:
     """The shared project's folder: tiny TFRecords, a trained Xception, every converted format and their records."""
     return project[0]
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> str | None:
+    """The last line of tests/smoke.py in a fresh environment on another supported Python (None without one)."""
+    return _started("smoke_run", tmp_path_factory).result()
