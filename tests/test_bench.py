@@ -151,3 +151,31 @@ def test_timed_runs_wait_for_each_other(tmp_path, monkeypatch, capsys):
     assert entered.wait(5)
     thread.join(5)
     assert "waiting for another benchmark" in capsys.readouterr().out
+
+
+def test_inference_benchmark_on_a_project_times_what_evaluate_scored(trained):
+    """benchmarks/inference.py --project: every built CPU format is timed with its evaluate figures beside it;
+    bfloat16 is timed where OpenVINO computes it here and otherwise listed with the reason; TensorRT never on CPU."""
+    import contextlib
+    import importlib.util
+
+    from conftest import ROOT
+
+    from flowerpipe.formats.openvino_format import bf16_missing
+
+    spec = importlib.util.spec_from_file_location("inference_benchmark", ROOT / "benchmarks" / "inference.py")
+    inference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(inference)
+    with contextlib.chdir(trained):
+        keras_path, size, chosen, skipped, evaluate = inference.project_variants()
+        assert keras_path.is_file() and size == 71
+    timed = [v.name for v in chosen]
+    cpu_formats = {"keras", "savedmodel", "tflite-int8", "onnx", "onnx-int8", "openvino-float32", "openvino-int8"}
+    assert cpu_formats <= set(timed)
+    assert all(evaluate[name]["status"] == "ok" and 0 <= evaluate[name]["top1_agreement"] <= 1 for name in timed)
+    assert not set(timed) & set(skipped) and all(name.startswith("tensorrt") for name in skipped
+                                                 if name != "openvino-bfloat16")
+    if reason := bf16_missing():
+        assert skipped["openvino-bfloat16"] == reason
+    else:
+        assert "openvino-bfloat16" in timed
