@@ -82,9 +82,12 @@ def main() -> None:
     ap.add_argument("numbers", nargs="*", type=int, help="[IMAGE_SIZE] BATCH ... (with --project: BATCH ...)")
     ap.add_argument("--project", type=Path, help="a pipeline project folder whose models `dvc repro` converted")
     args = ap.parse_args()
+    if any(n < 1 for n in args.numbers):
+        ap.error("image size and batch sizes are positive integers")
     quiet_tensorflow()
     from flowerpipe.bench import Budget, matmul_peak, model_flops, overhead, run_isolated, task_for
     from flowerpipe.exclusive import timing_lock
+    from flowerpipe.params import ParamsError
 
     budget = Budget(**BUDGET)
     with tempfile.TemporaryDirectory() as tmp, timing_lock("benchmarks/inference.py"):
@@ -93,9 +96,16 @@ def main() -> None:
                 sys.exit(f"error: {args.project} has no params.yaml: not a pipeline project")
             batches = args.numbers or [1, 8]
             os.chdir(args.project)  # its params' paths are relative, for the timed processes too
-            keras_path, size, variants, skipped, evaluate = project_variants()
+            try:
+                keras_path, size, variants, skipped, evaluate = project_variants()
+            except ParamsError as err:
+                sys.exit(f"error: {args.project}/{err}")
+            if not keras_path.is_file():
+                sys.exit(f"error: {args.project / keras_path} does not exist: run `dvc repro` there first")
         else:
             size, batches = (args.numbers or [299])[0], args.numbers[1:] or [1, 8]
+            if size < 71:
+                ap.error(f"image size {size}: Xception needs at least 71")
             (keras_path, variants, skipped), evaluate = random_model_variants(size, Path(tmp)), {}
         peak = matmul_peak()
         flops = model_flops(keras_path, size)
