@@ -110,7 +110,8 @@ def main() -> None:
         peak = matmul_peak()
         flops = model_flops(keras_path, size)
         print(f"Xception {size}x{size}: {flops / 1e9:.2f} GFLOP/image; float32 matmul peak {peak['peak_gflops']:.0f} "
-              f"GFLOP/s (TF {peak['tensorflow_gflops']:.0f}, NumPy {peak['numpy_gflops']:.0f}); "
+              f"GFLOP/s (TF {peak['tensorflow_gflops']:.0f}, NumPy {peak['numpy_gflops']:.0f}, "
+              f"ONNX Runtime {peak['onnxruntime_gflops']:.0f}); "
               f"harness overhead {overhead(budget)['latency_ms_median'] * 1e3:.1f} us/call")
         head = ("runtime", "batch", "median ms", "p99 ms", "img/s", "GFLOP/s", "of peak", "accuracy", "agree")
         print(f"{head[0]:18s} " + " ".join(f"{h:>9s}" for h in head[1:]))

@@ -37,20 +37,24 @@ def test_harness_times_the_call_and_adds_little():
 
 
 def test_matmul_peak_is_2n3_over_the_median_call(monkeypatch):
-    """The reported GFLOP/s is 2n^3 over the median timed call, for an n x n matmul each runtime really runs."""
+    """The reported GFLOP/s is 2n^3 over the median timed call, for an n x n matmul each runtime really runs;
+    the peak is the fastest of TensorFlow, NumPy and ONNX Runtime."""
     from flowerpipe import bench
 
-    n, shapes = 64, []
+    n, products = 64, []
+    times = [[0.004, 0.001, 0.002], [0.5, 0.008, 0.008, 0.5], [0.003, 0.003, 0.003]]
 
     def fake_times(fn, warm, budget):  # runs the timed call, then reports fixed times (no clock, no flakiness)
-        shapes.append(tuple(np.asarray(fn()).shape))
-        return [0.004, 0.001, 0.002] if len(shapes) == 1 else [0.5, 0.008, 0.008, 0.5]
+        products.append(np.asarray(fn()))
+        return times[len(products) - 1]
 
     monkeypatch.setattr(bench, "time_calls", fake_times)
     peak = bench.matmul_peak(n=n, seconds=0.1)
-    assert shapes == [(n, n), (n, n)]
+    assert len(products) == 3 and all(p.shape == (n, n) for p in products)
+    assert np.allclose(products[1], products[2], rtol=1e-4) and np.allclose(products[0], products[1], rtol=1e-4)
     assert peak["tensorflow_gflops"] == round(2 * n**3 / 0.002 / 1e9, 2)
     assert peak["numpy_gflops"] == round(2 * n**3 / ((0.008 + 0.5) / 2) / 1e9, 2)
+    assert peak["onnxruntime_gflops"] == round(2 * n**3 / 0.003 / 1e9, 2)
     assert peak["peak_gflops"] == peak["tensorflow_gflops"]
 
 
