@@ -5,6 +5,7 @@ import shlex
 
 import pytest
 from conftest import ROOT
+from test_dependencies import lock
 
 # The Python each base image runs: python:3.12-* images, and Ubuntu 24.04's python3.
 BASE_PYTHON = {r"python:3\.(\d+)": None, r"ubuntu24\.04": "12"}
@@ -15,12 +16,6 @@ def instructions(path) -> list[tuple[str, str]]:
     text = re.sub(r"\\\n\s*", " ", path.read_text())
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
-
-
-def lock_pins(profile: str) -> set[str]:
-    """Names pinned in locks/<profile>.txt."""
-    text = (ROOT / f"locks/{profile}.txt").read_text()
-    return {m.group(1).lower() for m in re.finditer(r"^([A-Za-z0-9_.\-]+)==", text, re.M)}
 
 
 @pytest.mark.parametrize("profile", ["cpu", "gpu", "serve"])
@@ -35,7 +30,7 @@ def test_each_dockerfile_installs_its_own_lock_with_hashes_and_runs_what_it_inst
     assert locks == [(f"locks/{profile}.txt", f"/tmp/{profile}.txt")]
     pip_runs = [args for op, args in steps if op == "RUN" and "pip install" in args]
     assert any(f"--require-hashes -r /tmp/{profile}.txt" in run for run in pip_runs), pip_runs
-    pins = lock_pins(profile)
+    pins = lock(profile)
     for run in pip_runs:
         if "--no-build-isolation" in run:  # the build backend must already be in the image, from the lock
             assert "setuptools" in pins, f"Dockerfile.{profile} builds without isolation but its lock has no setuptools"
