@@ -26,7 +26,7 @@ class ParamsError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True, allow_inf_nan=False)
 
 
 class Paths(_Section):
@@ -149,6 +149,7 @@ class Train(_Section):
     scratch_schedule: Literal["cosine", "constant"] = "cosine"
     scratch_warmup_epochs: NonNegInt = 2
     scratch_weight_decay: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    scratch_minutes: Annotated[float, Field(ge=0)] = 0.0
     deterministic: bool = True
     augment: bool = True
     augment_strength: Annotated[float, Field(gt=0, le=4)] = 1.0

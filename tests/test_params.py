@@ -23,6 +23,8 @@ def test_project_params_are_valid():
     ({"train": {"batch_size": "many"}}, "train.batch_size", "'many'"),
     ({"data": {"sha256": "abc"}}, "data.sha256", "64-character"),
     ({"train": {"strategy": "tpu"}}, "train.strategy", "'tpu'"),
+    ({"train": {"scratch_minutes": -5}}, "train.scratch_minutes", "greater than or equal to 0"),
+    ({"train": {"learning_rate": float("inf")}}, "train.learning_rate", "finite number"),
 ])
 def test_bad_params_name_the_key(raw, key, words):
     with pytest.raises(ParamsError) as err:
