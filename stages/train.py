@@ -43,6 +43,7 @@ def main(p: Params) -> None:
         "saved_model_val_accuracy": round(val_accuracy, 4),
         "best_epoch_val_accuracy": round(result.best_val_accuracy, 4),
         "epochs_run": result.epochs_run, "train_seconds": round(result.train_seconds, 1),
+        "scratch_minutes": p.train.scratch_minutes, "budget_epochs": result.budget_epochs,
         "images_per_second": round(rate, 2), "gflops_per_second": round(gflops, 3),
         "matmul_peak_gflops": round(peak, 1), "fraction_of_peak": round(gflops / peak, 4),
         "replicas": result.replicas, "strategy": result.strategy, "precision": result.precision,

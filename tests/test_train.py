@@ -89,9 +89,13 @@ def test_checkpoints_of_other_params_or_data_are_dropped(tmp_path):
 
 @pytest.mark.slow
 def test_phase_resume_logs_the_restored_epochs(tmp_path):
-    """A finished phase is not trained again after an interruption, and its epochs are logged again."""
+    """A finished phase is not trained again after an interruption, and its epochs are logged again.
+
+    The phase ends by its time budget: 6 ms, spent by the first of its 3 epochs.
+    """
     make_photos(tmp_path / "photos", per_class=6)
-    write_params(tmp_path, {**TINY, "data": {"url": str(tmp_path / "photos")}})
+    write_params(tmp_path, {**TINY, "data": {"url": str(tmp_path / "photos")},
+                            "train": {**TINY["train"], "scratch_epochs": 3, "scratch_minutes": 1e-4}})
     call_stage("download", tmp_path)
     call_stage("tfrecords", tmp_path)
     code = textwrap.dedent("""
@@ -103,7 +107,7 @@ def test_phase_resume_logs_the_restored_epochs(tmp_path):
         p = load("params.yaml")
         with Live("live", dvcyaml=None, save_dvc_exp=False) as live:
             _, r, _ = fit(Path(p.paths.tfrecords), p.model, p.train, Path("ckpt"), live)
-        print(json.dumps({"resumed": r.resumed_from, "epochs": r.epochs_run}))
+        print(json.dumps({"resumed": r.resumed_from, "epochs": r.epochs_run, "budget": r.budget_epochs}))
     """)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
 
@@ -112,8 +116,9 @@ def test_phase_resume_logs_the_restored_epochs(tmp_path):
                              timeout=600, check=True).stdout
         return json.loads(out.strip().splitlines()[-1])
 
-    assert run() == {"resumed": "", "epochs": 1}
-    assert run() == {"resumed": "scratch", "epochs": 1}  # same params: the finished phase is restored, not rerun
+    assert run() == {"resumed": "", "epochs": 1, "budget": 1}  # the budget, not scratch_epochs, ended the phase
+    again = run()  # same params: the finished phase is restored, not rerun
+    assert (again["resumed"], again["epochs"]) == ("scratch", 1)
     curve = (tmp_path / "live" / "plots" / "metrics" / "loss.tsv").read_text().splitlines()
     assert len(curve) == 2  # header and the restored phase's epoch, logged again: the curve stays whole
 
@@ -137,7 +142,7 @@ FIT_SCRIPT = textwrap.dedent("""
     copies = [[np.asarray(c) for c in getattr(b, "values", [b])] for b in backing]
     differ = [v.path for v, c in zip(model.variables, copies) if any(not np.array_equal(c[0], x) for x in c[1:])]
     agree = not differ
-    print(json.dumps({"replicas": r.replicas, "strategy": r.strategy, "epochs": r.epochs_run,
+    print(json.dumps({"replicas": r.replicas, "strategy": r.strategy, "epochs": r.epochs_run, "budget": r.budget_epochs,
                       "copies": max(len(c) for c in copies), "agree": agree, "differ": differ[:8],
                       "loss": [h["loss"] for h in r.history]}))
 """)
@@ -149,10 +154,11 @@ def tiny_records(tmp_path):
     return tmp_path
 
 
-def _prepare(folder: Path, strategy: str) -> None:
+def _prepare(folder: Path, strategy: str, minutes: float = 60.0) -> None:
+    """Params and TFRecords for 4 short scratch epochs, within a time budget (60 minutes: all of them)."""
     write_params(folder, {**TINY, "data": {"url": str(folder / "photos")},
                           "train": {**TINY["train"], "strategy": strategy, "batch_size": 4, "max_steps_per_epoch": 2,
-                                    "scratch_epochs": 4, "deterministic": False}})
+                                    "scratch_epochs": 4, "scratch_minutes": minutes, "deterministic": False}})
     call_stage("download", folder)
     call_stage("tfrecords", folder)
 
@@ -166,8 +172,35 @@ def test_mirrored_strategy_on_two_logical_cpus(tiny_records):
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert (result["replicas"], result["strategy"], result["epochs"], result["copies"]) == (2, "mirrored", 4, 2)
+    assert result["budget"] == 4  # the budget's schedule variable and callback work under MirroredStrategy
     assert result["agree"], f"the two replicas' variables differ after training: {result['differ']}"
     assert result["loss"][-1] < result["loss"][0], result["loss"]
+
+
+@pytest.mark.parametrize("warmup", [0, 3])
+def test_scratch_schedule_is_kerass_cosine_decay_until_a_budget_moves_its_end(warmup):
+    from flowerpipe.training.schedule import warmup_cosine
+
+    ours = warmup_cosine(2e-3, warmup, 40)
+    keras_own = keras.optimizers.schedules.CosineDecay(2e-4 if warmup else 2e-3, 40 - warmup,
+                                                       warmup_target=2e-3 if warmup else None, warmup_steps=warmup)
+    steps = [0, 1, 2, 3, 4, 10, 25, 39, 40, 60]
+    assert np.allclose([float(ours(s)) for s in steps], [float(keras_own(s)) for s in steps], rtol=1e-5, atol=1e-9)
+    ours.total_steps.assign(20.0)  # a budget that fits half the epochs
+    assert float(ours(20)) == 0.0 and float(ours(10)) > 0 and ours.get_config()["total_steps"] == 20.0
+
+
+def test_epoch_budget_refits_from_measured_epochs_and_only_shrinks_once_decaying():
+    from flowerpipe.training.schedule import EpochBudget
+
+    budget = EpochBudget(seconds=100, cap=50, warmup_epochs=2)
+    # epoch 1 carries tracing (20 s): 5 fit; epoch 2 shows 10 s epochs: 2 + 70 / 10 = 9
+    assert [budget.after_epoch(t) for t in (20, 10)] == [5, 9]
+    assert budget.after_epoch(10) == 9  # decaying now, on time
+    assert budget.after_epoch(30) == 5  # the machine slowed (shared mid-run): 4 + 30 / mean(10, 10, 30)
+    assert budget.after_epoch(1) == 5  # faster again, but a decaying schedule never climbs back
+    assert EpochBudget(seconds=1e6, cap=7, warmup_epochs=2).after_epoch(5) == 7  # never more than the cap
+    assert EpochBudget(seconds=1, cap=7, warmup_epochs=2).after_epoch(5) == 1  # a budget under an epoch: one
 
 
 def test_features_belong_to_one_backbone_and_dataset(tmp_path):
@@ -255,7 +288,7 @@ def test_multi_worker_recipe_dvc_repro_train_in_two_checkouts(tmp_path):
     """The README's recipe: `dvc repro train` with TF_CONFIG in each worker's own checkout; both write one model."""
     photos = make_photos(tmp_path / "photos", per_class=6)
     train = {**TINY["train"], "strategy": "multi_worker", "batch_size": 4, "max_steps_per_epoch": 2,
-             "scratch_epochs": 4, "deterministic": False}
+             "scratch_epochs": 4, "scratch_minutes": 60, "deterministic": False}
     first, env = git_project(tmp_path / "worker0", {**TINY, "data": {"url": str(photos)}, "train": train})
     for name in ("download", "tfrecords"):  # the data, as `dvc pull` would bring it
         call_stage(name, first)
@@ -272,7 +305,7 @@ def test_multi_worker_recipe_dvc_repro_train_in_two_checkouts(tmp_path):
         assert proc.returncode == 0, out[-3000:]
     records = [json.loads((repo / "reports" / "train.json").read_text()) for repo in (first, second)]
     for r in records:
-        assert (r["replicas"], r["strategy"], r["epochs_run"]) == (2, "multi_worker", 4)
+        assert (r["replicas"], r["strategy"], r["epochs_run"], r["budget_epochs"]) == (2, "multi_worker", 4, 4)
         losses = [h["loss"] for h in r["history"]]
         assert losses[-1] < losses[0], losses
     assert records[0]["history"][-1]["loss"] == records[1]["history"][-1]["loss"]  # one all-reduced run

@@ -22,6 +22,7 @@ class Result:
     strategy: str = "default"
     precision: str = "float32"  # the Keras dtype policy training ran under
     resumed_from: str = ""
+    budget_epochs: int = 0  # from scratch with train.scratch_minutes: the epoch count the budget allowed
     features: str = ""  # head phase on cached features: "reused" (the features stage's) or "extracted" here
 
     @property

@@ -14,6 +14,7 @@ from flowerpipe.model import OUTPUT_NAME, feature_extractor
 from flowerpipe.params import Model, Train
 from flowerpipe.training.checkpoints import Checkpoints
 from flowerpipe.training.epochs import EpochLog, Result
+from flowerpipe.training.schedule import EpochBudget, budget_for, fit_to_budget, learning_rate_for
 from flowerpipe.training.throughput import training_flops
 
 log = logging.getLogger(__name__)
@@ -72,17 +73,6 @@ def optimizer_for(learning_rate, weight_decay: float = 0.0):
     if keras.mixed_precision.global_policy().name == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
-
-
-def learning_rate_for(p: Train, phase: str, lr: float, epochs: int, steps: int):
-    """The phase's learning rate: from scratch, a linear warm-up then cosine decay to 0 by the last step."""
-    import keras
-
-    if phase != "scratch" or p.scratch_schedule == "constant":
-        return lr
-    warmup = min(p.scratch_warmup_epochs, epochs) * steps
-    return keras.optimizers.schedules.CosineDecay(lr / 10 if warmup else lr, max(1, epochs * steps - warmup),
-                                                  warmup_target=lr if warmup else None, warmup_steps=warmup)
 
 
 def _compile(model, learning_rate, label_smoothing: float, weight_decay: float = 0.0) -> None:
@@ -145,7 +135,10 @@ def steps_per_epoch(n: int, batch: int, cap: int) -> int:
 
 
 def fit_phase(run: Run, model, phase: str, epochs: int, lr: float) -> None:
-    """One Keras fit() for a phase, resumable through BackupAndRestore; skipped if already finished."""
+    """One Keras fit() for a phase, resumable through BackupAndRestore; skipped if already finished.
+
+    From scratch with train.scratch_minutes, epochs is a cap: the phase stops when its time budget is spent.
+    """
     start = len(run.result.history)
     if run.resume(phase, model) or epochs == 0:
         return
@@ -153,22 +146,51 @@ def fit_phase(run: Run, model, phase: str, epochs: int, lr: float) -> None:
     train_ds, val_ds = run.datasets()
     run.log.step_flops = training_flops(model)["train_step"]
     lr = learning_rate_for(run.p, phase, lr, epochs, steps)
+    budget = budget_for(run.p, phase, epochs)
+    if budget is not None and run.result.strategy != "multi_worker":  # (the multi-worker loop starts over)
+        for row in run.ckpt.history(phase):  # epochs an interrupted run trained count against the budget
+            fit_to_budget(budget, row.get("seconds", 0.0), lr, steps)
     decay = run.p.scratch_weight_decay if phase == "scratch" else 0.0
     with run.strategy.scope():
         if run.result.strategy == "multi_worker":
-            _fit_multi_worker(run, model, phase, epochs, lr, decay, train_ds, val_ds if run.n_val else None, steps)
+            _fit_multi_worker(run, model, phase, epochs, lr, decay, train_ds, val_ds if run.n_val else None, steps,
+                              budget)
         else:
             _compile(model, lr, run.p.label_smoothing, decay)
+            callbacks = run.callbacks(phase, min(run.n_train, steps * run.batch), run.n_val > 0)
+            if budget is not None:
+                callbacks.append(_budget_callback(budget, lr, steps))
             model.fit(train_ds, validation_data=val_ds if run.n_val else None, epochs=epochs, steps_per_epoch=steps,
-                      verbose=2, callbacks=run.callbacks(phase, min(run.n_train, steps * run.batch), run.n_val > 0))
+                      verbose=2, callbacks=callbacks)
+    if budget is not None:
+        run.result.budget_epochs = budget.epochs
     run.ckpt.finish(phase, model, run.result.history[start:])
 
 
-def _fit_multi_worker(run: Run, model, phase, epochs, lr, decay, train_ds, val_ds, steps) -> None:
+def _budget_callback(budget: EpochBudget, schedule, steps: int):
+    """A Keras callback that refits the epoch count after each epoch and stops fit() when the budget is spent."""
+    import keras
+
+    class _Budget(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            """Start the epoch's clock."""
+            self._t = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            """Refit the epoch count; stop once it is reached."""
+            if fit_to_budget(budget, time.perf_counter() - self._t, schedule, steps):
+                self.model.stop_training = True
+
+    return _Budget()
+
+
+def _fit_multi_worker(run: Run, model, phase, epochs, lr, decay, train_ds, val_ds, steps,
+                      budget: EpochBudget | None) -> None:
     """A plain strategy.run loop for MultiWorkerMirroredStrategy, where Keras 3.15's fit() fails.
 
     Keras all-reduces the first input batch and its scalar logs with axis=0 under MWMS; this loop
     reduces only losses and counts. Same loss, optimizer and per-epoch log as fit(); no early stopping.
+    A time budget uses the workers' mean epoch time, so that every worker stops after the same epoch.
     """
     import keras
     import tensorflow as tf
@@ -218,7 +240,12 @@ def _fit_multi_worker(run: Run, model, phase, epochs, lr, decay, train_ds, val_d
                 totals += [float(v) for v in val_step(x, y)]
             logs.update(val_loss=totals[0] / max(totals[2], 1), val_accuracy=totals[1] / max(totals[2], 1))
         print(f"epoch {epoch + 1}/{epochs} " + " ".join(f"{k}={v:.4f}" for k, v in logs.items()), flush=True)
-        run.log.epoch(phase, logs, steps * batch, time.perf_counter() - t)
+        seconds = time.perf_counter() - t
+        run.log.epoch(phase, logs, steps * batch, seconds)
+        if budget is not None:
+            seconds = strategy.reduce("MEAN", strategy.run(lambda s=seconds: tf.constant(s)), axis=None)
+            if fit_to_budget(budget, float(seconds), lr, steps):
+                break
 
 
 def head_on_cached_features(run: Run, model) -> None:

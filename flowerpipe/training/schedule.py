@@ -1,0 +1,93 @@
+"""The from-scratch learning rate (warm-up, then cosine decay) and the time budget that sizes its epochs."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+from flowerpipe.params import Train
+
+log = logging.getLogger(__name__)
+
+
+def warmup_cosine(lr: float, warmup_steps: int, total_steps: int):
+    """A Keras schedule: linear warm-up from lr/10 to lr, then cosine decay to 0 at total_steps.
+
+    Keras's CosineDecay with warm-up, except that total_steps is a variable: a time budget that measures
+    its epochs sets it while the run trains (the same values as CosineDecay while it is unchanged).
+    """
+    import keras
+    from keras import ops
+
+    class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+        def __init__(self):
+            self.total_steps = keras.Variable(float(total_steps), trainable=False, name="lr_total_steps")
+
+        def __call__(self, step):
+            step = ops.cast(step, "float32")
+            warm = float(warmup_steps)
+            rising = lr / 10 + (lr - lr / 10) * step / max(warm, 1.0)
+            done = ops.clip((step - warm) / ops.maximum(self.total_steps - warm, 1.0), 0.0, 1.0)
+            return ops.where(step < warm, rising, 0.5 * lr * (1.0 + ops.cos(math.pi * done)))
+
+        def get_config(self):
+            return {"lr": lr, "warmup_steps": warmup_steps, "total_steps": float(self.total_steps.numpy())}
+
+    return WarmupCosine()
+
+
+def learning_rate_for(p: Train, phase: str, lr: float, epochs: int, steps: int):
+    """The phase's learning rate: from scratch, a linear warm-up then cosine decay to 0 by the last step."""
+    if phase != "scratch" or p.scratch_schedule == "constant":
+        return lr
+    return warmup_cosine(lr, min(p.scratch_warmup_epochs, epochs) * steps, epochs * steps)
+
+
+@dataclass
+class EpochBudget:
+    """How many epochs fit a phase's time budget, refitted after every epoch from the epochs' measured times.
+
+    The first epoch's time includes tracing, so later epochs' mean is used once there is one. While the
+    learning rate is still warming up the count may grow or shrink; once it decays it only shrinks (a slower
+    machine, or one shared mid-run), so the schedule never climbs back up.
+    """
+
+    seconds: float
+    cap: int  # train.scratch_epochs: never more than this
+    warmup_epochs: int
+    times: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.epochs = self.cap
+
+    def after_epoch(self, seconds: float) -> int:
+        """Count one finished epoch of `seconds`; return the phase's epoch count from now on."""
+        self.times.append(seconds)
+        done = len(self.times)
+        later = self.times[1:] or self.times
+        per_epoch = max(sum(later) / len(later), 1e-9)
+        fits = done + max(0, math.floor((self.seconds - sum(self.times)) / per_epoch))
+        fits = min(self.cap, fits)
+        self.epochs = fits if done <= self.warmup_epochs else min(self.epochs, fits)
+        return self.epochs
+
+
+def budget_for(p: Train, phase: str, epochs: int) -> EpochBudget | None:
+    """train.scratch_minutes as an EpochBudget for the scratch phase (None: the phase runs all its epochs)."""
+    if phase != "scratch" or not p.scratch_minutes:
+        return None
+    warmup = p.scratch_warmup_epochs if p.scratch_schedule == "cosine" else 0
+    return EpochBudget(p.scratch_minutes * 60, epochs, warmup)
+
+
+def fit_to_budget(budget: EpochBudget, seconds: float, schedule, steps: int) -> bool:
+    """Refit the epoch count after an epoch (and the schedule's length with it); True once the phase is done."""
+    before = budget.epochs
+    epochs = budget.after_epoch(seconds)
+    if hasattr(schedule, "total_steps"):
+        schedule.total_steps.assign(float(epochs * steps))
+    if epochs != before:
+        log.info("train.scratch_minutes=%g: %d epoch(s) in all fit the budget (%.0f s spent, the last epoch %.0f s)",
+                 budget.seconds / 60, epochs, sum(budget.times), budget.times[-1])
+    return len(budget.times) >= epochs
