@@ -116,7 +116,7 @@ def test_phase_resume_logs_the_restored_epochs(tmp_path):
                          timeout=600, check=True).stdout
     first, again = (json.loads(line) for line in out.strip().splitlines()[-2:])
     assert first == {"resumed": "", "epochs": 1, "budget": 1}  # the budget, not scratch_epochs, ended the phase
-    assert (again["resumed"], again["epochs"]) == ("scratch", 1)  # the finished phase is restored, not rerun
+    assert again == {"resumed": "scratch", "epochs": 1, "budget": 1}  # the finished phase is restored, not rerun
     curve = (tmp_path / "live" / "plots" / "metrics" / "loss.tsv").read_text().splitlines()
     assert len(curve) == 2  # header and the restored phase's epoch, logged again: the curve stays whole
 
@@ -198,7 +198,21 @@ def test_epoch_budget_refits_from_measured_epochs_and_only_shrinks_once_decaying
     assert budget.after_epoch(30) == 5  # the machine slowed (shared mid-run): 4 + 30 / mean(10, 10, 30)
     assert budget.after_epoch(1) == 5  # faster again, but a decaying schedule never climbs back
     assert EpochBudget(seconds=1e6, cap=7, warmup_epochs=2).after_epoch(5) == 7  # never more than the cap
+    no_warmup = EpochBudget(seconds=100, cap=50, warmup_epochs=0)  # epoch 2 still refits up: epoch 1 was tracing
+    assert [no_warmup.after_epoch(t) for t in (20, 10, 30)] == [5, 9, 5]
     assert EpochBudget(seconds=1, cap=7, warmup_epochs=2).after_epoch(5) == 1  # a budget under an epoch: one
+
+
+def test_a_resumed_run_replays_its_epochs_into_the_budget_with_one_log_line(caplog):
+    from flowerpipe.training.schedule import EpochBudget, fit_to_budget, warmup_cosine
+
+    budget, schedule = EpochBudget(seconds=100, cap=50, warmup_epochs=0), warmup_cosine(0.1, 0, 50 * 4)
+    with caplog.at_level("INFO", logger="flowerpipe.training.schedule"):
+        assert not fit_to_budget(budget, [20, 10, 10, 10], schedule, steps=4)  # 4 epochs of 50 s: 4 + 50 / 10
+    assert budget.epochs == 9 and float(schedule.total_steps.numpy()) == 9 * 4
+    assert [r.getMessage() for r in caplog.records] == [
+        "train.scratch_minutes=1.66667: 9 epoch(s) in all fit the budget (4 trained in 50 s, the last 10 s)"]
+    assert fit_to_budget(budget, [60], schedule, steps=4) and budget.epochs == 5  # slowed: spent after epoch 5
 
 
 def test_features_belong_to_one_backbone_and_dataset(tmp_path):

@@ -140,16 +140,17 @@ def fit_phase(run: Run, model, phase: str, epochs: int, lr: float) -> None:
     From scratch with train.scratch_minutes, epochs is a cap: the phase stops when its time budget is spent.
     """
     start = len(run.result.history)
-    if run.resume(phase, model) or epochs == 0:
-        return
     steps = steps_per_epoch(run.n_train, run.batch, run.p.max_steps_per_epoch)
-    train_ds, val_ds = run.datasets()
-    run.log.step_flops = training_flops(model)["train_step"]
     lr = learning_rate_for(run.p, phase, lr, epochs, steps)
     budget = budget_for(run.p, phase, epochs)
-    if budget is not None and run.result.strategy != "multi_worker":  # (the multi-worker loop starts over)
-        for row in run.ckpt.history(phase):  # epochs an interrupted run trained count against the budget
-            fit_to_budget(budget, row.get("seconds", 0.0), lr, steps)
+    trained = [row.get("seconds", 0.0) for row in run.ckpt.history(phase)]
+    if budget is not None and trained and run.result.strategy != "multi_worker":  # (the multi-worker loop starts over)
+        fit_to_budget(budget, trained, lr, steps)  # epochs an interrupted run trained count against the budget
+        run.result.budget_epochs = budget.epochs
+    if run.resume(phase, model) or epochs == 0:
+        return
+    train_ds, val_ds = run.datasets()
+    run.log.step_flops = training_flops(model)["train_step"]
     decay = run.p.scratch_weight_decay if phase == "scratch" else 0.0
     with run.strategy.scope():
         if run.result.strategy == "multi_worker":
@@ -159,7 +160,7 @@ def fit_phase(run: Run, model, phase: str, epochs: int, lr: float) -> None:
             _compile(model, lr, run.p.label_smoothing, decay)
             callbacks = run.callbacks(phase, min(run.n_train, steps * run.batch), run.n_val > 0)
             if budget is not None:
-                callbacks.append(_budget_callback(budget, lr, steps))
+                callbacks.append(_budget_callback(budget, lr, steps, run.result.history))
             model.fit(train_ds, validation_data=val_ds if run.n_val else None, epochs=epochs, steps_per_epoch=steps,
                       verbose=2, callbacks=callbacks)
     if budget is not None:
@@ -167,18 +168,17 @@ def fit_phase(run: Run, model, phase: str, epochs: int, lr: float) -> None:
     run.ckpt.finish(phase, model, run.result.history[start:])
 
 
-def _budget_callback(budget: EpochBudget, schedule, steps: int):
-    """A Keras callback that refits the epoch count after each epoch and stops fit() when the budget is spent."""
+def _budget_callback(budget: EpochBudget, schedule, steps: int, history: list[dict]):
+    """A Keras callback that refits the epoch count after each epoch and stops fit() when the budget is spent.
+
+    It reads the epoch's time from the row the epoch log (an earlier callback) has just added to history.
+    """
     import keras
 
     class _Budget(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            """Start the epoch's clock."""
-            self._t = time.perf_counter()
-
         def on_epoch_end(self, epoch, logs=None):
             """Refit the epoch count; stop once it is reached."""
-            if fit_to_budget(budget, time.perf_counter() - self._t, schedule, steps):
+            if fit_to_budget(budget, [history[-1]["seconds"]], schedule, steps):
                 self.model.stop_training = True
 
     return _Budget()
@@ -244,7 +244,7 @@ def _fit_multi_worker(run: Run, model, phase, epochs, lr, decay, train_ds, val_d
         run.log.epoch(phase, logs, steps * batch, seconds)
         if budget is not None:
             seconds = strategy.reduce("MEAN", strategy.run(lambda s=seconds: tf.constant(s)), axis=None)
-            if fit_to_budget(budget, float(seconds), lr, steps):
+            if fit_to_budget(budget, [float(seconds)], lr, steps):
                 break
 
 

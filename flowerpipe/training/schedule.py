@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from flowerpipe.params import Train
@@ -49,8 +50,9 @@ class EpochBudget:
     """How many epochs fit a phase's time budget, refitted after every epoch from the epochs' measured times.
 
     The first epoch's time includes tracing, so later epochs' mean is used once there is one. While the
-    learning rate is still warming up the count may grow or shrink; once it decays it only shrinks (a slower
-    machine, or one shared mid-run), so the schedule never climbs back up.
+    learning rate is still warming up, and until that first tracing-free epoch is measured, the count may grow or
+    shrink; after that it only shrinks (a slower machine, or one shared mid-run), so the schedule never climbs
+    back up.
     """
 
     seconds: float
@@ -69,7 +71,7 @@ class EpochBudget:
         per_epoch = max(sum(later) / len(later), 1e-9)
         fits = done + max(0, math.floor((self.seconds - sum(self.times)) / per_epoch))
         fits = min(self.cap, fits)
-        self.epochs = fits if done <= self.warmup_epochs else min(self.epochs, fits)
+        self.epochs = fits if done <= max(self.warmup_epochs, 2) else min(self.epochs, fits)
         return self.epochs
 
 
@@ -81,13 +83,17 @@ def budget_for(p: Train, phase: str, epochs: int) -> EpochBudget | None:
     return EpochBudget(p.scratch_minutes * 60, epochs, warmup)
 
 
-def fit_to_budget(budget: EpochBudget, seconds: float, schedule, steps: int) -> bool:
-    """Refit the epoch count after an epoch (and the schedule's length with it); True once the phase is done."""
+def fit_to_budget(budget: EpochBudget, seconds: Sequence[float], schedule, steps: int) -> bool:
+    """Refit the epoch count after finished epochs (and the schedule's length with it); True once the phase is done.
+
+    One call per epoch while training; one call for all the epochs an interrupted run trained, when it resumes.
+    """
     before = budget.epochs
-    epochs = budget.after_epoch(seconds)
+    for s in seconds:
+        budget.after_epoch(s)
     if hasattr(schedule, "total_steps"):
-        schedule.total_steps.assign(float(epochs * steps))
-    if epochs != before:
-        log.info("train.scratch_minutes=%g: %d epoch(s) in all fit the budget (%.0f s spent, the last epoch %.0f s)",
-                 budget.seconds / 60, epochs, sum(budget.times), budget.times[-1])
-    return len(budget.times) >= epochs
+        schedule.total_steps.assign(float(budget.epochs * steps))
+    if budget.epochs != before:
+        log.info("train.scratch_minutes=%g: %d epoch(s) in all fit the budget (%d trained in %.0f s, the last %.0f s)",
+                 budget.seconds / 60, budget.epochs, len(budget.times), sum(budget.times), budget.times[-1])
+    return len(budget.times) >= budget.epochs
