@@ -77,16 +77,41 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _client(args: argparse.Namespace) -> int:
     from flowerpipe.infer import list_images
-    from flowerpipe.serving.client import client_predict
+    from flowerpipe.serving.client import client_predict, server_classes
 
     files = list_images(args.paths)
-    classes = args.classes.split(",") if args.classes else None
-    for f, pred in zip(files, client_predict(args.url, args.model, files, protocol=args.protocol), strict=True):
+    answers = client_predict(args.url, args.model, files, timeout=args.timeout, protocol=args.protocol)
+    classes = (args.classes.split(",") if args.classes
+               else server_classes(args.url, args.model, args.protocol, args.timeout))
+    for f, pred in zip(files, answers, strict=True):
         probs = pred["probabilities"]
+        if classes and len(classes) != len(probs):
+            if not args.classes:  # the server's metadata disagrees with its answer: indexes, as without names
+                classes = None
+            else:
+                raise ValueError(f"--classes names {len(classes)} classes, but the server answers {len(probs)} "
+                                 "probabilities per image")
         order = sorted(range(len(probs)), key=lambda i: -probs[i])[: args.top_k]
         tops = ", ".join(f"{classes[i] if classes else i}={probs[i]:.3f}" for i in order)
         print(f"{f}: {pred.get('class_name') or order[0]} ({tops})")
     return 0
+
+
+def _number(kind: type, least: float, most: float = 1e300):
+    """An argparse type: a number of `kind` from `least` to `most`, or one clear usage error."""
+    what = "an integer" if kind is int else "a finite number"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not least <= value <= most:  # (NaN fails both)
+            raise argparse.ArgumentTypeError(f"{text!r}: must be {what} " +
+                                             (f"from {least:g} to {most:g}" if most < 1e300 else f">= {least:g}"))
+        return value
+
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("paths", nargs="+")
     pr.add_argument("--format", help="model format, e.g. keras, onnx, tflite-int8, openvino-float32")
     pr.add_argument("--model", help="a model file or folder to use alone (its labels.txt beside it), not params")
-    pr.add_argument("--top-k", type=int, default=0)
+    pr.add_argument("--top-k", type=_number(int, 0), default=0, help="classes per image (default: infer.top_k)")
     pr.add_argument("--csv", help="also write the table to this CSV file")
     pr.set_defaults(fn=_predict)
     sv = sub.add_parser("serve", help="TF Serving REST and KServe V2 server (127.0.0.1 unless --host)")
@@ -107,15 +132,18 @@ def main(argv: list[str] | None = None) -> int:
     sv.add_argument("--name", help="model name in URLs (default: model.name, or the base folder's name)")
     sv.add_argument("--label", action="append", default=[], help="version label NAME=VERSION (repeatable)")
     sv.add_argument("--host")
-    sv.add_argument("--port", type=int)
+    sv.add_argument("--port", type=_number(int, 1, 65535), help="port (default: serve.port)")
     sv.add_argument("--format", help="model format to serve (default: serve.format)")
     sv.set_defaults(fn=_serve)
     cl = sub.add_parser("client", help="send images to a TF Serving-compatible server, print top-k")
-    cl.add_argument("paths", nargs="+")
-    cl.add_argument("--url", default="http://127.0.0.1:8501")
-    cl.add_argument("--model", default="flowers")
-    cl.add_argument("--top-k", type=int, default=3)
-    cl.add_argument("--classes", help="comma-separated class names, for servers that return only probabilities")
+    cl.add_argument("paths", nargs="+", help="image files or folders")
+    cl.add_argument("--url", default="http://127.0.0.1:8501", help="the server (default: %(default)s)")
+    cl.add_argument("--model", default="flowers", help="model name in URLs (default: %(default)s)")
+    cl.add_argument("--top-k", type=_number(int, 1), default=3, help="classes per image (default: %(default)s)")
+    cl.add_argument("--timeout", type=_number(float, 0.001), default=60.0,
+                    help="seconds to wait for the answer (default: %(default)s)")
+    cl.add_argument("--classes", help="comma-separated class names (default: those the server's metadata lists, "
+                                      "else indexes)")
     cl.add_argument("--protocol", choices=["tfs", "v2"], default="tfs", help="TF Serving REST or KServe V2")
     cl.set_defaults(fn=_client)
     sub.add_parser("info", help="every model format, its status and path").set_defaults(fn=_info)

@@ -370,6 +370,75 @@ def test_client_command_over_both_protocols(server, tmp_path):
         client_predict("http://127.0.0.1:9", "flowers", files, timeout=2)
 
 
+def test_client_command_names_the_classes_from_the_servers_metadata(server, tmp_path, capsys):
+    from flowerpipe.cli import main
+
+    url, _ = server
+    Image.fromarray(images(1, seed=5)[0].astype(np.uint8)).save(tmp_path / "a.png")
+    for protocol in ("tfs", "v2"):
+        assert main(["client", str(tmp_path / "a.png"), "--url", url, "--protocol", protocol, "--top-k", "2"]) == 0
+        line = capsys.readouterr().out.strip()
+        top = line.split("(")[1].rstrip(")").split(", ")
+        assert len(top) == 2 and all(t.split("=")[0] in CLASSES for t in top), line
+    assert main(["client", str(tmp_path / "a.png"), "--url", url, "--classes", "a,b"]) == 1
+    assert capsys.readouterr().err.strip() == ("error: --classes names 2 classes, but the server answers 5 "
+                                               "probabilities per image")
+    for bad in (["--top-k", "0"], ["--timeout", "nan"]):
+        with pytest.raises(SystemExit):
+            main(["client", str(tmp_path / "a.png"), "--url", url, *bad])
+        assert "must be" in capsys.readouterr().err
+
+
+class _Liar(threading.Thread):
+    """A server on loopback that answers every POST with one fixed body (or stalls, or breaks off)."""
+
+    def __init__(self, body: bytes, length: int | None = None, stall: float = 0.0):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                time.sleep(stall)
+                self.send_response(200)
+                self.send_header("Content-Length", str(length or len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        super().__init__(daemon=True)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def run(self):
+        self.httpd.serve_forever()
+
+
+@pytest.mark.parametrize("protocol, body, expected", [
+    ("tfs", {"predictions": [{"foo": 1}]}, "neither probability lists nor objects"),
+    ("tfs", {"predictions": [{"probabilities": "abc"}]}, "not lists of numbers"),
+    ("tfs", {"predictions": [[[0.5, 0.5]]]}, r"shape \[1, 1, 2\] for 1 image"),
+    ("tfs", {"predictions": [[0.1, None]]}, "not finite"),
+    ("tfs", {"predictions": [{"probabilities": [1e999, 0]}]}, "not finite"),
+    ("tfs", [1, 2], "a JSON list, not an object"),
+    ("v2", {"outputs": [{"name": "probabilities", "shape": [2, 2], "data": [0.5] * 4}]}, r"shape \[2, 2\] for 1"),
+    ("v2", {"outputs": [{"name": "probabilities", "shape": [1, 5], "data": [1, 2]}]}, "without a V2 'probabilities'"),
+    ("tfs", b'{"predictions"', "broke off its answer"),
+    ("tfs", None, "no answer from .* within 0.5 s"),
+])
+def test_client_refuses_what_a_lying_server_answers(tmp_path, protocol, body, expected):
+    (tmp_path / "a.png").write_bytes(base64.b64decode(to_png_b64(images(1)[0])["b64"]))
+    raw = body if isinstance(body, bytes) else json.dumps(body or {}).encode()
+    liar = _Liar(raw, length=100 if isinstance(body, bytes) else None, stall=2.0 if body is None else 0.0)
+    liar.start()
+    try:
+        with pytest.raises(RequestError, match=expected):
+            client_predict(liar.url, "flowers", [tmp_path / "a.png"], timeout=0.5, protocol=protocol)
+    finally:
+        liar.httpd.shutdown()
+
+
 # ---------------------------------------------------------------- metrics
 
 
