@@ -26,9 +26,7 @@ def _predict(args: argparse.Namespace) -> int:
         runner = load(find(p, args.format or p.infer.format), "cpu")
         model, classes, size = runner, Manifest.read(p.paths.tfrecords).classes, p.model.image_size
         top_k = args.top_k or p.infer.top_k
-    table, skipped = predict_files(model, list_images(args.paths), classes, size, top_k)
-    for s in skipped:
-        print(f"skipped {s['path']}: {s['reason']}", file=sys.stderr)
+    table, _ = predict_files(model, list_images(args.paths), classes, size, top_k)  # (skipped files: logged)
     if args.csv:
         table.to_csv(args.csv, index=False)
     print(table.to_string(index=False) if len(table) else "no readable images")

@@ -35,12 +35,10 @@ def read_images(files: list[Path], image_size: int) -> tuple[np.ndarray, list[Pa
         try:
             arrays.append(load_image(f, image_size))
             kept.append(f)
-        except UnidentifiedImageError:
-            skipped.append({"path": str(f), "reason": "not an image"})
-            log.warning("skipped %s: not an image", f)
-        except Exception as exc:  # any decode failure: report the file, keep going
-            skipped.append({"path": str(f), "reason": f"unreadable image: {exc}"[:200]})
-            log.warning("skipped %s: %s", f, exc)
+        except Exception as exc:  # any decode failure: report the file (one line), keep going
+            reason = "not an image" if isinstance(exc, UnidentifiedImageError) else f"unreadable image: {exc}"[:200]
+            skipped.append({"path": str(f), "reason": reason})
+            log.warning("skipped %s: %s", f, reason)
     x = np.stack(arrays) if arrays else np.zeros((0, image_size, image_size, 3), np.float32)
     return x, kept, skipped
 

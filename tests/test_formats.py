@@ -109,6 +109,27 @@ def test_corrupt_model_files_name_the_file(converted, tmp_path):
         openvino_format.load(tmp_path / "missing.xml")
 
 
+
+def test_predict_command_skips_unreadable_files_with_one_line_each(converted, tmp_path, capsys, caplog):
+    from PIL import Image
+
+    from flowerpipe.cli import main
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    Image.new("RGB", (40, 30), (200, 30, 30)).convert("CMYK").save(folder / "cmyk.jpg")
+    Image.new("RGBA", (20, 20)).save(folder / "rgba.png")
+    (folder / "notes.jpg").write_text("hello")
+    (folder / "cut.jpg").write_bytes((folder / "cmyk.jpg").read_bytes()[:200])
+    model = converted / "models" / "converted" / "onnx" / "model.onnx"
+    with caplog.at_level("WARNING", logger="flowerpipe.infer"):
+        assert main(["predict", str(folder), "--model", str(model), "--top-k", "2"]) == 0
+    table = capsys.readouterr().out
+    assert "cmyk.jpg" in table and "rgba.png" in table and "top2_class" in table
+    cut, notes = sorted(r.getMessage() for r in caplog.records)  # one line per file (it was printed twice)
+    assert cut.startswith(f"skipped {folder / 'cut.jpg'}: unreadable image: ") and "runcated" in cut
+    assert notes == f"skipped {folder / 'notes.jpg'}: not an image"
+
 @pytest.mark.slow
 def test_int8_tflite_takes_pixels_as_they_are_and_matches_float(converted):
     """Full-int8 TFLite: the photo's own uint8 pixels in (lossless), probabilities within a few LSB of float32."""
