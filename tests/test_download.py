@@ -45,6 +45,32 @@ def test_zip_at_root(photos, tmp_path):
     assert extract(fetch(str(archive), tmp_path / "c"), tmp_path / "raw").classes == CLASSES
 
 
+def test_zip_written_from_memory_its_members_without_file_type_bits(photos, tmp_path):
+    """ZipFile.writestr stores mode 0o600 with no file-type bits: these are regular files, not special ones."""
+    archive = tmp_path / "f.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in sorted(photos.rglob("*.jpg")):
+            zf.writestr(f"flowers/{p.relative_to(photos).as_posix()}", p.read_bytes())
+        link = zipfile.ZipInfo("flowers/daisy/link.jpg")
+        link.external_attr = 0o120777 << 16  # a symbolic link stays refused
+        zf.writestr(link, "/etc/passwd")
+    report = extract(fetch(str(archive), tmp_path / "c"), tmp_path / "raw")
+    assert report.classes == CLASSES and len(list((tmp_path / "raw" / "daisy").iterdir())) == 8
+    assert report.refused == [{"path": "flowers/daisy/link.jpg", "reason": "links and special files are not extracted"}]
+
+
+def test_an_archive_with_nothing_usable_names_itself_and_what_it_refused(tmp_path):
+    archive = tmp_path / "evil.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("../../evil.jpg")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(DownloadError) as err:
+        extract(fetch(str(archive), tmp_path / "c"), tmp_path / "raw")
+    assert str(err.value) == (f"no class folders with images found in {archive} (expected <class>/<image> folders); "
+                              "not extracted: ../../evil.jpg (path escapes the target folder)")
+
+
 def test_escaping_entries_links_and_devices_are_refused(photos, tmp_path):
     archive = tmp_path / "evil.tgz"
     with tarfile.open(archive, "w:gz") as tar:

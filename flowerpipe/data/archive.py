@@ -144,7 +144,7 @@ def extract(path: Path, kind: str, dest: Path, caps: Caps) -> list[dict[str, str
                 if info.is_dir() and rel is not None:
                     (dest / rel).mkdir(parents=True, exist_ok=True)
                     continue
-                why = refusal(info.filename, not mode or stat.S_ISREG(mode))
+                why = refusal(info.filename, not stat.S_IFMT(mode) or stat.S_ISREG(mode))  # no type bits: a file
                 if why:
                     refused.append({"path": info.filename, "reason": why})
                 else:

@@ -153,7 +153,12 @@ def extract(source: Source, out: Path, caps: Caps | None = None) -> ExtractRepor
         else:
             refused = archive.extract(source.path, archive.verify(source.path, caps), unpacked, caps)
             hidden = 0
-        root = find_class_root(unpacked)
+        try:
+            root = find_class_root(unpacked)
+        except DownloadError:  # name what the user gave, not the staging folder, and what was left out of it
+            left_out = "; ".join(f"{r['path']} ({r['reason']})" for r in refused[:3])
+            raise DownloadError(f"no class folders with images found in {source.path} (expected <class>/<image> "
+                                "folders)" + (f"; not extracted: {left_out}" if left_out else "")) from None
         staged = Path(tmp) / "staged"
         staged.mkdir()
         classes = []
