@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     sv.add_argument("--name", help="model name in URLs (default: model.name, or the base folder's name)")
     sv.add_argument("--label", action="append", default=[], help="version label NAME=VERSION (repeatable)")
     sv.add_argument("--host")
-    sv.add_argument("--port", type=_number(int, 1, 65535), help="port (default: serve.port)")
+    sv.add_argument("--port", type=_number(int, 0, 65535), help="port (default: serve.port; 0: any free port)")
     sv.add_argument("--format", help="model format to serve (default: serve.format)")
     sv.set_defaults(fn=_serve)
     cl = sub.add_parser("client", help="send images to a TF Serving-compatible server, print top-k")

@@ -18,6 +18,7 @@ TRT_PRECISIONS = ("fp32", "fp16", "int8")
 
 PosInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # what numpy and Keras seed from
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
@@ -77,7 +78,7 @@ class Split(_Section):
 
     val: Fraction = 0.1
     test: Fraction = 0.1
-    seed: int = 42
+    seed: Seed = 42
 
     @model_validator(mode="after")
     def _sum(self) -> Split:
@@ -158,7 +159,7 @@ class Train(_Section):
     cache_features: bool = True
     strategy: Literal["auto", "default", "mirrored", "multi_worker"] = "auto"
     mixed_precision: Literal["auto", "off", "float16", "bfloat16"] = "auto"
-    seed: int = 42
+    seed: Seed = 42
     max_steps_per_epoch: NonNegInt = 0
 
 
@@ -324,7 +325,10 @@ def load(path: str | Path = "params.yaml") -> Params:
     try:
         raw = yaml.safe_load(path.read_text()) if path.exists() else {}
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ParamsError(f"{path}: not valid YAML{where}: {what}") from None
     if raw is not None and not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     return parse(raw, str(path))

@@ -25,6 +25,8 @@ def test_project_params_are_valid():
     ({"train": {"strategy": "tpu"}}, "train.strategy", "'tpu'"),
     ({"train": {"scratch_minutes": -5}}, "train.scratch_minutes", "greater than or equal to 0"),
     ({"train": {"learning_rate": float("inf")}}, "train.learning_rate", "finite number"),
+    ({"split": {"seed": -1}}, "split.seed", "greater than or equal to 0"),  # numpy refuses it (a traceback before)
+    ({"train": {"seed": 2**32}}, "train.seed", "less than or equal to 4294967295"),
 ])
 def test_bad_params_name_the_key(raw, key, words):
     with pytest.raises(ParamsError) as err:
@@ -50,9 +52,11 @@ def test_sha256_auto_only_for_the_official_url():
 
 def test_not_yaml(tmp_path):
     f = tmp_path / "params.yaml"
-    f.write_text("train: [unclosed\n")
-    with pytest.raises(ParamsError, match="not valid YAML"):
+    f.write_text("train:\n  epochs: [unclosed\n")
+    with pytest.raises(ParamsError) as err:
         load(f)
+    assert str(err.value) == (f"{f}: not valid YAML at line 3, column 1: expected ',' or ']', but got "
+                              "'<stream end>'")
 
 
 def test_a_stage_reads_only_what_dvc_yaml_declares(tmp_path):

@@ -439,6 +439,23 @@ def test_client_refuses_what_a_lying_server_answers(tmp_path, protocol, body, ex
         liar.httpd.shutdown()
 
 
+def test_a_taken_port_is_one_line_before_any_model_loads_and_port_0_takes_a_free_one():
+    import socket
+
+    from flowerpipe.params import Serve
+    from flowerpipe.serving.main import listen
+    from flowerpipe.serving.main import serve as serve_main
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=rf"^cannot listen on 127.0.0.1:{port}: Address already in use"):
+            serve_main(None, Serve(), "127.0.0.1", port)  # (no plan: nothing is loaded before the port is taken)
+    with listen("127.0.0.1", 0) as free:
+        assert free.getsockname()[1] > 0
+    with pytest.raises(OSError, match="^cannot listen on no-such-host.invalid:80: "):
+        listen("no-such-host.invalid", 80)
+
+
 # ---------------------------------------------------------------- metrics
 
 

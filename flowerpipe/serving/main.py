@@ -138,15 +138,28 @@ def serve(plan: Plan, s: Serve, host: str | None = None, port: int | None = None
     from flowerpipe.serving.app import Limits, create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    sock = listen(host or s.host, s.port if port is None else port)  # a taken port fails before any model loads
     repo = repository(plan, s, labels)
     asyncio.run(repo.start())
     limits = Limits(s.max_body_mb << 20, s.timeout_s, s.decode_workers, s.poll_s if plan.source.watched else 0,
                     s.max_inflight)
     app = create_app(repo, limits)
-    host, port = host or s.host, s.port if port is None else port
+    host, port = sock.getsockname()[:2]
     latest = repo.available()[0]
     where = plan.source.base or plan.source.fixed
-    print(f"serving {repo.name} v{latest.number} ({latest.model.format}) from {where} on http://{host}:{port} "
-          f"(TF Serving REST /v1/models/{repo.name}, KServe V2 /v2/models/{repo.name}, "
-          f"metrics /monitoring/prometheus/metrics)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10)
+    print(f"serving {repo.name} v{latest.number} ({latest.model.format}) from {where} on "
+          f"http://{f'[{host}]' if ':' in host else host}:{port} (TF Serving REST /v1/models/{repo.name}, "
+          f"KServe V2 /v2/models/{repo.name}, metrics /monitoring/prometheus/metrics)", flush=True)
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=10)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def listen(host: str, port: int):
+    """A listening socket on host:port (port 0: any free one), or one OSError line saying why not."""
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
