@@ -214,8 +214,8 @@ class Benchmark(_Section):
     runtimes: list[str] = ["keras", "savedmodel", "tflite-float32", "tflite-float16", "tflite-dynamic",
                            "tflite-int8", "onnx", "onnx-int8", "openvino-float32", "openvino-bfloat16",
                            "openvino-int8", "tensorrt-fp32", "tensorrt-fp16", "tensorrt-int8"]
-    devices: list[Literal["cpu", "gpu"]] = ["cpu", "gpu"]
-    batch_sizes: list[PosInt] = [1, 8, 32]
+    devices: Annotated[list[Literal["cpu", "gpu"]], Field(min_length=1)] = ["cpu", "gpu"]
+    batch_sizes: Annotated[list[PosInt], Field(min_length=1)] = [1, 8, 32]
     warmup: NonNegInt = 3
     iterations: PosInt = 20
     min_seconds: Annotated[float, Field(ge=0)] = 2.0
@@ -247,7 +247,7 @@ class Serve(_Section):
     keep_versions: PosInt = 2
     poll_s: Annotated[float, Field(ge=0)] = 2.0
     version_labels: dict[str, NonNegInt] = {}
-    concurrency: list[PosInt] = [1, 8]
+    concurrency: Annotated[list[PosInt], Field(min_length=1)] = [1, 8]
     requests: PosInt = 80
     threads: NonNegInt = 0
 

@@ -27,6 +27,8 @@ def test_project_params_are_valid():
     ({"train": {"learning_rate": float("inf")}}, "train.learning_rate", "finite number"),
     ({"split": {"seed": -1}}, "split.seed", "greater than or equal to 0"),  # numpy refuses it (a traceback before)
     ({"train": {"seed": 2**32}}, "train.seed", "less than or equal to 4294967295"),
+    ({"benchmark": {"batch_sizes": []}}, "benchmark.batch_sizes", "at least 1 item"),
+    ({"serve": {"concurrency": []}}, "serve.concurrency", "at least 1 item"),
 ])
 def test_bad_params_name_the_key(raw, key, words):
     with pytest.raises(ParamsError) as err:
