@@ -19,11 +19,11 @@ def _predict(args: argparse.Namespace) -> int:
         top_k = args.top_k or 3
     else:
         from flowerpipe.data.tfrecord import Manifest
-        from flowerpipe.formats.registry import find, load
+        from flowerpipe.formats.registry import find_built, load
         from flowerpipe.params import load as load_params
 
         p = load_params(args.params)
-        runner = load(find(p, args.format or p.infer.format), "cpu")
+        runner = load(find_built(p, args.format or p.infer.format), "cpu")
         model, classes, size = runner, Manifest.read(p.paths.tfrecords).classes, p.model.image_size
         top_k = args.top_k or p.infer.top_k
     table, _ = predict_files(model, list_images(args.paths), classes, size, top_k)  # (skipped files: logged)

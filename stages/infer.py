@@ -33,11 +33,11 @@ def main(p: Params) -> None:
     import tempfile
 
     from flowerpipe.data.tfrecord import Manifest
-    from flowerpipe.formats.registry import find, load
+    from flowerpipe.formats.registry import find_built, load
     from flowerpipe.infer import list_images, predict_files
 
     classes = Manifest.read(p.paths.tfrecords).classes
-    runner = load(find(p, p.infer.format), "cpu")
+    runner = load(find_built(p, p.infer.format), "cpu")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(p.data.test_images) if p.data.test_images else sample_test_images(p, Path(tmp))
         table, skipped = predict_files(runner, list_images([folder]), classes, p.model.image_size, p.infer.top_k)

@@ -30,7 +30,7 @@ def main(p: Params) -> None:
     from flowerpipe import headline
     from flowerpipe.data.tfrecord import arrays
     from flowerpipe.exclusive import timing_lock
-    from flowerpipe.formats.registry import find, load
+    from flowerpipe.formats.registry import find_built, load
     from flowerpipe.loadtest import check_answers, free_port, jpeg_requests, params_path, running_server
     from flowerpipe.loadtest import load as load_test
     from flowerpipe.serving.decode import decode_all
@@ -41,7 +41,7 @@ def main(p: Params) -> None:
     size = p.model.image_size
     images, _ = arrays(p.paths.tfrecords, "test", size, limit=16)
     images = np.rint(images).astype(np.float32)  # what a PNG round trip keeps exactly
-    runner = load(find(p, fmt), "cpu", p.serve.threads)
+    runner = load(find_built(p, fmt), "cpu", p.serve.threads)
     expected = runner.predict(images)
     jpegs = jpeg_requests(images, sizes=(0, 2 * size, 4 * size))  # the model's size, and larger photos
     expected_jpeg = runner.predict(decode_all(jpegs, size))  # the server decodes with this same code

@@ -163,6 +163,18 @@ ENVS = {
 }
 
 
+def test_a_format_the_conversion_skipped_here_says_why_when_asked_for(tmp_path):
+    from flowerpipe.formats.registry import find_built
+    from flowerpipe.params import parse
+
+    p = parse({"paths": {"reports": str(tmp_path), "converted": str(tmp_path / "converted")}})
+    (tmp_path / "convert_openvino.json").write_text(json.dumps(
+        {"openvino-bfloat16": {"status": "skipped", "reason": "this CPU has no bfloat16 instructions"}}))
+    with pytest.raises(FormatError, match="^openvino-bfloat16 was not built here: this CPU has no bfloat16"):
+        find_built(p, "openvino-bfloat16")
+    assert find_built(p, "onnx").name == "onnx"  # not built yet, not skipped: the loader says it is missing
+
+
 @pytest.mark.parametrize("requested, env, expected", [
     ("auto", "tftrt", "tftrt"), ("auto", "onnx", "onnx"), ("tftrt", "tftrt", "tftrt"), ("onnx", "onnx", "onnx"),
 ])

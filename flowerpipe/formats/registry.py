@@ -75,6 +75,15 @@ def find(p: Params, name: str) -> Variant:
     return Variant(name, family, option, _path(p, family, option))
 
 
+def find_built(p: Params, name: str) -> Variant:
+    """find(), and one line with the conversion stage's reason when that stage skipped this variant here."""
+    variant = find(p, name)
+    record = conversion_status(p).get(name, {})
+    if not variant.path.exists() and record.get("status") == "skipped":
+        raise FormatError(f"{name} was not built here: {record.get('reason', '')}")
+    return variant
+
+
 def variants(p: Params, family: str | None = None) -> list[Variant]:
     """The variants the params ask for (all, or one family's), in ALL_NAMES order."""
     wanted = {

@@ -66,13 +66,10 @@ def pipeline_format(p: Params, fmt: str | None = None) -> str:
 def plan_from_params(p: Params, fmt: str | None) -> Plan:
     """The pipeline's own model: serve.format (auto = fastest measured), labels from the model or the manifest."""
     from flowerpipe.data.tfrecord import Manifest
-    from flowerpipe.formats.registry import conversion_status, find, savedmodel_dir
+    from flowerpipe.formats.registry import find_built, savedmodel_dir
 
     name = pipeline_format(p, fmt)
-    variant = find(p, name)
-    record = conversion_status(p).get(name, {})
-    if not variant.path.exists() and record.get("status") == "skipped":
-        raise FormatError(f"{name} was not built here: {record.get('reason', '')}")
+    variant = find_built(p, name)
     try:
         classes = Manifest.read(p.paths.tfrecords).classes
     except (OSError, ValueError):
