@@ -78,20 +78,22 @@ def _client(args: argparse.Namespace) -> int:
     from flowerpipe.serving.client import client_predict, server_classes
 
     files = list_images(args.paths)
+    if not files:
+        raise ValueError(f"no image files in {', '.join(args.paths)}")
     answers = client_predict(args.url, args.model, files, timeout=args.timeout, protocol=args.protocol)
+    width = len(answers[0]["probabilities"])  # (the client checked: one row of equal length per image)
     classes = (args.classes.split(",") if args.classes
                else server_classes(args.url, args.model, args.protocol, args.timeout))
+    if classes and len(classes) != width:
+        if args.classes:
+            raise ValueError(f"--classes names {len(classes)} classes, but the server answers {width} "
+                             "probabilities per image")
+        classes = None  # the server's metadata disagrees with its answers: indexes, as without names
     for f, pred in zip(files, answers, strict=True):
         probs = pred["probabilities"]
-        if classes and len(classes) != len(probs):
-            if not args.classes:  # the server's metadata disagrees with its answer: indexes, as without names
-                classes = None
-            else:
-                raise ValueError(f"--classes names {len(classes)} classes, but the server answers {len(probs)} "
-                                 "probabilities per image")
-        order = sorted(range(len(probs)), key=lambda i: -probs[i])[: args.top_k]
+        order = sorted(range(width), key=lambda i: -probs[i])[: args.top_k]
         tops = ", ".join(f"{classes[i] if classes else i}={probs[i]:.3f}" for i in order)
-        print(f"{f}: {pred.get('class_name') or order[0]} ({tops})")
+        print(f"{f}: {pred['class_name'] or (classes[order[0]] if classes else order[0])} ({tops})")
     return 0
 
 

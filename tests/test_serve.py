@@ -383,6 +383,9 @@ def test_client_command_names_the_classes_from_the_servers_metadata(server, tmp_
     assert main(["client", str(tmp_path / "a.png"), "--url", url, "--classes", "a,b"]) == 1
     assert capsys.readouterr().err.strip() == ("error: --classes names 2 classes, but the server answers 5 "
                                                "probabilities per image")
+    (tmp_path / "empty").mkdir()
+    assert main(["client", str(tmp_path / "empty"), "--url", url]) == 1
+    assert capsys.readouterr().err.strip() == f"error: no image files in {tmp_path / 'empty'}"
     for bad in (["--top-k", "0"], ["--timeout", "nan"]):
         with pytest.raises(SystemExit):
             main(["client", str(tmp_path / "a.png"), "--url", url, *bad])
