@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from flowerpipe.quiet import quiet_tensorflow
 
@@ -40,8 +41,10 @@ def _info(args: argparse.Namespace) -> int:
     p = load_params(args.params)
     status = conversion_status(p)
     for v in variants(p):
-        state = status.get(v.name, {}).get("status") or ("ok" if v.path.exists() else "not built")
-        print(f"{v.name:18s} {state:10s} {v.path}")
+        record = status.get(v.name, {})
+        state = record.get("status") or ("ok" if v.path.exists() else "not built")
+        why = f" ({record['reason']})" if state != "ok" and record.get("reason") else ""
+        print(f"{v.name:18s} {state:10s} {v.path}{why}")
     return 0
 
 
@@ -56,8 +59,6 @@ def _labels(pairs: list[str]) -> dict[str, int]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from flowerpipe.params import Serve
     from flowerpipe.params import load as load_params
     from flowerpipe.serving.main import plan_from_params, plan_from_path, serve
@@ -117,7 +118,7 @@ def _number(kind: type, least: float, most: float = 1e300):
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the flowerpipe console script."""
     parser = argparse.ArgumentParser(prog="flowerpipe", description=__doc__)
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--params", help="params file (default: params.yaml, or the defaults where there is none)")
     sub = parser.add_subparsers(dest="command", required=True)
     pr = sub.add_parser("predict", help="top-k classes for image files or folders")
     pr.add_argument("paths", nargs="+")
@@ -148,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     cl.set_defaults(fn=_client)
     sub.add_parser("info", help="every model format, its status and path").set_defaults(fn=_info)
     args = parser.parse_args(argv)
+    if args.params is not None and not Path(args.params).is_file():
+        parser.error(f"--params {args.params}: no such file")
+    args.params = args.params or "params.yaml"
     # Serving and --model import TensorFlow only for a format that needs it.
     quiet_tensorflow(preload=args.command == "predict" and not args.model)
     from flowerpipe.formats.base import FormatError

@@ -96,3 +96,13 @@ def test_project_stages_declare_their_params():
             for part in key.split("."):
                 assert isinstance(node, dict) and part in node, (stage, key)
                 node = node[part]
+
+
+def test_the_command_refuses_a_params_file_that_is_not_there(tmp_path, capsys):
+    from flowerpipe.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--params", str(tmp_path / "nope.yaml"), "info"])
+    assert exit_.value.code == 2  # it used the defaults silently before
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last == f"flowerpipe: error: --params {tmp_path / 'nope.yaml'}: no such file"
