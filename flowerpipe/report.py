@@ -53,6 +53,11 @@ def _plots(history: pd.DataFrame, bench: pd.DataFrame, acc_lat: pd.DataFrame, ou
     return made
 
 
+def _pairs(record: dict) -> pd.DataFrame:
+    """A one-row record as a two-column table (what, value), one line per field: readable at any width."""
+    return pd.DataFrame({"what": list(record), "value": [str(v) for v in record.values()]})
+
+
 def build(records: Path, plots: Path, out: Path) -> Path:
     """Write out/report.md and out/report.html from the detail records and plot files of a run."""
     out.mkdir(parents=True, exist_ok=True)
@@ -67,8 +72,8 @@ def build(records: Path, plots: Path, out: Path) -> Path:
     acc_lat = pd.read_csv(plots / "accuracy_latency.csv") if (plots / "accuracy_latency.csv").exists() \
         else pd.DataFrame()
     sections: list[tuple[str, str | pd.DataFrame]] = []
-    sections.append(("Data", pd.DataFrame([data])))
-    sections.append(("Training", pd.DataFrame([{k: v for k, v in train.items()}])))
+    sections.append(("Data", _pairs(data)))
+    sections.append(("Training", _pairs(train)))
     order = {name: i for i, name in enumerate(ALL_NAMES)}
     evaluate = dict(sorted(evaluate.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
     fmt = pd.DataFrame([{"format": k, **{c: v.get(c) for c in ("status", "accuracy", "macro_f1", "top1_agreement",
@@ -94,15 +99,16 @@ def build(records: Path, plots: Path, out: Path) -> Path:
                "matmul_peak_gflops": bench.get("matmul", {}).get("peak_gflops"),
                "model_gflop_per_image": bench.get("model_gflop_per_image"),
                "harness_overhead_ms": bench.get("overhead", {}).get("latency_ms_median")}
-        env_table = pd.DataFrame([env]).T.reset_index().rename(columns={"index": "what", 0: "value"})
-        sections.append(("Environment", env_table))
+        sections.append(("Environment", _pairs(env)))
     figures = _plots(history, bench_df, acc_lat, out)
     md = ["# flowerpipe run report", ""]
     page = ["<html><head><meta charset='utf-8'><title>flowerpipe report</title><style>body{font-family:sans-serif;"
             "max-width:1100px;margin:auto}table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;"
             "padding:3px 6px}</style></head><body><h1>flowerpipe run report</h1>"]
     for title, body in sections:
-        md += [f"## {title}", "", body.to_markdown(index=False) if len(body) else "(not available)", ""]
+        blank = body.astype(object).where(body.notna(), None)  # a skipped format's empty cells: blank, not nan
+        md += [f"## {title}", "", blank.to_markdown(index=False, missingval="") if len(body) else "(not available)",
+               ""]
         page += [f"<h2>{html.escape(title)}</h2>", body.to_html(index=False, na_rep="") if len(body) else
                  "<p>(not available)</p>"]
     for title, png in figures:

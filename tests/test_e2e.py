@@ -55,7 +55,9 @@ def test_repro_writes_every_output_and_a_second_repro_is_a_noop(project):
     bench = json.loads((repo / "reports" / "benchmark.json").read_text())
     assert bench["results"]["onnx"]["cpu"]["b1"]["status"] == "ok"
     assert bench["results"]["tensorrt-fp16"]["gpu"]["b1"]["status"] == "skipped"
-    assert (repo / "reports" / "summary" / "report.md").read_text().startswith("# flowerpipe run report")
+    report = (repo / "reports" / "summary" / "report.md").read_text()
+    assert report.startswith("# flowerpipe run report") and "| images_per_second " in report  # one field a line
+    assert " nan " not in report and "no NVIDIA GPU" in report  # a skipped format: blank cells and its reason
     assert (repo / "reports" / "predictions.csv").exists()
     t = time.perf_counter()
     out = sh(["dvc", "repro"], repo, env)
