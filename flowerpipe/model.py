@@ -50,6 +50,12 @@ def build_backbone(m: Model):
         ctor = getattr(keras.applications, BACKBONES[m.arch].constructor)
         return ctor(include_top=False, weights=weights, input_shape=(size, size, 3), pooling="avg")
     except Exception as exc:
+        if weights not in (None, "imagenet"):  # a file: Keras's own error names neither the file nor the param
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            shape = f"image_size {m.image_size}" + (f", width {m.width:g}, middle_blocks {m.middle_blocks}"
+                                                    if m.arch == "xception" else "")
+            raise UserError(f"model.weights: {weights} is not a weights file this {m.arch} ({shape}) can load: "
+                            f"{first[:300]}") from None
         if weights != "imagenet" or "URL fetch failure" not in str(exc):
             raise
         raise UserError(f"model.weights: imagenet: Keras could not download the {m.arch} ImageNet weights "

@@ -255,6 +255,20 @@ def test_imagenet_weights_offline_is_one_clear_line(monkeypatch):
         build_backbone(Model(image_size=71))
 
 
+@pytest.mark.parametrize("content", [b"junk", b"\x89HDF\r\n\x1a\n" + b"\0" * 64])
+def test_a_weights_file_keras_cannot_load_is_one_line_naming_it(tmp_path, content):
+    from flowerpipe.model import build_backbone
+    from flowerpipe.params import Model
+
+    weights = tmp_path / "backbone.weights.h5"
+    weights.write_bytes(content)
+    with pytest.raises(UserError) as err:
+        build_backbone(Model(image_size=71, weights=str(weights), width=0.125, middle_blocks=1))
+    line = str(err.value)
+    assert line.startswith(f"model.weights: {weights} is not a weights file this xception (image_size 71, width "
+                           "0.125, middle_blocks 1) can load: ") and "\n" not in line
+
+
 @pytest.mark.slow
 def test_pretrained_weights_file_cached_head_then_fine_tune(tmp_path):
     """The default transfer path, with a weights file standing in for ImageNet: cached-feature head, then fine-tune."""
