@@ -324,6 +324,8 @@ class Hostile(BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes */{len(data)}")
             self.end_headers()
             return None
+        if mode in ("206from0", "206elsewhere") and rng:  # a 206 that does not start where it was asked to
+            start = 0 if mode == "206from0" else 7
         self.send_response(206 if rng else 200)
         if rng:
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
@@ -377,14 +379,14 @@ def test_misbehaving_servers_stop_with_one_line(proj, server, mode, pattern, cal
     assert not list((proj / "data" / ".cache").glob("*.tgz"))  # nothing bad cached to be reused
 
 
-@pytest.mark.parametrize("mode", ["503twice", "stall", "416stale", "dropsoften"])
+@pytest.mark.parametrize("mode", ["503twice", "stall", "416stale", "dropsoften", "206from0", "206elsewhere"])
 def test_servers_that_recover_give_the_whole_archive(proj, server, mode, monkeypatch):
     monkeypatch.setattr("flowerpipe.data.http.backoff", lambda s: None)
     Hostile.mode = mode
     # a link that drops often but makes progress each time finishes even with a single retry allowed
     set_params(proj, data={"url": server, "retries": 1 if mode == "dropsoften" else 2})
     cache = proj / "data" / ".cache"
-    if mode == "416stale":
+    if mode in ("416stale", "206from0", "206elsewhere"):
         cache.mkdir(parents=True, exist_ok=True)
         (cache / "flower_photos.tgz.part").write_bytes(b"stale bytes from another archive")
     record = succeeds(proj, "download")

@@ -41,6 +41,12 @@ def _content_range_total(header: str) -> int | None:
     return int(total) if total.isdigit() else None
 
 
+def _content_range_start(header: str) -> int | None:
+    """a from 'bytes a-b/N' (None when absent or unreadable)."""
+    first = header.removeprefix("bytes ").partition("-")[0].strip()
+    return int(first) if first.isdigit() else None
+
+
 def _attempt(url: str, part: Path, limits: Limits, deadline: float) -> None:
     """One request: append what arrives to part; raise _Retry for what another attempt may fix."""
     have = part.stat().st_size if part.exists() else 0
@@ -57,6 +63,12 @@ def _attempt(url: str, part: Path, limits: Limits, deadline: float) -> None:
             raise DownloadError(f"download of {url} failed: the server answered {r.status_code} {r.reason}")
         if have and r.status_code != 206:
             have = 0  # the server ignored Range: start over
+        elif have and _content_range_start(r.headers.get("Content-Range", "")) != have:
+            if _content_range_start(r.headers.get("Content-Range", "")) != 0:
+                part.unlink(missing_ok=True)
+                raise _Retry(f"the server resumed elsewhere than byte {have} "
+                             f"({r.headers.get('Content-Range', 'no Content-Range')!r}): starting over")
+            have = 0  # a 206 from byte 0: the whole file again
         length = r.headers.get("Content-Length")
         total = int(length) + have if length and length.isdigit() else None
         with open(part, "ab" if have else "wb") as f, tqdm(total=total, initial=have, unit="B", unit_scale=True,
