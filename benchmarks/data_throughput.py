@@ -3,23 +3,29 @@
 Usage: python benchmarks/data_throughput.py PHOTO_FOLDER [IMAGE_SIZE]
 """
 
-import sys
+import argparse
 import tempfile
 import time
 from pathlib import Path
 
+from flowerpipe.errors import run_script
 from flowerpipe.quiet import quiet_tensorflow
 
 
 def main() -> None:
     """Build once into a temp folder, then read the train split twice (cold and warm page cache)."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("photos", type=Path, help="a folder of class folders of photos")
+    ap.add_argument("size", type=int, nargs="?", default=180, help="image size to decode and resize to")
+    args = ap.parse_args()
+    if args.size < 1:
+        ap.error("the image size is a positive integer")
     quiet_tensorflow()
     from flowerpipe.data.build import build
     from flowerpipe.data.tfrecord import dataset
     from flowerpipe.params import Split
 
-    photos = Path(sys.argv[1])
-    size = int(sys.argv[2]) if len(sys.argv) > 2 else 180
+    photos, size = args.photos, args.size
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         m = build(photos, Path(tmp) / "tfr", Split(), 64)
@@ -35,4 +41,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

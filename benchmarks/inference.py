@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flowerpipe.errors import run_script
 from flowerpipe.quiet import quiet_tensorflow
 
 BUDGET = dict(warmup=5, iterations=30, min_seconds=5.0, max_seconds=40.0)
@@ -131,4 +132,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -11,14 +11,15 @@ Usage: python benchmarks/serving.py [IMAGE_SIZE] [FORMAT] [REQUESTS] [PHOTOS]
        FORMAT: onnx (default) or openvino-float32
 """
 
+import argparse
 import base64
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from flowerpipe.errors import run_script
 from flowerpipe.quiet import quiet_tensorflow
 
 # Pause before each timed step: the other side's runtime threads spin-wait for a while after their last call,
@@ -38,8 +39,22 @@ def photos_or_generated(folder: str | None, size: int, n: int = 24) -> list[byte
     return jpeg_requests(smooth.astype(np.float32), sizes=(4 * size,))
 
 
+def arguments() -> argparse.Namespace:
+    """IMAGE_SIZE, FORMAT, REQUESTS and PHOTOS, each optional, checked."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("size", type=int, nargs="?", default=180, help="model image size (default: %(default)s)")
+    ap.add_argument("format", nargs="?", default="onnx", choices=["onnx", "openvino-float32"])
+    ap.add_argument("requests", type=int, nargs="?", default=200, help="requests per level (default: %(default)s)")
+    ap.add_argument("photos", nargs="?", help="a folder of JPEG photos (default: generated images)")
+    args = ap.parse_args()
+    if args.size < 71 or args.requests < 1:
+        ap.error("the image size is at least 71 (Xception's smallest) and requests at least 1")
+    return args
+
+
 def main() -> None:
     """Convert, time the runtime, serve, load; print one table."""
+    args = arguments()  # (a usage error before TensorFlow loads)
     quiet_tensorflow()
     import httpx
     import keras
@@ -53,10 +68,10 @@ def main() -> None:
     from flowerpipe.serving.artifacts import load_artifact
     from flowerpipe.serving.decode import decode_all
 
-    size = int(sys.argv[1]) if len(sys.argv) > 1 else 180
-    fmt = sys.argv[2] if len(sys.argv) > 2 else "onnx"
-    requests = int(sys.argv[3]) if len(sys.argv) > 3 else 200
-    jpegs = photos_or_generated(sys.argv[4] if len(sys.argv) > 4 else None, size)
+    size, fmt, requests = args.size, args.format, args.requests
+    jpegs = photos_or_generated(args.photos, size)
+    if not jpegs:
+        raise FileNotFoundError(f"{args.photos}: no such folder, or no .jpg or .jpeg photos in it")
     classes = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
@@ -142,4 +157,4 @@ def interleaved_c8(url: str, local, jpegs: list[bytes], decoded: np.ndarray, exp
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flowerpipe.errors import run_script
 from flowerpipe.quiet import quiet_tensorflow
 
 
@@ -129,4 +130,4 @@ def frozen_phase(args, rng) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from flowerpipe.declared import Guarded, declared
-from flowerpipe.errors import UserError
+from flowerpipe.errors import UserError, is_user_error
 from flowerpipe.jsonio import read_json, write_json  # noqa: F401  (re-exported: stage scripts use stage.write_json)
-from flowerpipe.params import Params, ParamsError, load
+from flowerpipe.params import Params, load
 from flowerpipe.quiet import quiet_tensorflow
 
 StageError = UserError
@@ -43,17 +43,11 @@ def run(main: Callable[[Params], None], params_file: str = "params.yaml", tensor
     except KeyboardInterrupt:
         print(f"error: stage {script.stem} interrupted; its previous outputs are kept", file=sys.stderr)
         sys.exit(130)
-    except (ParamsError, UserError, FileNotFoundError) as exc:
+    except Exception as exc:  # ours, or disk full, permissions, a vanished file: the system's words name it
+        if not is_user_error(exc):
+            raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
-    except OSError as exc:  # disk full, permissions, a vanished file: the system's own words name it
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
-    except Exception as exc:  # a library error that names its file is still one line
-        if exc.__class__.__module__.startswith("flowerpipe"):
-            print(f"error: {exc}", file=sys.stderr)
-            sys.exit(1)
-        raise
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)

@@ -183,3 +183,26 @@ def test_inference_benchmark_on_a_project_times_what_evaluate_scored(trained):
         assert skipped["openvino-bfloat16"] == reason
     else:
         assert "openvino-bfloat16" in timed
+
+
+def test_benchmark_scripts_turn_a_users_mistake_into_one_line(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    from flowerpipe.errors import run_script
+
+    def missing():
+        raise FileNotFoundError(f"{tmp_path / 'records'}/manifest.json: dataset manifest not found")
+
+    with pytest.raises(SystemExit) as exit_:
+        run_script(missing)
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err == f"error: {tmp_path / 'records'}/manifest.json: dataset manifest not found\n"
+    with pytest.raises(ZeroDivisionError):  # a bug stays a traceback
+        run_script(lambda: 1 / 0)
+    usage = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "serving.py"), "50"], capture_output=True,
+                           text=True, timeout=60, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert usage.returncode == 2 and usage.stderr.strip().splitlines()[-1] == (
+        "serving.py: error: the image size is at least 71 (Xception's smallest) and requests at least 1")
