@@ -221,6 +221,25 @@ def test_bad_requests_get_an_error_object_and_the_server_keeps_serving(server, p
     assert post(url, "/v1/models/flowers:predict", {"instances": images(1).tolist()}).status_code == 200
 
 
+def test_gzip_and_deflate_bodies_are_read_within_the_limit_once_decompressed(server):
+    import gzip
+    import zlib
+
+    url, _ = server
+    plain = json.dumps({"instances": images(2).tolist()}).encode()
+    expected = post(url, "/v1/models/flowers:predict", content=plain).json()
+    for encoding, packed in (("gzip", gzip.compress(plain)), ("deflate", zlib.compress(plain))):
+        r = post(url, "/v1/models/flowers:predict", content=packed, headers={"content-encoding": encoding})
+        assert r.status_code == 200 and r.json() == expected, r.text
+    bomb = gzip.compress(b'{"instances": [' + b" " * 10_000_000 + b"]}")  # 10 KB that inflate to 10 MB
+    for encoding, body, status, words in (("gzip", bomb, 413, "over the 200000 byte limit once decompressed"),
+                                          ("br", plain, 415, "'br' is not supported"),
+                                          ("gzip", plain, 400, "not valid gzip data"),
+                                          ("gzip", gzip.compress(plain)[:-30], 400, "truncated gzip data")):
+        r = post(url, "/v2/models/flowers/infer", content=body, headers={"content-encoding": encoding})
+        assert r.status_code == status and words in r.json()["error"], r.text
+
+
 def test_oversize_bodies_and_wrong_methods(server):
     url, _ = server
     big = b'{"instances": [' + b"0," * 150_000 + b"0]}"

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -61,7 +62,26 @@ async def read_body(request: Request, limit: int, timeout: float, timeout_s: flo
         raise RequestError(f"request body not received within serve.timeout_s={timeout_s:g} s", 408) from None
     except ClientDisconnect:
         raise RequestError("the client disconnected before sending its whole body", 400) from None
-    return bytes(body)
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        return bytes(body)
+    return await asyncio.get_running_loop().run_in_executor(None, inflate, bytes(body), encoding, limit)
+
+
+def inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    """A gzip or deflate (zlib) body decompressed within the byte limit: a compression bomb gets 413, not memory."""
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        raise RequestError(f"Content-Encoding {encoding!r} is not supported (gzip, deflate or none)", 415)
+    stream = zlib.decompressobj(wbits=47)  # a gzip or a zlib header, whichever the body has
+    try:
+        out = stream.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise RequestError(f"request body is not valid {encoding} data ({exc})", 400) from None
+    if len(out) > limit:
+        raise RequestError(f"request body over the {limit} byte limit once decompressed", 413)
+    if not stream.eof:
+        raise RequestError(f"request body is truncated {encoding} data", 400)
+    return out
 
 
 class InflightLimit:
