@@ -61,14 +61,13 @@ def _attempt(url: str, part: Path, limits: Limits, deadline: float) -> None:
             raise _Retry(f"the server answered {r.status_code} {r.reason}")
         if r.status_code >= 400:
             raise DownloadError(f"download of {url} failed: the server answered {r.status_code} {r.reason}")
-        if have and r.status_code != 206:
-            have = 0  # the server ignored Range: start over
-        elif have and _content_range_start(r.headers.get("Content-Range", "")) != have:
-            if _content_range_start(r.headers.get("Content-Range", "")) != 0:
-                part.unlink(missing_ok=True)
-                raise _Retry(f"the server resumed elsewhere than byte {have} "
-                             f"({r.headers.get('Content-Range', 'no Content-Range')!r}): starting over")
-            have = 0  # a 206 from byte 0: the whole file again
+        resumed_at = _content_range_start(r.headers.get("Content-Range", "")) if r.status_code == 206 else 0
+        if have and resumed_at == 0:
+            have = 0  # the server ignored Range (200), or sent a 206 from byte 0: the whole file again
+        elif have and resumed_at != have:
+            part.unlink(missing_ok=True)
+            raise _Retry(f"the server resumed elsewhere than byte {have} "
+                         f"({r.headers.get('Content-Range', 'no Content-Range')!r}): starting over")
         length = r.headers.get("Content-Length")
         total = int(length) + have if length and length.isdigit() else None
         with open(part, "ab" if have else "wb") as f, tqdm(total=total, initial=have, unit="B", unit_scale=True,
