@@ -175,6 +175,22 @@ def test_a_format_the_conversion_skipped_here_says_why_when_asked_for(tmp_path):
     assert find_built(p, "onnx").name == "onnx"  # not built yet, not skipped: the loader says it is missing
 
 
+def test_info_lists_each_format_with_the_reason_it_was_skipped(tmp_path, capsys):
+    import yaml
+
+    from flowerpipe.cli import main
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"paths": {"reports": str(tmp_path), "converted": str(tmp_path / "c")}}))
+    (tmp_path / "convert_openvino.json").write_text(json.dumps(
+        {"openvino-bfloat16": {"status": "skipped", "reason": "this CPU has no bfloat16 instructions"}}))
+    assert main(["--params", str(params), "info"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert lines["openvino-bfloat16"].split()[1] == "skipped"
+    assert lines["openvino-bfloat16"].endswith("(this CPU has no bfloat16 instructions)")
+    assert lines["onnx"].split()[1:3] == ["not", "built"] and not lines["onnx"].endswith(")")
+
+
 @pytest.mark.parametrize("requested, env, expected", [
     ("auto", "tftrt", "tftrt"), ("auto", "onnx", "onnx"), ("tftrt", "tftrt", "tftrt"), ("onnx", "onnx", "onnx"),
 ])
