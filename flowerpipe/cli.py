@@ -98,8 +98,8 @@ def _client(args: argparse.Namespace) -> int:
     return 0
 
 
-def _number(kind: type, least: float, most: float = 1e300):
-    """An argparse type: a number of `kind` from `least` to `most`, or one clear usage error."""
+def _number(kind: type, least: float, most: float | None = None):
+    """An argparse type: a number of `kind` from `least` (to `most`), or one clear usage error."""
     what = "an integer" if kind is int else "a finite number"
 
     def parse(text: str):
@@ -107,9 +107,9 @@ def _number(kind: type, least: float, most: float = 1e300):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-        if not least <= value <= most:  # (NaN fails both)
+        if not least <= value <= (float("inf") if most is None else most) or value == float("inf"):  # NaN fails too
             raise argparse.ArgumentTypeError(f"{text!r}: must be {what} " +
-                                             (f"from {least:g} to {most:g}" if most < 1e300 else f">= {least:g}"))
+                                             (f">= {least:g}" if most is None else f"from {least:g} to {most:g}"))
         return value
 
     return parse

@@ -55,7 +55,7 @@ def _plots(history: pd.DataFrame, bench: pd.DataFrame, acc_lat: pd.DataFrame, ou
 
 def _pairs(record: dict) -> pd.DataFrame:
     """A one-row record as a two-column table (what, value), one line per field: readable at any width."""
-    return pd.DataFrame({"what": list(record), "value": [str(v) for v in record.values()]})
+    return pd.DataFrame({"what": list(record), "value": ["" if v is None else str(v) for v in record.values()]})
 
 
 def build(records: Path, plots: Path, out: Path) -> Path:

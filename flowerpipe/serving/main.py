@@ -136,19 +136,22 @@ def serve(plan: Plan, s: Serve, host: str | None = None, port: int | None = None
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     sock = listen(host or s.host, s.port if port is None else port)  # a taken port fails before any model loads
-    repo = repository(plan, s, labels)
-    asyncio.run(repo.start())
-    limits = Limits(s.max_body_mb << 20, s.timeout_s, s.decode_workers, s.poll_s if plan.source.watched else 0,
-                    s.max_inflight)
-    app = create_app(repo, limits)
-    host, port = sock.getsockname()[:2]
-    latest = repo.available()[0]
-    where = plan.source.base or plan.source.fixed
-    print(f"serving {repo.name} v{latest.number} ({latest.model.format}) from {where} on "
-          f"http://{f'[{host}]' if ':' in host else host}:{port} (TF Serving REST /v1/models/{repo.name}, "
-          f"KServe V2 /v2/models/{repo.name}, metrics /monitoring/prometheus/metrics)", flush=True)
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=10)
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        repo = repository(plan, s, labels)
+        asyncio.run(repo.start())
+        limits = Limits(s.max_body_mb << 20, s.timeout_s, s.decode_workers, s.poll_s if plan.source.watched else 0,
+                        s.max_inflight)
+        app = create_app(repo, limits)
+        host, port = sock.getsockname()[:2]
+        latest = repo.available()[0]
+        where = plan.source.base or plan.source.fixed
+        print(f"serving {repo.name} v{latest.number} ({latest.model.format}) from {where} on "
+              f"http://{f'[{host}]' if ':' in host else host}:{port} (TF Serving REST /v1/models/{repo.name}, "
+              f"KServe V2 /v2/models/{repo.name}, metrics /monitoring/prometheus/metrics)", flush=True)
+        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=10)
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()  # (a version that fails to load, or the server's end)
 
 
 def listen(host: str, port: int):
