@@ -20,7 +20,7 @@ PROFILE ?= cpu
 endif
 TESTED := $(if $(filter cpu,$(PROFILE)),$(BIN)/.installed-dev,$(BIN)/.installed-$(PROFILE) $(BIN)/.tools)
 
-.PHONY: env run test lint bench clean locks smoke
+.PHONY: env run test lint bench clean locks smoke dvc.yaml
 
 $(BIN)/.installed-%: locks/%.txt pyproject.toml
 	@test -x $(BIN)/python || test -n "$(PYTHON)" || { echo "error: no Python 3.11, 3.12 or 3.13 found on the PATH;\
@@ -37,8 +37,12 @@ $(BIN)/.tools: pyproject.toml  # test tools beside the gpu or macos lock (pinned
 
 env: $(BIN)/.installed-$(PROFILE)  ## create .venv with the locked dependencies of the profile
 
-run: env  ## run the whole pipeline
+run: env  ## run the whole pipeline (the whole params.yaml is checked first)
+	$(BIN)/flowerpipe check
 	$(BIN)/dvc repro
+
+dvc.yaml: env  ## regenerate dvc.yaml: code deps from each stage's import closure, one entry per format
+	$(BIN)/python -m flowerpipe.dag
 
 lint: $(TESTED)
 	$(BIN)/ruff check flowerpipe stages tests benchmarks

@@ -1,4 +1,4 @@
-"""The `flowerpipe` command: predict, serve, client, info."""
+"""The `flowerpipe` command: predict, serve, client, info, check."""
 
 from __future__ import annotations
 
@@ -45,6 +45,21 @@ def _info(args: argparse.Namespace) -> int:
         state = record.get("status") or ("ok" if v.path.exists() else "not built")
         why = f" ({record['reason']})" if state != "ok" and record.get("reason") else ""
         print(f"{v.name:18s} {state:10s} {v.path}{why}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from flowerpipe.declared import sections
+    from flowerpipe.formats.registry import check
+    from flowerpipe.params import ParamsError
+    from flowerpipe.params import load as load_params
+
+    p = load_params(args.params)
+    check(p)
+    dvc_yaml = Path(args.params).resolve().parent / "dvc.yaml"
+    if dvc_yaml.exists() and (unknown := sorted(set(p.model_extra or {}) - sections(dvc_yaml))):
+        raise ParamsError("\n".join(f"{args.params}: {key}: unknown key (no stage reads it)" for key in unknown))
+    print(f"{args.params}: every section and format name is valid")
     return 0
 
 
@@ -148,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     cl.add_argument("--protocol", choices=["tfs", "v2"], default="tfs", help="TF Serving REST or KServe V2")
     cl.set_defaults(fn=_client)
     sub.add_parser("info", help="every model format, its status and path").set_defaults(fn=_info)
+    sub.add_parser("check", help="validate the whole params file (make run does, before dvc repro)").set_defaults(
+        fn=_check)
     args = parser.parse_args(argv)
     if args.params is not None and not Path(args.params).is_file():
         parser.error(f"--params {args.params}: no such file")

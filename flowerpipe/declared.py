@@ -17,21 +17,34 @@ class UndeclaredParam(ParamsError):
     """A stage read a params.yaml key that its dvc.yaml entry does not list."""
 
 
-def declared(dvc_yaml: Path, stage: str) -> set[str]:
-    """The params keys dvc.yaml lists for a stage (a section name covers all of its keys)."""
+def _stages(dvc_yaml: Path) -> dict[str, Any]:
     try:
-        stages = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {})
+        return (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {})
     except (OSError, yaml.YAMLError) as exc:
         raise ParamsError(f"{dvc_yaml}: cannot read the pipeline ({exc})") from None
+
+
+def _keys(entry: dict[str, Any]) -> set[str]:
+    keys: set[str] = set()
+    for item in entry.get("params", []) or []:
+        if isinstance(item, str):
+            keys.add(item)
+        else:  # {"other.yaml": [keys]}: only params.yaml is ours
+            keys.update(k for f, ks in item.items() if f == "params.yaml" for k in (ks or []))
+    return keys
+
+
+def declared(dvc_yaml: Path, stage: str) -> set[str]:
+    """The params keys dvc.yaml lists for a stage (a section name covers all of its keys)."""
+    stages = _stages(dvc_yaml)
     if stage not in stages:
         raise ParamsError(f"{dvc_yaml}: no stage named {stage!r}")
-    keys: set[str] = set()
-    for entry in stages[stage].get("params", []) or []:
-        if isinstance(entry, str):
-            keys.add(entry)
-        else:  # {"other.yaml": [keys]}: only params.yaml is ours
-            keys.update(k for f, ks in entry.items() if f == "params.yaml" for k in (ks or []))
-    return keys
+    return _keys(stages[stage])
+
+
+def sections(dvc_yaml: Path) -> set[str]:
+    """Every params.yaml section some stage of the pipeline reads (the file's known top-level keys)."""
+    return {key.split(".")[0] for entry in _stages(dvc_yaml).values() for key in _keys(entry)} | set(ALWAYS)
 
 
 def _covered(key: str, allowed: frozenset[str]) -> bool:
@@ -55,6 +68,9 @@ class Guarded:
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._model, name)
+        if name in (getattr(self._model, "model_extra", None) or {}):
+            self._check(f"{self._prefix}{name}")  # a format's raw section: read it through section()
+            return value
         if name not in type(self._model).model_fields:
             return value  # a method; model_dump* are checked below
         key = f"{self._prefix}{name}"
@@ -64,6 +80,13 @@ class Guarded:
             return Guarded(value, self._allowed, self._stage, key + ".")
         self._check(key)
         return value
+
+    def section(self, name: str, cls: type[BaseModel]) -> Any:
+        """A format's section (Params.section), guarded like the others."""
+        key = f"{self._prefix}{name}"
+        if not any(a.startswith(key + ".") for a in self._allowed):
+            self._check(key)
+        return Guarded(self._model.section(name, cls), self._allowed, self._stage, key + ".")
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("params are read-only")

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+__imports__ = ("flowerpipe.cli",)  # running_server starts `python -m flowerpipe.cli serve` (flowerpipe.dag reads this)
+
 from flowerpipe.serving.client import to_png_b64
 
 

@@ -12,10 +12,6 @@ OFFICIAL_URL = "https://storage.googleapis.com/download.tensorflow.org/example_i
 # Published by TensorFlow Datasets (url_checksums/tf_flowers.txt) for the official archive.
 OFFICIAL_SHA256 = "4c54ace7911aaffe13a365c34f650e71dd5bf1be0a58b464e5a7183e3e595d9c"
 
-TFLITE_VARIANTS = ("float32", "float16", "dynamic", "int8")
-OPENVINO_VARIANTS = ("float32", "bfloat16", "int8")
-TRT_PRECISIONS = ("fp32", "fp16", "int8")
-
 PosInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # what numpy and Keras seed from
@@ -26,11 +22,13 @@ class ParamsError(ValueError):
     """A params.yaml problem, one line per bad key."""
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """A params.yaml section: unknown keys, wrong types and impossible values are refused."""
+
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True, allow_inf_nan=False)
 
 
-class Paths(_Section):
+class Paths(Section):
     """Where stages read and write; dvc.yaml interpolates the same values."""
 
     raw: str = "data/raw"
@@ -46,7 +44,7 @@ class Paths(_Section):
     reports: str = "reports"
 
 
-class Data(_Section):
+class Data(Section):
     """Where the photos come from."""
 
     url: str = OFFICIAL_URL
@@ -73,7 +71,7 @@ class Data(_Section):
         return self.sha256
 
 
-class Split(_Section):
+class Split(Section):
     """Stratified split fractions and seed."""
 
     val: Fraction = 0.1
@@ -87,7 +85,7 @@ class Split(_Section):
         return self
 
 
-class TFRecords(_Section):
+class TFRecords(Section):
     """TFRecord sharding."""
 
     shard_mb: PosInt = 64
@@ -96,7 +94,7 @@ class TFRecords(_Section):
     max_image_megapixels: PosInt = 100  # larger images (decompression bombs) are skipped and listed
 
 
-class Model(_Section):
+class Model(Section):
     """Backbone, input size and head."""
 
     arch: str = "xception"
@@ -135,7 +133,7 @@ class Model(_Section):
         return self
 
 
-class Train(_Section):
+class Train(Section):
     """Training schedule, distribution and reproducibility."""
 
     batch_size: PosInt = 32
@@ -163,57 +161,22 @@ class Train(_Section):
     max_steps_per_epoch: NonNegInt = 0
 
 
-class Export(_Section):
+class Export(Section):
     """SavedModel version for TF Serving's models/<name>/<version>/ layout."""
 
     version: PosInt = 1
 
 
-class TFLite(_Section):
-    """Which TFLite precisions to build."""
-
-    variants: list[Literal["float32", "float16", "dynamic", "int8"]] = list(TFLITE_VARIANTS)
-    calibration_images: PosInt = 100
-    threads: NonNegInt = 0
-
-
-class Onnx(_Section):
-    """ONNX export options."""
-
-    opset: Annotated[int, Field(ge=13)] = 17
-    int8: bool = True
-    calibration_images: PosInt = 100
-
-
-class OpenVINO(_Section):
-    """OpenVINO IR precisions."""
-
-    variants: list[Literal["float32", "bfloat16", "int8"]] = list(OPENVINO_VARIANTS)
-    calibration_images: PosInt = 300
-
-
-class TRT(_Section):
-    """TensorRT backend and precisions."""
-
-    backend: Literal["auto", "tftrt", "onnx"] = "auto"
-    precisions: list[Literal["fp32", "fp16", "int8"]] = list(TRT_PRECISIONS)
-    calibration_images: PosInt = 100
-    workspace_mb: PosInt = 1024
-    max_batch_size: PosInt = 32
-
-
-class Evaluate(_Section):
+class Evaluate(Section):
     """Scoring of every format on the test split."""
 
     batch_size: PosInt = 32
 
 
-class Benchmark(_Section):
+class Benchmark(Section):
     """Timing matrix."""
 
-    runtimes: list[str] = ["keras", "savedmodel", "tflite-float32", "tflite-float16", "tflite-dynamic",
-                           "tflite-int8", "onnx", "onnx-int8", "openvino-float32", "openvino-bfloat16",
-                           "openvino-int8", "tensorrt-fp32", "tensorrt-fp16", "tensorrt-int8"]
+    runtimes: Literal["all"] | Annotated[list[str], Field(min_length=1)] = "all"  # all: every variant asked for
     devices: Annotated[list[Literal["cpu", "gpu"]], Field(min_length=1)] = ["cpu", "gpu"]
     batch_sizes: Annotated[list[PosInt], Field(min_length=1)] = [1, 8, 32]
     warmup: NonNegInt = 3
@@ -224,14 +187,14 @@ class Benchmark(_Section):
     inter_op_threads: NonNegInt = 1
 
 
-class Infer(_Section):
+class Infer(Section):
     """Predictions for a folder of the user's images."""
 
     format: str = "keras"
     top_k: PosInt = 3
 
 
-class Serve(_Section):
+class Serve(Section):
     """REST server settings and the serve_check load test."""
 
     host: str = "127.0.0.1"
@@ -260,26 +223,23 @@ class Serve(_Section):
         return v
 
 
-class Headline(_Section):
+class Headline(Section):
     """Which formats get their own numbers in the headline metrics that dvc exp show compares."""
 
     formats: list[str] = ["savedmodel", "tflite-int8", "openvino-int8"]
 
     @field_validator("formats")
     @classmethod
-    def _known(cls, v: list[str]) -> list[str]:
-        from flowerpipe.formats.registry import ALL_NAMES
-
-        bad = [n for n in v if n not in ALL_NAMES or n == "keras"]
-        if bad:
-            raise ValueError(f"unknown or reference format {bad}; expected names from {', '.join(ALL_NAMES[1:])}")
-        if len(v) > 4:
+    def _few(cls, v: list[str]) -> list[str]:
+        if len(v) > 4:  # the names themselves are checked against the formats by registry.check
             raise ValueError("at most 4 formats, so that dvc exp show fits a terminal")
         return v
 
 
-class Params(_Section):
-    """Every knob of the pipeline."""
+class Params(Section):
+    """Every knob of the pipeline; a format's own section is kept as given and validated by section()."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
 
     paths: Paths = Paths()
     data: Data = Data()
@@ -288,15 +248,22 @@ class Params(_Section):
     model: Model = Model()
     train: Train = Train()
     export: Export = Export()
-    tflite: TFLite = TFLite()
-    onnx: Onnx = Onnx()
-    openvino: OpenVINO = OpenVINO()
-    trt: TRT = TRT()
     evaluate: Evaluate = Evaluate()
     benchmark: Benchmark = Benchmark()
     infer: Infer = Infer()
     serve: Serve = Serve()
     headline: Headline = Headline()
+
+    @model_validator(mode="after")
+    def _sections(self) -> Params:
+        bad = [k for k, v in (self.model_extra or {}).items() if not isinstance(v, dict)]
+        if bad:
+            raise ValueError(f"{', '.join(bad)}: unknown key (a format's section is a mapping of keys)")
+        return self
+
+    def section(self, name: str, cls: type[BaseModel]) -> Any:
+        """A format's section, validated by its own model (its defaults where params.yaml has none)."""
+        return parse_section(cls, (self.model_extra or {}).get(name) or {}, name)
 
 
 def _describe(err: dict[str, Any]) -> str:
@@ -308,6 +275,15 @@ def _describe(err: dict[str, Any]) -> str:
     if err["type"] == "missing":
         return f"{key}: required key is missing"
     return f"{key}: {msg} (got {err.get('input')!r})"
+
+
+def parse_section(cls: type[BaseModel], raw: dict[str, Any], name: str, source: str = "params.yaml") -> Any:
+    """Validate one format's section; raise ParamsError naming every bad key under it."""
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{source}: {name}.{_describe(e)}" for e in exc.errors(include_url=False)]
+        raise ParamsError("\n".join(lines)) from None
 
 
 def parse(raw: dict[str, Any] | None, source: str = "params.yaml") -> Params:

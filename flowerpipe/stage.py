@@ -12,26 +12,34 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from flowerpipe.declared import Guarded, declared
+from flowerpipe.declared import Guarded, declared, sections
 from flowerpipe.errors import UserError, is_user_error
 from flowerpipe.jsonio import read_json, write_json  # noqa: F401  (re-exported: stage scripts use stage.write_json)
-from flowerpipe.params import Params, load
+from flowerpipe.params import Params, ParamsError, load
 from flowerpipe.quiet import quiet_tensorflow
 
 StageError = UserError
 
 
 def stage_params(name: str, params_file: str | Path, dvc_yaml: Path) -> Params:
-    """params.yaml, validated, as a view that lets stage `name` read only the keys dvc.yaml lists for it."""
-    return Guarded(load(params_file), declared(dvc_yaml, name), name)  # type: ignore[return-value]
+    """params.yaml, validated, as a view that lets stage `name` read only the keys dvc.yaml lists for it.
+
+    A format's section is validated by the stages that read it; a top-level key that no stage reads is refused here.
+    """
+    p = load(params_file)
+    unknown = sorted(set(p.model_extra or {}) - sections(dvc_yaml))
+    if unknown:
+        raise ParamsError("\n".join(f"{params_file}: {key}: unknown key" for key in unknown))
+    return Guarded(p, declared(dvc_yaml, name), name)  # type: ignore[return-value]
 
 
 def run(main: Callable[[Params], None], params_file: str = "params.yaml", tensorflow: bool = True) -> None:
     """Run a stage's main(params); known errors become one line on stderr and exit code 1."""
     script = Path(inspect.getsourcefile(main) or sys.argv[0]).resolve()
     main_thread = threading.current_thread() is threading.main_thread()
-    # SIGTERM unwinds like Ctrl-C: temp folders are removed, worker processes stopped
-    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
+    # SIGTERM unwinds like Ctrl-C: temp folders are removed, worker processes stopped. SIGINT is set too: a shell
+    # without job control starts a background command (`make test &`, nohup, CI runners) with SIGINT ignored.
+    previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGINT)} if main_thread else {}
     start = time.perf_counter()
     try:
         quiet_tensorflow(preload=tensorflow)
@@ -49,8 +57,8 @@ def run(main: Callable[[Params], None], params_file: str = "params.yaml", tensor
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
     finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _interrupt(signum: int, frame) -> None:

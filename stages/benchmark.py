@@ -13,11 +13,12 @@ def main(p: Params) -> None:
     from flowerpipe import headline
     from flowerpipe.bench import Budget, environment, matmul_peak, model_flops, overhead, run_isolated, task_for
     from flowerpipe.exclusive import timing_lock
-    from flowerpipe.formats.registry import conversion_status, find, unavailable
+    from flowerpipe.formats.registry import check, conversion_status, runtimes, unavailable
 
+    check(p)  # a wrong format name or section stops here, listing the valid ones
     b = p.benchmark
     budget = Budget(b.warmup, b.iterations, b.min_seconds, b.max_seconds)
-    chosen = [find(p, name) for name in b.runtimes]  # a wrong name stops here, listing the valid ones
+    chosen = runtimes(p)
     converted = conversion_status(p)
     results: dict[str, dict] = {}
     rows = []

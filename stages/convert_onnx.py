@@ -10,14 +10,14 @@ def main(p: Params) -> None:
     """Read params, do the work, write the outputs dvc.yaml declares."""
     from flowerpipe.convert import context, run_all
     from flowerpipe.formats import onnx_format
-    from flowerpipe.formats.registry import find
 
-    fp32 = find(p, "onnx").path
-    jobs = {"onnx": (fp32, lambda: onnx_format.convert(ctx, fp32, p.onnx.opset))}
-    if p.onnx.int8:
-        q = find(p, "onnx-int8").path
+    fmt, settings = onnx_format.FORMAT, onnx_format.FORMAT.settings_of(p)
+    fp32 = fmt.path(p, "float32")
+    jobs = {"onnx": (fp32, lambda: onnx_format.convert(ctx, fp32, settings.opset))}
+    if settings.int8:
+        q = fmt.path(p, "int8")
         jobs["onnx-int8"] = (q, lambda: onnx_format.quantize_int8(ctx, fp32, q))
-    with context(p, p.onnx.calibration_images) as ctx:
+    with context(p, settings.calibration_images) as ctx:
         record = run_all(ctx, jobs)
     stage.write_json(Path(p.paths.reports) / "convert_onnx.json", record)
 

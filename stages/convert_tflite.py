@@ -10,12 +10,12 @@ def main(p: Params) -> None:
     """Read params, do the work, write the outputs dvc.yaml declares."""
     from flowerpipe.convert import context, run_all
     from flowerpipe.formats import tflite
-    from flowerpipe.formats.registry import variants
 
-    todo = variants(p, "tflite")
+    fmt, settings = tflite.FORMAT, tflite.FORMAT.settings_of(p)
     Path(p.paths.converted, "tflite").mkdir(parents=True, exist_ok=True)
-    with context(p, p.tflite.calibration_images) as ctx:
-        record = run_all(ctx, {v.name: (v.path, lambda v=v: tflite.convert(ctx, v.option, v.path)) for v in todo})
+    with context(p, settings.calibration_images) as ctx:
+        record = run_all(ctx, {fmt.name(o): (fmt.path(p, o), lambda o=o: tflite.convert(ctx, o, fmt.path(p, o)))
+                               for o in settings.variants})
     stage.write_json(Path(p.paths.reports) / "convert_tflite.json", record)
 
 

@@ -9,16 +9,17 @@ from flowerpipe.params import Params
 def main(p: Params) -> None:
     """Read params, do the work, write the outputs dvc.yaml declares."""
     from flowerpipe.convert import context, run_all, skipped
+    from flowerpipe.formats import onnx_format
     from flowerpipe.formats import tensorrt_format as trt
     from flowerpipe.formats.base import Skipped
-    from flowerpipe.formats.registry import find, variants
 
+    settings = trt.FORMAT.settings_of(p)
     out_dir = Path(p.paths.converted) / "tensorrt"
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = [v.name for v in variants(p, "tensorrt")]
+    names = [trt.FORMAT.name(x) for x in settings.precisions]
     env = trt.probe()
     try:
-        backend = trt.select_backend(p.trt.backend, env)
+        backend = trt.select_backend(settings.backend, env)
     except Skipped as exc:
         print(f"convert_trt: skipped: {exc}")
         record = {"backend": None, "status": "skipped", "reason": str(exc), "variants": skipped(names, str(exc))}
@@ -26,10 +27,12 @@ def main(p: Params) -> None:
         stage.write_json(out_dir / "status.json", record)  # the skip travels with the (otherwise empty) output
         return
     stage.write_json(out_dir / "status.json", {"backend": backend, "status": "ok"})  # where find() looks
-    onnx = {"float32": find(p, "onnx").path, "int8": find(p, "onnx-int8").path if p.onnx.int8 else None}
-    with context(p, p.trt.calibration_images) as ctx:
-        jobs = trt.conversions(backend, ctx, p.trt.precisions, out_dir, onnx, p.trt.workspace_mb,
-                               p.trt.max_batch_size)
+    built_int8 = onnx_format.FORMAT.settings_of(p).int8
+    onnx = {"float32": onnx_format.FORMAT.path(p, "float32"),
+            "int8": onnx_format.FORMAT.path(p, "int8") if built_int8 else None}
+    with context(p, settings.calibration_images) as ctx:
+        jobs = trt.conversions(backend, ctx, settings.precisions, out_dir, onnx, settings.workspace_mb,
+                               settings.max_batch_size)
         record = {"backend": backend, "status": "ok", "variants": run_all(ctx, jobs)}
     stage.write_json(out_dir / "status.json", record)
     stage.write_json(Path(p.paths.reports) / "convert_trt.json", record)

@@ -15,8 +15,9 @@ def main(p: Params) -> None:
     from flowerpipe.data.tfrecord import Manifest, arrays
     from flowerpipe.evaluate import agreement, predict_batches, score
     from flowerpipe.formats.base import Skipped, size_mb
-    from flowerpipe.formats.registry import conversion_status, load, variants
+    from flowerpipe.formats.registry import check, conversion_status, load, variants
 
+    check(p)
     classes = Manifest.read(p.paths.tfrecords).classes
     Path(p.paths.plots).mkdir(parents=True, exist_ok=True)
     images, labels = arrays(p.paths.tfrecords, "test", p.model.image_size)

@@ -120,7 +120,7 @@ def test_unknown_runtime_is_one_line(tmp_path):
     write_params(tmp_path, {"benchmark": {"runtimes": ["keras", "tflite-int4"]}})
     code, _, err = stage_cli("benchmark", tmp_path)
     assert code == 1 and err.strip().splitlines() == [err.strip()]
-    assert err.startswith("error: unknown model format 'tflite-int4'")
+    assert err.startswith("error: params.yaml: benchmark.runtimes: unknown format 'tflite-int4' (expected one of")
 
 
 def test_peak_rss_is_this_process():

@@ -16,7 +16,6 @@ def test_project_params_are_valid():
 @pytest.mark.parametrize("raw, key, words", [
     ({"train": {"epochs": -1}}, "train.epochs", "greater than or equal to 0"),
     ({"train": {"epoks": 3}}, "train.epoks", "unknown key"),
-    ({"trian": {}}, "trian", "unknown key"),
     ({"split": {"val": 0.6, "test": 0.5}}, "split", "below 1"),
     ({"model": {"image_size": 64}}, "model", "at least 71"),
     ({"model": {"arch": "resnet9000"}}, "model.arch", "expected one of"),
@@ -36,6 +35,30 @@ def test_bad_params_name_the_key(raw, key, words):
     line = str(err.value)
     assert len(line.splitlines()) == 1
     assert line.startswith(f"params.yaml: {key}") and words in line
+
+
+@pytest.mark.parametrize("raw, key, words", [
+    ({"trian": {}}, "trian", "unknown key"),  # a top-level typo: no stage and no format reads it
+    ({"tflite": {"variants": ["int9"]}}, "tflite.variants.0", "'int9'"),  # a format's own section
+    ({"trt": {"precision": ["fp16"]}}, "trt.precision", "unknown key"),
+    ({"headline": {"formats": ["keras"]}}, "headline.formats", "unknown or reference format 'keras'"),
+    ({"infer": {"format": "onnx-int4"}}, "infer.format", "unknown format 'onnx-int4'"),
+])
+def test_format_sections_and_names_are_checked_by_the_registry_and_at_stage_start(raw, key, words, tmp_path):
+    from flowerpipe.formats.registry import check
+    from flowerpipe.stage import stage_params
+
+    with pytest.raises(ParamsError) as err:
+        check(parse(raw))
+    line = str(err.value)
+    assert len(line.splitlines()) == 1 and line.startswith(f"params.yaml: {key}") and words in line, line
+    if key == "trian":  # and the stage runner refuses a section no stage of dvc.yaml reads, before any work
+        import yaml
+
+        params = tmp_path / "params.yaml"
+        params.write_text(yaml.safe_dump(raw))
+        with pytest.raises(ParamsError, match=r"params.yaml: trian: unknown key$"):
+            stage_params("download", params, ROOT / "dvc.yaml")
 
 
 def test_every_bad_key_is_reported(tmp_path):

@@ -25,9 +25,14 @@ def _check(args: tuple[str, str, ImageCaps]) -> Checked:
     return check_image(Path(args[0]), args[1], args[2])
 
 
+STOPS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _ignore_interrupts() -> None:
-    """Workers leave SIGINT to the parent, which stops them all (a Ctrl-C reaches the whole process group)."""
+    """Workers leave SIGINT to the parent, which stops them all (a Ctrl-C reaches the whole process group);
+    SIGTERM, held back while the pool started, is let through again: it is how the parent stops a worker."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)
 
 
 def utf8(name: str) -> bool:
@@ -73,21 +78,29 @@ def check_all(raw: Path, rels: list[str], workers: int = 0, caps: ImageCaps = Im
     """Check every file in parallel, keeping input order; an interruption stops every worker before returning."""
     workers = workers or (os.cpu_count() or 1)
     jobs = [(str(raw / r), r, caps) for r in rels]
-    # Workers are started with SIGINT already ignored (kept across exec), so a Ctrl-C while one is still starting
-    # up cannot print its traceback; the initializer covers a platform that resets it.
+    # Workers are started with SIGINT ignored (kept across exec), so a Ctrl-C while one is still starting up cannot
+    # print its traceback. SIGINT and SIGTERM are held back in this process until the pool exists: one arriving
+    # while the workers start is delivered just after, inside the try, so terminate() always sees every worker.
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
+    pool = None
     try:
         pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_ignore_interrupts)
-    finally:
         signal.signal(signal.SIGINT, previous)
-    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a signal held back is raised here
         it = pool.imap(_check, jobs, chunksize=32)
         result = list(tqdm(it, total=len(jobs), desc="check images", unit="img", disable=None))
         pool.close()
         return result
     finally:
-        pool.terminate()  # on SIGINT/SIGTERM (or any error) no worker outlives the stage
-        pool.join()
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)  # a second Ctrl-C waits until every worker has stopped
+        try:
+            if pool is not None:
+                pool.terminate()  # on SIGINT/SIGTERM (or any error) no worker outlives the stage
+                pool.join()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def check_classes(classes: list[str], files: list[list[str]], good: list[list[str]], split: Split) -> None:

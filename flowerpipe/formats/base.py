@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from flowerpipe.errors import FormatError
 
-__all__ = ["FormatError", "Skipped", "Variant", "ConvertContext", "Runner", "start_tensorflow", "require", "timed",
-           "size_mb", "LABELS_FILE", "labels_path", "write_labels", "read_labels"]
+__all__ = ["FormatError", "Skipped", "Variant", "Format", "ConvertContext", "Runner", "start_tensorflow", "require",
+           "timed", "size_mb", "LABELS_FILE", "labels_path", "write_labels", "read_labels"]
 
 LABELS_FILE = "labels.txt"  # one class name per line, in output order (TF Serving's and Triton's convention)
 
@@ -29,6 +31,53 @@ class Variant:
     family: str
     option: str
     path: Path
+
+
+def _fixed(path: Path) -> str:
+    return ""
+
+
+@dataclass(frozen=True)
+class Format:
+    """What a format module declares as its module-level FORMAT; the registry, params checks, dvc.yaml, the server
+    and the report read only this, so a new format is one module (with its conversion stage).
+
+    `path(p, option)` and `wanted(p)` take the pipeline's Params; `wanted` reads only the keys in `wanted_params`.
+    """
+
+    family: str  # the name of a variant is family-option, or the family alone for `plain`
+    options: tuple[str, ...]
+    path: Callable[[Any, str], Path]  # where the pipeline keeps one option's model
+    precision: Mapping[str, str]  # option -> what it computes in: float32, bfloat16, float16 or int8
+    devices: Mapping[str, str]  # device -> '' (may run there) or why it never can
+    platform: str  # KServe V2 / Triton platform name in model metadata
+    suffixes: tuple[str, ...] = ()  # model file suffixes the server recognizes (a SavedModel is a folder)
+    plain: str = ""  # the option named by the family alone (onnx: float32)
+    order: int = 100  # place in the report's tables
+    serve_rank: int = 100  # among float formats, the one served without benchmark figures (lowest first)
+    stage: str = ""  # the DVC stage that builds it; its record is <paths.reports>/<stage>.json ('' = none)
+    convert_stage: bool = True  # dvc.yaml's entry for `stage` is made from this declaration
+    outs: tuple[str, ...] = ()  # what that stage writes, as dvc.yaml paths (${paths.*})
+    stage_deps: tuple[str, ...] = ("${paths.model}", "${paths.tfrecords}")  # the data that stage reads
+    stage_params: tuple[str, ...] = ("model.image_size",)  # its params beside its own section
+    section: str = ""  # its params.yaml section ('' = none)
+    settings: type | None = None  # the pydantic model of that section
+    wanted: Callable[[Any], list[str]] = field(default=lambda p: [""])  # the options the params ask to build
+    wanted_params: tuple[str, ...] = ()  # the keys wanted() reads
+    option_of: Callable[[Path], str] = _fixed  # the option a served file's name carries
+    fallback: Mapping[str, str] = field(default_factory=dict)  # option -> the one its file serves as where it can't run
+
+    def name(self, option: str) -> str:
+        """family, or family-option."""
+        return self.family if option == self.plain else f"{self.family}-{option}"
+
+    def names(self) -> list[str]:
+        """Every variant name, in option order."""
+        return [self.name(o) for o in self.options]
+
+    def settings_of(self, p: Any) -> Any:
+        """This format's validated params section (one line per bad key)."""
+        return p.section(self.section, self.settings)
 
 
 @dataclass

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flowerpipe.formats.base import Runner, require, start_tensorflow
+from flowerpipe.formats.base import Format, Runner, require, start_tensorflow
 
 
 class KerasRunner(Runner):
@@ -33,6 +33,10 @@ class KerasRunner(Runner):
 
 
 DEVICES = {"cpu": "", "gpu": ""}  # device -> "" (may run there) or why it never can
+# The trained model itself: the train stage makes it, and every other variant is scored against it.
+FORMAT = Format("keras", ("",), lambda p, option: Path(p.paths.model), {"": "float32"}, DEVICES,
+                "tensorflow_keras", suffixes=(".keras",), order=0, serve_rank=4, stage="train", convert_stage=False,
+                outs=("${paths.model}",))
 
 
 def load(path: Path, option: str = "", device: str = "cpu", threads: int = 0) -> Runner:

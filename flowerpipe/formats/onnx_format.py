@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+from pydantic import Field
 
-from flowerpipe.formats.base import ConvertContext, FormatError, Runner, Skipped, require
+from flowerpipe.formats.base import ConvertContext, Format, FormatError, Runner, Skipped, require
+from flowerpipe.params import PosInt, Section
 
 INPUT = "image"
+FILES = {"float32": "model.onnx", "int8": "model_int8.onnx"}
+
+
+class Settings(Section):
+    """params.yaml `onnx`: export options."""
+
+    opset: Annotated[int, Field(ge=13)] = 17
+    int8: bool = True  # also build an ONNX Runtime static-quantized (QDQ) int8 model
+    calibration_images: PosInt = 100
 
 
 def convert(ctx: ConvertContext, out: Path, opset: int = 17) -> Path:
@@ -101,3 +113,11 @@ DEVICES = {"cpu": "", "gpu": ""}  # device -> "" (may run there) or why it never
 def load(path: Path, option: str = "", device: str = "cpu", threads: int = 0) -> Runner:
     """Load an .onnx file with ONNX Runtime."""
     return OnnxRunner(path, device, threads)
+
+
+FORMAT = Format("onnx", ("float32", "int8"), lambda p, option: Path(p.paths.converted) / "onnx" / FILES[option],
+                {"float32": "float32", "int8": "int8"}, DEVICES, "onnxruntime_onnx", suffixes=(".onnx",),
+                plain="float32", order=3, serve_rank=1, stage="convert_onnx", outs=("${paths.converted}/onnx",),
+                section="onnx", settings=Settings,
+                wanted=lambda p: ["float32"] + (["int8"] if FORMAT.settings_of(p).int8 else []),
+                wanted_params=("onnx.int8",), option_of=lambda path: "int8" if "int8" in path.stem else "float32")

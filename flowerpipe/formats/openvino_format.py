@@ -5,12 +5,21 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
-from flowerpipe.formats.base import ConvertContext, FormatError, Runner, Skipped, require
+from flowerpipe.formats.base import ConvertContext, Format, FormatError, Runner, Skipped, require
+from flowerpipe.params import PosInt, Section
 
 VARIANTS = ("float32", "bfloat16", "int8")
+
+
+class Settings(Section):
+    """params.yaml `openvino`: which IR precisions to build."""
+
+    variants: list[Literal["float32", "bfloat16", "int8"]] = list(VARIANTS)
+    calibration_images: PosInt = 300  # NNCF calibration images from the training split
 # What each variant asks OpenVINO's CPU plugin to compute in (INFERENCE_PRECISION_HINT): for int8, the
 # layers NNCF left unquantized.
 PRECISION_HINTS = {"float32": "f32", "bfloat16": "bf16", "int8": "f32"}
@@ -114,3 +123,12 @@ DEVICES = {"cpu": "", "gpu": ""}  # device -> "" (may run there) or why it never
 def load(path: Path, option: str = "float32", device: str = "cpu", threads: int = 0) -> Runner:
     """Load an OpenVINO IR .xml."""
     return OpenVINORunner(path, option, device, threads)
+
+
+FORMAT = Format("openvino", VARIANTS, lambda p, option: Path(p.paths.converted) / "openvino" / filename(option),
+                {"float32": "float32", "bfloat16": "bfloat16", "int8": "int8"}, DEVICES, "openvino_ir",
+                suffixes=(".xml",), order=4, serve_rank=0, stage="convert_openvino",
+                outs=("${paths.converted}/openvino",), section="openvino", settings=Settings,
+                wanted=lambda p: list(FORMAT.settings_of(p).variants), wanted_params=("openvino.variants",),
+                option_of=lambda path: path.parent.name if path.parent.name in VARIANTS else "float32",
+                fallback={"bfloat16": "float32"})  # the bfloat16 folder holds the float32 IR

@@ -1,4 +1,4 @@
-"""Every model variant, where it lives, and how to load it: the only place formats are named.
+"""Every model format, found as the modules of flowerpipe/formats that declare a FORMAT; nothing else names them.
 
 `find(p, name)` resolves one name from the paths alone (plus model.name and export.version for the
 SavedModel), so a stage that loads one format depends on no other format's params; `variants(p)` lists
@@ -9,70 +9,83 @@ from __future__ import annotations
 
 import functools
 import importlib
+import pkgutil
 from pathlib import Path
+from types import ModuleType
 
-from flowerpipe.formats.base import FormatError, Runner, Skipped, Variant
+import flowerpipe.formats as _package
+from flowerpipe.formats.base import Format, FormatError, Runner, Skipped, Variant
 from flowerpipe.jsonio import read_json
-from flowerpipe.params import OPENVINO_VARIANTS, TFLITE_VARIANTS, TRT_PRECISIONS, Params
+from flowerpipe.params import Params, ParamsError
 
-MODULES = {
-    "keras": "flowerpipe.formats.keras_format",
-    "savedmodel": "flowerpipe.formats.savedmodel",
-    "tflite": "flowerpipe.formats.tflite",
-    "onnx": "flowerpipe.formats.onnx_format",
-    "openvino": "flowerpipe.formats.openvino_format",
-    "tensorrt": "flowerpipe.formats.tensorrt_format",
-}
-# Every name a variant can have, in report order: family, or family-option.
-ALL_NAMES = ("keras", "savedmodel", *(f"tflite-{v}" for v in TFLITE_VARIANTS), "onnx", "onnx-int8",
-             *(f"openvino-{v}" for v in OPENVINO_VARIANTS), *(f"tensorrt-{v}" for v in TRT_PRECISIONS))
-# The trained model: every other variant is scored against it.
-REFERENCE = "keras"
+# For flowerpipe.dag's import closure: this module imports every format module of its package.
+__discovers__ = "flowerpipe.formats"
+_NOT_FORMATS = {"base", "registry"}
+
+
+@functools.cache
+def modules() -> dict[str, ModuleType]:
+    """family -> its module, in report order (FORMAT.order, then family)."""
+    found = []
+    for info in pkgutil.iter_modules(_package.__path__):
+        if info.name in _NOT_FORMATS or info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{_package.__name__}.{info.name}")
+        if isinstance(getattr(module, "FORMAT", None), Format):
+            found.append(module)
+    found.sort(key=lambda m: (m.FORMAT.order, m.FORMAT.family))
+    return {m.FORMAT.family: m for m in found}
+
+
+def formats() -> list[Format]:
+    """Every format's declaration, in report order."""
+    return [m.FORMAT for m in modules().values()]
+
+
+def _names() -> dict[str, tuple[Format, str]]:
+    return {f.name(o): (f, o) for f in formats() for o in f.options}
+
+
+ALL_NAMES = tuple(_names())  # every name a variant can have, in report order
+REFERENCE = "keras"  # the trained model: every other variant is scored against it
+
+
+def _by_precision(precision: str) -> tuple[str, ...]:
+    """CPU-runnable variants computing in this precision, in serve_rank order."""
+    chosen = [(f.serve_rank, i, f.name(o)) for i, (f, o) in enumerate(_names().values())
+              if f.precision.get(o) == precision and not f.devices.get("cpu")]
+    return tuple(name for *_, name in sorted(chosen))
+
+
 # Formats that compute in float32 like the trained model (serve.format auto picks among these).
-FLOAT_FORMATS = ("openvino-float32", "onnx", "tflite-float32", "savedmodel", "keras")
+FLOAT_FORMATS = _by_precision("float32")
 # Reduced-precision formats that may be near-lossless: serve.format auto takes one only when the evaluate
 # stage measured its top-1 agreement with the trained model at serve.min_agreement or above.
-NEAR_FLOAT_FORMATS = ("openvino-bfloat16",)
-# Where each format's conversion stage records status, seconds and size.
-CONVERT_RECORDS = ("export", "convert_tflite", "convert_onnx", "convert_openvino", "convert_trt")
+NEAR_FLOAT_FORMATS = _by_precision("bfloat16")
+# Where each format's building stage records status, seconds and size.
+CONVERT_RECORDS = tuple(dict.fromkeys(f.stage for f in formats() if f.stage and f.stage != "train"))
+
+
+def declaration(family: str) -> Format:
+    """One family's declaration, or a one-line error."""
+    module = modules().get(family)
+    if module is None:
+        raise FormatError(f"unknown model format family {family!r}; expected one of: {', '.join(modules())}")
+    return module.FORMAT
 
 
 def savedmodel_dir(p: Params) -> Path:
     """models/serving/<name>/<version>."""
-    return Path(p.paths.serving) / p.model.name / str(p.export.version)
-
-
-def trt_path(p: Params, precision: str) -> Path:
-    """Where convert_trt put a precision: the backend it used is recorded beside the engines."""
-    from flowerpipe.formats.tensorrt_format import filename
-
-    folder = Path(p.paths.converted) / "tensorrt"
-    backend = (read_json(folder / "status.json", {}) or {}).get("backend") or "onnx"
-    return folder / filename(backend, precision)
-
-
-def _path(p: Params, family: str, option: str) -> Path:
-    conv = Path(p.paths.converted)
-    if family == "keras":
-        return Path(p.paths.model)
-    if family == "savedmodel":
-        return savedmodel_dir(p)
-    if family == "tflite":
-        return conv / "tflite" / f"model_{option}.tflite"
-    if family == "onnx":
-        return conv / "onnx" / ("model_int8.onnx" if option == "int8" else "model.onnx")
-    if family == "openvino":
-        return conv / "openvino" / option / "model.xml"
-    return trt_path(p, option)
+    return find(p, "savedmodel").path
 
 
 def find(p: Params, name: str) -> Variant:
     """The variant called name, or a one-line error listing the valid names."""
-    if name not in ALL_NAMES:
+    entry = _names().get(name)
+    if entry is None:
         raise FormatError(f"unknown model format {name!r}; expected one of: {', '.join(ALL_NAMES)}")
-    family, _, option = name.partition("-")
-    option = option or ("float32" if family == "onnx" else "")
-    return Variant(name, family, option, _path(p, family, option))
+    fmt, option = entry
+    return Variant(name, fmt.family, option, fmt.path(p, option))
 
 
 def find_built(p: Params, name: str) -> Variant:
@@ -86,16 +99,19 @@ def find_built(p: Params, name: str) -> Variant:
 
 def variants(p: Params, family: str | None = None) -> list[Variant]:
     """The variants the params ask for (all, or one family's), in ALL_NAMES order."""
-    wanted = {
-        "keras": lambda: ["keras"],
-        "savedmodel": lambda: ["savedmodel"],
-        "tflite": lambda: [f"tflite-{v}" for v in p.tflite.variants],
-        "onnx": lambda: ["onnx"] + (["onnx-int8"] if p.onnx.int8 else []),
-        "openvino": lambda: [f"openvino-{v}" for v in p.openvino.variants],
-        "tensorrt": lambda: [f"tensorrt-{v}" for v in p.trt.precisions],
-    }
-    chosen = {n for fam, listed in wanted.items() if family in (None, fam) for n in listed()}
+    chosen = {f.name(o) for f in formats() if family in (None, f.family) for o in f.wanted(p)}
     return [find(p, n) for n in ALL_NAMES if n in chosen]
+
+
+def runtimes(p: Params) -> list[Variant]:
+    """benchmark.runtimes: 'all' (every variant the params ask for) or the names listed."""
+    listed = p.benchmark.runtimes
+    return variants(p) if listed == "all" else [find(p, name) for name in listed]
+
+
+def wanted_params() -> list[str]:
+    """The params keys variants() reads, for the stages that call it."""
+    return [k for f in formats() for k in f.wanted_params]
 
 
 def built(p: Params, names: tuple[str, ...] = ALL_NAMES) -> list[str]:
@@ -113,9 +129,50 @@ def conversion_status(p: Params) -> dict[str, dict]:
     return {k: v for k, v in out.items() if isinstance(v, dict)}
 
 
+def check(p: Params) -> None:
+    """Every format section valid, and every format name in params known: one line per problem."""
+    raw = getattr(p, "_model", p)  # the whole file, also where a stage's guarded view would hide it
+    sections = {f.section: f for f in formats() if f.section}
+    problems = [f"params.yaml: {key}: unknown key" for key in raw.model_extra or {} if key not in sections]
+    for fmt in sections.values():
+        try:
+            fmt.settings_of(raw)
+        except ParamsError as exc:
+            problems.append(str(exc))
+    listed = {"benchmark.runtimes": [] if raw.benchmark.runtimes == "all" else raw.benchmark.runtimes,
+              "headline.formats": raw.headline.formats, "infer.format": [raw.infer.format],
+              "serve.format": [] if raw.serve.format == "auto" else [raw.serve.format]}
+    for key, names in listed.items():
+        bad = [n for n in names if n not in ALL_NAMES or (key == "headline.formats" and n == REFERENCE)]
+        if bad:
+            problems.append(f"params.yaml: {key}: unknown{' or reference' if key.startswith('head') else ''} "
+                            f"format {', '.join(map(repr, bad))} (expected one of: {', '.join(ALL_NAMES)})")
+    if problems:
+        raise ParamsError("\n".join(problems))
+
+
+def detect(path: Path) -> tuple[str, str]:
+    """(family, option) of a model file by its suffix and name, or a one-line error."""
+    for fmt in formats():
+        if path.suffix in fmt.suffixes:
+            return fmt.family, fmt.option_of(path)
+    raise FormatError(f"{path}: not a model file this server knows ({', '.join(suffixes())}, or a SavedModel)")
+
+
+def suffixes() -> list[str]:
+    """Every model file suffix some format declares."""
+    return [s for f in formats() for s in f.suffixes]
+
+
+def platform(name: str) -> str:
+    """The KServe V2 platform of a variant name (the name itself when no format declares it)."""
+    entry = _names().get(name)
+    return entry[0].platform if entry else name
+
+
 def unavailable(variant: Variant, device: str) -> str:
     """Why a variant cannot run on a device here, known without loading it ('' when it may run)."""
-    reason = importlib.import_module(MODULES[variant.family]).DEVICES.get(device, f"unknown device {device!r}")
+    reason = declaration(variant.family).devices.get(device, f"unknown device {device!r}")
     if reason or device != "gpu":
         return reason
     return "" if _gpus() else "no NVIDIA GPU on this machine"
@@ -133,5 +190,4 @@ def load(variant: Variant, device: str = "cpu", threads: int = 0) -> Runner:
     reason = unavailable(variant, device)
     if reason:
         raise Skipped(reason)
-    module = importlib.import_module(MODULES[variant.family])
-    return module.load(variant.path, variant.option, device, threads)
+    return modules()[variant.family].load(variant.path, variant.option, device, threads)

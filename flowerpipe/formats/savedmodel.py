@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flowerpipe.formats.base import LABELS_FILE, FormatError, Runner, require, start_tensorflow
+from flowerpipe.formats.base import LABELS_FILE, Format, FormatError, Runner, require, start_tensorflow
 
 
 def build_module(model, classes: list[str], image_size: int):
@@ -105,6 +105,17 @@ class SavedModelRunner(Runner):
 
 
 DEVICES = {"cpu": "", "gpu": ""}  # device -> "" (may run there) or why it never can
+
+
+def version_dir(p) -> Path:
+    """<paths.serving>/<model.name>/<export.version>: TF Serving's layout."""
+    return Path(p.paths.serving) / p.model.name / str(p.export.version)
+
+
+# Made by the export stage (its own entry in dvc.yaml); a folder holding saved_model.pb, found as such by the server.
+FORMAT = Format("savedmodel", ("",), lambda p, option: version_dir(p), {"": "float32"}, DEVICES,
+                "tensorflow_savedmodel", order=1, serve_rank=3, stage="export", convert_stage=False,
+                outs=("${paths.serving}",))
 
 
 def load(path: Path, option: str = "", device: str = "cpu", threads: int = 0) -> Runner:

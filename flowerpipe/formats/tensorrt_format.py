@@ -7,13 +7,26 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from flowerpipe.devices import gpu_names
-from flowerpipe.formats.base import ConvertContext, FormatError, Runner, Skipped, require
+from flowerpipe.formats.base import ConvertContext, Format, FormatError, Runner, Skipped, require
+from flowerpipe.jsonio import read_json
+from flowerpipe.params import PosInt, Section
 
 PRECISIONS = ("fp32", "fp16", "int8")
+
+
+class Settings(Section):
+    """params.yaml `trt`: TensorRT backend and precisions."""
+
+    backend: Literal["auto", "tftrt", "onnx"] = "auto"
+    precisions: list[Literal["fp32", "fp16", "int8"]] = list(PRECISIONS)
+    calibration_images: PosInt = 100
+    workspace_mb: PosInt = 1024
+    max_batch_size: PosInt = 32  # largest batch an ONNX -> TensorRT engine accepts (its optimization profile)
 
 
 @dataclass(frozen=True)
@@ -242,6 +255,13 @@ class TFTRTRunner(Runner):
 DEVICES = {"cpu": "TensorRT runs on NVIDIA GPUs only", "gpu": ""}
 
 
+def built_path(p, precision: str) -> Path:
+    """Where convert_trt put a precision: the backend it used is recorded beside the engines."""
+    folder = Path(p.paths.converted) / "tensorrt"
+    backend = (read_json(folder / "status.json", {}) or {}).get("backend") or "onnx"
+    return folder / filename(backend, precision)
+
+
 def load(path: Path, option: str = "fp32", device: str = "gpu", threads: int = 0) -> Runner:
     """Load a TensorRT engine or TF-TRT SavedModel (GPU only)."""
     if DEVICES.get(device):
@@ -249,3 +269,12 @@ def load(path: Path, option: str = "fp32", device: str = "gpu", threads: int = 0
     if not Path(path).exists():
         raise Skipped(f"{path}: no TensorRT model was built (see reports/convert_trt.json)")
     return TFTRTRunner(path) if Path(path).is_dir() else EngineRunner(path)
+
+
+FORMAT = Format("tensorrt", PRECISIONS, built_path, {"fp32": "float32", "fp16": "float16", "int8": "int8"}, DEVICES,
+                "tensorrt_plan", suffixes=(".plan", ".engine"), order=5, stage="convert_trt",
+                outs=("${paths.converted}/tensorrt",),
+                stage_deps=("${paths.model}", "${paths.tfrecords}", "${paths.converted}/onnx"),
+                stage_params=("model.image_size", "onnx.int8"), section="trt", settings=Settings,
+                wanted=lambda p: list(FORMAT.settings_of(p).precisions), wanted_params=("trt.precisions",),
+                option_of=lambda path: path.stem.rsplit("_", 1)[-1])

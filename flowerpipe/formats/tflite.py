@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
-from flowerpipe.formats.base import ConvertContext, FormatError, Runner, Skipped, require
+from flowerpipe.formats.base import ConvertContext, Format, FormatError, Runner, Skipped, require
+from flowerpipe.params import PosInt, Section
 
 VARIANTS = ("float32", "float16", "dynamic", "int8")
+
+
+class Settings(Section):
+    """params.yaml `tflite`: which precisions to build."""
+
+    variants: list[Literal["float32", "float16", "dynamic", "int8"]] = list(VARIANTS)
+    calibration_images: PosInt = 100  # int8 representative data, from the training split only
 
 
 def filename(variant: str) -> str:
@@ -111,3 +120,16 @@ def load(path: Path, option: str = "", device: str = "cpu", threads: int = 0) ->
     if DEVICES.get(device):
         raise Skipped(DEVICES[device])
     return TFLiteRunner(path, threads)
+
+
+def _option(path: Path) -> str:
+    option = path.stem.removeprefix("model_")
+    return option if option in VARIANTS else "float32"
+
+
+FORMAT = Format("tflite", VARIANTS, lambda p, option: Path(p.paths.converted) / "tflite" / filename(option),
+                {"float32": "float32", "float16": "float16", "dynamic": "int8", "int8": "int8"}, DEVICES,
+                "tensorflow_tflite", suffixes=(".tflite",), order=2, serve_rank=2, stage="convert_tflite",
+                outs=("${paths.converted}/tflite",), section="tflite", settings=Settings,
+                wanted=lambda p: list(FORMAT.settings_of(p).variants), wanted_params=("tflite.variants",),
+                option_of=_option)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from flowerpipe.formats.registry import platform
 from flowerpipe.serving.decode import b64_bytes, decode_all
 from flowerpipe.serving.errors import RequestError, json_object
 
@@ -15,8 +16,6 @@ HEADER = "Inference-Header-Content-Length"  # JSON length when binary tensors fo
 EXTENSIONS = ["binary_tensor_data"]
 PIXEL_TYPES = {"FP32": np.float32, "UINT8": np.uint8}
 OUTPUTS = ("probabilities", "class_index", "class_name")
-PLATFORMS = {"savedmodel": "tensorflow_savedmodel", "keras": "tensorflow_keras", "onnx": "onnxruntime_onnx",
-             "tflite": "tensorflow_tflite", "openvino": "openvino_ir", "tensorrt": "tensorrt_plan"}
 
 
 @dataclass
@@ -30,7 +29,7 @@ class Infer:
 
 def model_metadata(name: str, versions: list[int], classes: list[str], size: int, fmt: str) -> dict:
     """The model metadata answer: both inputs (pixels or encoded images) and the three outputs."""
-    return {"name": name, "versions": [str(v) for v in versions], "platform": PLATFORMS.get(fmt.split("-")[0], fmt),
+    return {"name": name, "versions": [str(v) for v in versions], "platform": platform(fmt),
             "inputs": [{"name": "image", "datatype": "FP32", "shape": [-1, size, size, 3]},
                        {"name": "image_bytes", "datatype": "BYTES", "shape": [-1]}],
             "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(classes)]},
