@@ -25,7 +25,13 @@ TESTED := $(if $(filter cpu,$(PROFILE)),$(BIN)/.installed-dev,$(BIN)/.installed-
 $(BIN)/.installed-%: locks/%.txt pyproject.toml
 	@test -x $(BIN)/python || test -n "$(PYTHON)" || { echo "error: no Python 3.11, 3.12 or 3.13 found on the PATH;\
 	 install one, or run make PYTHON=/path/to/python3.12" >&2; exit 1; }
+	@want=$(if $(filter dev,$*),cpu,$*); have=$$(cat $(VENV)/.profile 2>/dev/null || { test -e $(BIN)/.installed-dev -o -e $(BIN)/.installed-cpu \
+	&& echo cpu; } || { test -e $(BIN)/.installed-gpu && echo gpu; } || echo $$want); \
+	test "$$have" = "$$want" || { echo "error: $(VENV) holds the $$have profile; installing $$want over it would put \
+	two builds of TensorFlow and ONNX Runtime in one environment. Run make clean first, or give it a venv of its \
+	own: make VENV=.venv-$$want ..." >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	echo $(if $(filter dev,$*),cpu,$*) > $(VENV)/.profile
 	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
 	$(BIN)/python -m pip install --quiet --require-hashes -r $<
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .

@@ -6,7 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from flowerpipe.argtypes import number
 from flowerpipe.quiet import quiet_tensorflow
+from flowerpipe.serving import command
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -44,7 +46,7 @@ def _info(args: argparse.Namespace) -> int:
         record = status.get(v.name, {})
         state = record.get("status") or ("ok" if v.path.exists() else "not built")
         why = f" ({record['reason']})" if state != "ok" and record.get("reason") else ""
-        print(f"{v.name:18s} {state:10s} {v.path}{why}")
+        print(f"{v.name:20s} {state:10s} {v.path}{why}")
     return 0
 
 
@@ -60,32 +62,6 @@ def _check(args: argparse.Namespace) -> int:
     if dvc_yaml.exists() and (unknown := sorted(set(p.model_extra or {}) - sections(dvc_yaml))):
         raise ParamsError("\n".join(f"{args.params}: {key}: unknown key (no stage reads it)" for key in unknown))
     print(f"{args.params}: every section and format name is valid")
-    return 0
-
-
-def _labels(pairs: list[str]) -> dict[str, int]:
-    out = {}
-    for pair in pairs:
-        label, _, version = pair.partition("=")
-        if not label or not version.isdigit():
-            raise ValueError(f"--label {pair!r}: expected NAME=VERSION, e.g. stable=1")
-        out[label] = int(version)
-    return out
-
-
-def _serve(args: argparse.Namespace) -> int:
-    from flowerpipe.params import Serve
-    from flowerpipe.params import load as load_params
-    from flowerpipe.serving.main import plan_from_params, plan_from_path, serve
-
-    has_params = Path(args.params).exists()
-    p = load_params(args.params) if has_params else None
-    if args.model or not has_params:
-        plan = plan_from_path(Path(args.model or "models"), args.format, args.name)
-    else:
-        plan = plan_from_params(p, args.format)
-        plan.name = args.name or plan.name
-    serve(plan, p.serve if p else Serve(), args.host, args.port, _labels(args.label))
     return 0
 
 
@@ -113,23 +89,6 @@ def _client(args: argparse.Namespace) -> int:
     return 0
 
 
-def _number(kind: type, least: float, most: float | None = None):
-    """An argparse type: a number of `kind` from `least` (to `most`), or one clear usage error."""
-    what = "an integer" if kind is int else "a finite number"
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-        if not least <= value <= (float("inf") if most is None else most) or value == float("inf"):  # NaN fails too
-            raise argparse.ArgumentTypeError(f"{text!r}: must be {what} " +
-                                             (f">= {least:g}" if most is None else f"from {least:g} to {most:g}"))
-        return value
-
-    return parse
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the flowerpipe console script."""
     parser = argparse.ArgumentParser(prog="flowerpipe", description=__doc__)
@@ -139,24 +98,16 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("paths", nargs="+")
     pr.add_argument("--format", help="model format, e.g. keras, onnx, tflite-int8, openvino-float32")
     pr.add_argument("--model", help="a model file or folder to use alone (its labels.txt beside it), not params")
-    pr.add_argument("--top-k", type=_number(int, 0), default=0, help="classes per image (default: infer.top_k)")
+    pr.add_argument("--top-k", type=number(int, 0), default=0, help="classes per image (default: infer.top_k)")
     pr.add_argument("--csv", help="also write the table to this CSV file")
     pr.set_defaults(fn=_predict)
-    sv = sub.add_parser("serve", help="TF Serving REST and KServe V2 server (127.0.0.1 unless --host)")
-    sv.add_argument("model", nargs="?", help="a models/ folder, a base of numbered version folders, or one model "
-                                             "(default: the pipeline's, from --params; else ./models)")
-    sv.add_argument("--name", help="model name in URLs (default: model.name, or the base folder's name)")
-    sv.add_argument("--label", action="append", default=[], help="version label NAME=VERSION (repeatable)")
-    sv.add_argument("--host")
-    sv.add_argument("--port", type=_number(int, 0, 65535), help="port (default: serve.port; 0: any free port)")
-    sv.add_argument("--format", help="model format to serve (default: serve.format)")
-    sv.set_defaults(fn=_serve)
+    command.add_arguments(sub.add_parser("serve", help=command.HELP))
     cl = sub.add_parser("client", help="send images to a TF Serving-compatible server, print top-k")
     cl.add_argument("paths", nargs="+", help="image files or folders")
     cl.add_argument("--url", default="http://127.0.0.1:8501", help="the server (default: %(default)s)")
     cl.add_argument("--model", default="flowers", help="model name in URLs (default: %(default)s)")
-    cl.add_argument("--top-k", type=_number(int, 1), default=3, help="classes per image (default: %(default)s)")
-    cl.add_argument("--timeout", type=_number(float, 0.001), default=60.0,
+    cl.add_argument("--top-k", type=number(int, 1), default=3, help="classes per image (default: %(default)s)")
+    cl.add_argument("--timeout", type=number(float, 0.001), default=60.0,
                     help="seconds to wait for the answer (default: %(default)s)")
     cl.add_argument("--classes", help="comma-separated class names (default: those the server's metadata lists, "
                                       "else indexes)")
@@ -171,15 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     args.params = args.params or "params.yaml"
     # Serving and --model import TensorFlow only for a format that needs it.
     quiet_tensorflow(preload=args.command == "predict" and not args.model)
-    from flowerpipe.formats.base import FormatError
-    from flowerpipe.params import ParamsError
-    from flowerpipe.serving.errors import RequestError
-
-    try:
-        return args.fn(args)
-    except (ParamsError, FormatError, RequestError, FileNotFoundError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return command.one_line(args.fn, args)
 
 
 if __name__ == "__main__":

@@ -19,3 +19,25 @@ def gpu_names() -> list[str]:
         return names
     finally:
         pynvml.nvmlShutdown()
+
+
+def tensorflow_gpu_missing() -> str:
+    """Why TensorFlow cannot put work on a GPU here ('' when it can); every GPU it lists gets memory growth.
+
+    Memory growth first, in every process that runs TensorFlow: without it TensorFlow takes nearly all of a GPU's
+    memory at its first op, leaving none to ONNX Runtime, TensorRT or another process (the benchmark's workers).
+    """
+    import tensorflow as tf
+
+    if not tf.test.is_built_with_cuda():
+        return "this TensorFlow was built without CUDA (install the gpu profile: make run GPU=1)"
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # the GPU is initialized already: its setting was made earlier in this process
+            pass
+    if not gpus:
+        return ("TensorFlow lists no GPU: its CUDA libraries did not load or the driver is too old (it says why "
+                "on stderr at import)")
+    return ""

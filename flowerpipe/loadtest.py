@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-__imports__ = ("flowerpipe.cli",)  # running_server starts `python -m flowerpipe.cli serve` (flowerpipe.dag reads this)
+# running_server starts `python -m flowerpipe.serving.command` (flowerpipe.dag reads this)
+__imports__ = ("flowerpipe.serving.command",)
 
 from flowerpipe.serving.client import to_png_b64
 
@@ -40,13 +41,18 @@ class Server:
 
 @contextmanager
 def running_server(args: list[str], port: int, timeout: float = 180.0, params_file: str | None = None,
-                   cwd: Path | None = None, python: str | None = None, env: dict | None = None) -> Iterator[Server]:
-    """`flowerpipe [--params F] serve ARGS` on 127.0.0.1:port until the block ends; then SIGTERM and wait."""
+                   cwd: Path | None = None, command: list[str] | None = None,
+                   env: dict | None = None) -> Iterator[Server]:
+    """`flowerpipe serve [--params F] ARGS` on 127.0.0.1:port until the block ends; then SIGTERM and wait.
+
+    command: how to start the server (default: this Python's `-m flowerpipe.serving.command`, the serve command
+    alone; or an installed entry point, e.g. [".../bin/flowerpipe", "serve"], with no params file).
+    """
     import httpx
 
     params = ["--params", params_file] if params_file else []
-    cmd = [python or sys.executable, "-m", "flowerpipe.cli", *params, "serve", *args, "--host", "127.0.0.1", "--port",
-           str(port)]
+    cmd = [*(command or [sys.executable, "-m", "flowerpipe.serving.command"]), *params, *args, "--host", "127.0.0.1",
+           "--port", str(port)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
                             env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"

@@ -20,6 +20,15 @@ def quiet_tensorflow(preload: bool = True) -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module="keras.src.trainers.data_adapters")
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed, but will be ignored.*")
     if preload and "tensorflow" not in sys.modules:
+        from flowerpipe.devices import gpu_names
+
+        if gpu_names():  # an NVIDIA GPU: a CUDA library that fails to load must be seen, so nothing is hidden
+            import tensorflow  # noqa: F401
+
+            from flowerpipe.devices import tensorflow_gpu_missing
+
+            tensorflow_gpu_missing()  # memory growth, before any op touches a GPU
+            return
         # The oneDNN notice is printed before absl logging starts, whatever the log level: hide fd 2 meanwhile.
         saved = os.dup(2)
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -59,6 +59,17 @@ def run(main: Callable[[Params], None], params_file: str = "params.yaml", tensor
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        if os.environ.get("FLOWERPIPE_TRACE_IMPORTS"):
+            _trace_imports(script, Path(os.environ["FLOWERPIPE_TRACE_IMPORTS"]))
+
+
+def _trace_imports(script: Path, folder: Path) -> None:
+    """Write the project files this stage imported (tests compare them with its dvc.yaml deps)."""
+    root = script.parents[1]
+    files = {Path(f).resolve() for m in list(sys.modules.values()) if (f := getattr(m, "__file__", None))}
+    mine = sorted(f.relative_to(root).as_posix() for f in files if f.is_relative_to(root) and f.suffix == ".py")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{script.stem}.txt").write_text("\n".join(mine) + "\n")
 
 
 def _interrupt(signum: int, frame) -> None:

@@ -44,7 +44,7 @@ def main(p: Params) -> None:
                     summary = (f"{cell['latency_ms_median']:9.2f} ms  {cell['throughput_ips']:9.1f} img/s  "
                                f"{cell['fraction_of_peak']:6.1%} of peak" if cell["status"] == "ok"
                                else f"skipped: {cell['reason']}")
-                    print(f"{v.name:18s} {device} b={n:<3} {summary}", flush=True)
+                    print(f"{v.name:20s} {device} b={n:<3} {summary}", flush=True)
                 results.setdefault(v.name, {})[device] = {f"b{n}": c for n, c in cells.items()}
         harness = overhead(budget)
     record = {"model_gflop_per_image": round(flops / 1e9, 4), "matmul": peak, "overhead": harness,

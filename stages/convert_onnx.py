@@ -1,4 +1,4 @@
-"""convert_onnx stage: ONNX via tf2onnx, plus an ONNX Runtime static int8 model when onnx.int8 is set."""
+"""convert_onnx stage: tf2onnx; ONNX Runtime int8 (QDQ); the float16 and symmetric int8 models TensorRT builds from."""
 
 from pathlib import Path
 
@@ -17,6 +17,12 @@ def main(p: Params) -> None:
     if settings.int8:
         q = fmt.path(p, "int8")
         jobs["onnx-int8"] = (q, lambda: onnx_format.quantize_int8(ctx, fp32, q))
+    if settings.float16:  # TensorRT's fp16 source, made and scored on every machine
+        h = fmt.path(p, "float16")
+        jobs["onnx-float16"] = (h, lambda: onnx_format.convert_float16(fp32, h))
+    if settings.int8_symmetric:  # TensorRT's int8 source: symmetric Q/DQ, calibrated like onnx-int8
+        qs = fmt.path(p, "int8-symmetric")
+        jobs["onnx-int8-symmetric"] = (qs, lambda: onnx_format.quantize_int8(ctx, fp32, qs, symmetric=True))
     with context(p, settings.calibration_images) as ctx:
         record = run_all(ctx, jobs)
     stage.write_json(Path(p.paths.reports) / "convert_onnx.json", record)

@@ -27,9 +27,10 @@ def main(p: Params) -> None:
         stage.write_json(out_dir / "status.json", record)  # the skip travels with the (otherwise empty) output
         return
     stage.write_json(out_dir / "status.json", {"backend": backend, "status": "ok"})  # where find() looks
-    built_int8 = onnx_format.FORMAT.settings_of(p).int8
-    onnx = {"float32": onnx_format.FORMAT.path(p, "float32"),
-            "int8": onnx_format.FORMAT.path(p, "int8") if built_int8 else None}
+    asked = onnx_format.FORMAT.settings_of(p)
+    onnx = {"float32": onnx_format.FORMAT.path(p, "float32"),  # each engine's source: TensorRT 11 is strongly typed
+            "float16": onnx_format.FORMAT.path(p, "float16") if asked.float16 else None,
+            "int8-symmetric": onnx_format.FORMAT.path(p, "int8-symmetric") if asked.int8_symmetric else None}
     with context(p, settings.calibration_images) as ctx:
         jobs = trt.conversions(backend, ctx, settings.precisions, out_dir, onnx, settings.workspace_mb,
                                settings.max_batch_size)

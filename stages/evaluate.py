@@ -54,7 +54,7 @@ def main(p: Params) -> None:
             rows[device] = {"status": "ok", **{k: s[k] for k in ("accuracy", "macro_f1")},
                             **agreement(probs, reference), "eval_seconds": round(secs, 2)}
             per_class.setdefault(v.name, s["per_class"])
-            print(f"{v.name:18s} {device} accuracy {s['accuracy']:.4f}  agreement "
+            print(f"{v.name:20s} {device} accuracy {s['accuracy']:.4f}  agreement "
                   f"{rows[device]['top1_agreement']:.4f}  max|dp| {rows[device]['max_prob_diff']:.2e}")
         # The variant's own row is its first device where it ran (the CPU for all but TensorRT).
         device = next((d for d, r in rows.items() if r["status"] == "ok"), next(iter(rows), ""))

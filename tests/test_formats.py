@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import HAS_GPU, ROOT
 
 from flowerpipe.formats.base import FormatError, Skipped
 from flowerpipe.formats.tensorrt_format import Environment, select_backend
@@ -28,7 +28,10 @@ def test_every_cpu_format_agrees_with_keras(converted):
     assert keras["status"] == "ok" and keras["accuracy"] > 0.5, keras  # the tiny model really discriminates
     # every variant is scored on each device it is benchmarked on; here the GPU rows say why they did not run
     assert keras["device"] == "cpu" and keras["devices"]["cpu"]["accuracy"] == keras["accuracy"]
-    assert keras["devices"]["gpu"] == {"status": "skipped", "reason": "no NVIDIA GPU on this machine"}
+    if HAS_GPU:
+        assert keras["devices"]["gpu"]["status"] == "ok" and keras["devices"]["gpu"]["top1_agreement"] == 1.0
+    else:
+        assert keras["devices"]["gpu"] == {"status": "skipped", "reason": "no NVIDIA GPU on this machine"}
     assert "CPU only" in table["tflite-int8"]["devices"]["gpu"]["reason"]
     for name in FLOAT + ["tflite-dynamic"]:
         assert table[name]["status"] == "ok", name
@@ -40,10 +43,14 @@ def test_every_cpu_format_agrees_with_keras(converted):
     for name in INT8:
         assert table[name]["top1_agreement"] >= 0.75, (name, table[name])
         assert table[name]["max_sum_error"] < 0.02, (name, table[name])
-    for name in ("tensorrt-fp32", "tensorrt-fp16", "tensorrt-int8"):
-        assert table[name]["status"] == "skipped" and "GPU" in table[name]["reason"]
     trt = json.loads((converted / "reports" / "convert_trt.json").read_text())
-    assert trt["status"] == "skipped" and (converted / "models" / "converted" / "tensorrt" / "status.json").exists()
+    assert (converted / "models" / "converted" / "tensorrt" / "status.json").exists()
+    for name in ("tensorrt-fp32", "tensorrt-fp16", "tensorrt-int8"):
+        if HAS_GPU:  # built and scored on the GPU it runs on
+            assert table[name]["status"] == "ok" and table[name]["device"] == "gpu", table[name]
+        else:
+            assert table[name]["status"] == "skipped" and "GPU" in table[name]["reason"]
+    assert trt["status"] == ("ok" if HAS_GPU else "skipped"), trt
 
 
 @pytest.mark.slow

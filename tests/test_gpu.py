@@ -6,17 +6,15 @@ They read the shared tiny project, whose `dvc repro` on a GPU machine trains wit
 
 import contextlib
 import json
-import shutil
 from dataclasses import replace
 
 import numpy as np
 import pytest
+from conftest import HAS_GPU
 
-from flowerpipe.devices import gpu_names
-
-HAS_GPU = bool(gpu_names()) or shutil.which("nvidia-smi") is not None
 pytestmark = [pytest.mark.gpu, pytest.mark.slow,
-              pytest.mark.skipif(not HAS_GPU, reason="no NVIDIA GPU here (the driver lists none, no nvidia-smi)")]
+              pytest.mark.skipif(not HAS_GPU, reason="no NVIDIA GPU here (the NVIDIA driver, asked through pynvml "
+                                                     "as the code asks it, lists none)")]
 
 
 @pytest.fixture(scope="module")
@@ -75,4 +73,8 @@ def test_tensorrt_engine_built_and_agrees_with_keras(trained, images, precision,
     assert scored["device"] == "gpu" and scored["status"] == "ok", scored
     assert scored["top1_agreement"] >= min_agreement and scored["devices"]["cpu"]["status"] == "skipped"
     timed = json.loads((trained / "reports" / "benchmark.json").read_text())["results"]
-    assert timed.get(f"tensorrt-{precision}", {}).get("gpu", {}).get("b1", {}).get("status") in (None, "ok")
+    if f"tensorrt-{precision}" in timed:  # the shared project times tensorrt-fp16 only (conftest.PROJECT)
+        cell = timed[f"tensorrt-{precision}"]["gpu"]["b1"]
+        assert cell["status"] == "ok" and cell["latency_ms_median"] > 0, cell
+    else:
+        assert precision != "fp16", "tensorrt-fp16 is among the shared project's benchmark.runtimes"

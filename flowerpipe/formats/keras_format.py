@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from flowerpipe.formats.base import Format, Runner, require, start_tensorflow
+from flowerpipe.devices import tensorflow_gpu_missing
+from flowerpipe.formats.base import Format, Runner, Skipped, require, start_tensorflow
 
 
 class KerasRunner(Runner):
@@ -19,6 +20,8 @@ class KerasRunner(Runner):
 
         self.device = device
         self._dev = "/GPU:0" if device == "gpu" else "/CPU:0"
+        if device == "gpu" and (reason := tensorflow_gpu_missing()):
+            raise Skipped(reason)  # tf.device would run it on the CPU without a word: no such GPU row
         with tf.device(self._dev):
             self.model = load_model(require(path))
         self.image_size = int(self.model.input_shape[1] or 0)

@@ -13,14 +13,17 @@ from flowerpipe.formats.base import ConvertContext, Format, FormatError, Runner,
 from flowerpipe.params import PosInt, Section
 
 INPUT = "image"
-FILES = {"float32": "model.onnx", "int8": "model_int8.onnx"}
+FILES = {"float32": "model.onnx", "int8": "model_int8.onnx", "float16": "model_float16.onnx",
+         "int8-symmetric": "model_int8_symmetric.onnx"}
 
 
 class Settings(Section):
     """params.yaml `onnx`: export options."""
 
     opset: Annotated[int, Field(ge=13)] = 17
-    int8: bool = True  # also build an ONNX Runtime static-quantized (QDQ) int8 model
+    int8: bool = True  # also build an ONNX Runtime static-quantized (QDQ) int8 model (uint8 activations: CPU's best)
+    float16: bool = True  # float16 inside, float32 in and out: what TensorRT 11 builds its fp16 engine from
+    int8_symmetric: bool = True  # int8 Q/DQ, zero points 0, weights per channel: TensorRT 11's int8 source
     calibration_images: PosInt = 100
 
 
@@ -41,8 +44,25 @@ def convert(ctx: ConvertContext, out: Path, opset: int = 17) -> Path:
     return out
 
 
-def quantize_int8(ctx: ConvertContext, src: Path, out: Path) -> Path:
-    """Static QDQ int8 quantization calibrated on training images."""
+def convert_float16(src: Path, out: Path) -> Path:
+    """The float32 model with float16 weights and compute, its inputs and outputs kept float32 (ONNX Runtime's
+    converter; TensorRT 11 builds a strongly typed fp16 engine from it, and ONNX Runtime's CPU scores it)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(require(src))), keep_io_types=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    onnx.save(model, str(tmp))
+    tmp.replace(out)
+    return out
+
+
+def quantize_int8(ctx: ConvertContext, src: Path, out: Path, symmetric: bool = False) -> Path:
+    """Static QDQ int8 quantization calibrated on training images, weights per channel.
+
+    symmetric=False: uint8 activations with zero points, what ONNX Runtime's CPU runs fastest. symmetric=True:
+    int8 activations and weights with every zero point 0 and float biases: the only Q/DQ TensorRT takes.
+    """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -62,7 +82,10 @@ def quantize_int8(ctx: ConvertContext, src: Path, out: Path) -> Path:
     tmp = out.with_name(f".{out.name}.tmp")
     quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
     quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                    activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True,
+                                   # TensorRT takes int8 Q/DQ only: biases stay float (it fuses them), not int32
+                                   "QuantizeBias": not symmetric})
     pre.unlink(missing_ok=True)
     tmp.replace(out)
     return out
@@ -76,7 +99,8 @@ def providers(device: str) -> list[str]:
         return ["CPUExecutionProvider"]
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         raise Skipped("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu on a CUDA machine)")
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    # The arena grows by what is asked, not by doubling: TensorFlow or TensorRT in the same process keep room.
+    return [("CUDAExecutionProvider", {"arena_extend_strategy": "kSameAsRequested"}), "CPUExecutionProvider"]
 
 
 class OnnxRunner(Runner):
@@ -90,13 +114,17 @@ class OnnxRunner(Runner):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = threads or os.cpu_count() or 1
         opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
+        opts.log_severity_level = 2 if device == "gpu" else 3  # on a GPU, why CUDA failed to load is shown
         try:
             self.sess = ort.InferenceSession(str(path), opts, providers=providers(device))
         except Skipped:
             raise
         except Exception as exc:
             raise FormatError(f"{path}: not a valid ONNX model ({exc.__class__.__name__})") from None
+        if device == "gpu" and self.sess.get_providers()[0] != "CUDAExecutionProvider":
+            # ONNX Runtime falls back to the CPU when CUDA or cuDNN fail to load: that would be a CPU figure
+            raise Skipped(f"ONNX Runtime did not put this model on the GPU (it runs {self.sess.get_providers()}; "
+                          "a CUDA or cuDNN library failed to load: its log says which)")
         self.device = device
         self.input = self.sess.get_inputs()[0].name
         side = self.sess.get_inputs()[0].shape[1]
@@ -115,9 +143,18 @@ def load(path: Path, option: str = "", device: str = "cpu", threads: int = 0) ->
     return OnnxRunner(path, device, threads)
 
 
-FORMAT = Format("onnx", ("float32", "int8"), lambda p, option: Path(p.paths.converted) / "onnx" / FILES[option],
-                {"float32": "float32", "int8": "int8"}, DEVICES, "onnxruntime_onnx", suffixes=(".onnx",),
-                plain="float32", order=3, serve_rank=1, stage="convert_onnx", outs=("${paths.converted}/onnx",),
-                section="onnx", settings=Settings,
-                wanted=lambda p: ["float32"] + (["int8"] if FORMAT.settings_of(p).int8 else []),
-                wanted_params=("onnx.int8",), option_of=lambda path: "int8" if "int8" in path.stem else "float32")
+def _wanted(p) -> list[str]:
+    s = FORMAT.settings_of(p)
+    return ["float32", *(o for o, on in (("int8", s.int8), ("float16", s.float16),
+                                         ("int8-symmetric", s.int8_symmetric)) if on)]
+
+
+def _option(path: Path) -> str:
+    return next((o for o, f in FILES.items() if f == path.name), "int8" if "int8" in path.stem else "float32")
+
+
+FORMAT = Format("onnx", tuple(FILES), lambda p, option: Path(p.paths.converted) / "onnx" / FILES[option],
+                {"float32": "float32", "int8": "int8", "float16": "float16", "int8-symmetric": "int8"}, DEVICES,
+                "onnxruntime_onnx", suffixes=(".onnx",), plain="float32", order=3, serve_rank=1, stage="convert_onnx",
+                outs=("${paths.converted}/onnx",), section="onnx", settings=Settings, wanted=_wanted,
+                wanted_params=("onnx.int8", "onnx.float16", "onnx.int8_symmetric"), option_of=_option)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from flowerpipe.formats.base import LABELS_FILE, Format, FormatError, Runner, require, start_tensorflow
+from flowerpipe.devices import tensorflow_gpu_missing
+from flowerpipe.formats.base import LABELS_FILE, Format, FormatError, Runner, Skipped, require, start_tensorflow
 
 
 def build_module(model, classes: list[str], image_size: int):
@@ -88,6 +89,8 @@ class SavedModelRunner(Runner):
 
         self.device = device
         self._dev = "/GPU:0" if device == "gpu" else "/CPU:0"
+        if device == "gpu" and (reason := tensorflow_gpu_missing()):
+            raise Skipped(reason)  # tf.device would run it on the CPU without a word: no such GPU row
         try:
             with tf.device(self._dev):
                 self.loaded = tf.saved_model.load(str(require(path, "SavedModel")))

@@ -89,16 +89,25 @@ def filename(backend: str, precision: str) -> str:
 # ---------------------------------------------------------------- conversion
 
 
+# The ONNX variant each engine precision is built from: TensorRT 11's networks are strongly typed, so the precision
+# is the model's own (no builder flags, no calibrator): float32, float16 inside, or symmetric int8 Q/DQ.
+SOURCES = {"fp32": "float32", "fp16": "float16", "int8": "int8-symmetric"}
+SOURCE_PARAMS = {"float16": "onnx.float16", "int8-symmetric": "onnx.int8_symmetric"}
+
+
 def conversions(backend: str, ctx: ConvertContext, precisions: list[str], out_dir: Path, onnx: dict[str, Path | None],
                 workspace_mb: int, max_batch: int) -> dict[str, tuple[Path, Callable[[], Path]]]:
-    """Per precision, a conversion job: TF-TRT from the SavedModel, or an engine from ONNX (int8 from the QDQ model)."""
+    """Per precision, a conversion job: TF-TRT from the SavedModel, or an engine from that precision's ONNX model.
+
+    onnx: ONNX option (float32, float16, int8-symmetric) -> its file, None where the params did not build it.
+    """
     jobs: dict[str, tuple[Path, Callable[[], Path]]] = {}
     for x in precisions:
         out = out_dir / filename(backend, x)
         if backend == "tftrt":
             jobs[f"tensorrt-{x}"] = (out, lambda x=x, out=out: convert_tftrt(ctx, x, out, workspace_mb))
         else:
-            src = onnx.get("int8") if x == "int8" and onnx.get("int8") else onnx["float32"]
+            src = onnx.get(SOURCES[x])
             jobs[f"tensorrt-{x}"] = (out, lambda x=x, out=out, src=src: convert_onnx(
                 src, x, out, ctx.image_size, workspace_mb, max_batch))
     return jobs
@@ -129,9 +138,20 @@ def convert_tftrt(ctx: ConvertContext, precision: str, out: Path, workspace_mb: 
     return out
 
 
-def convert_onnx(onnx_path: Path, precision: str, out: Path, image_size: int, workspace_mb: int,
-                 max_batch: int = 64) -> Path:
-    """Parse an ONNX model with TensorRT's parser and serialize an engine (int8: a QDQ model, explicit)."""
+def profile_shapes(max_batch: int, image_size: int) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """The optimization profile's (min, opt, max) input shapes: batch 1, 8 (never above max), max."""
+    shape = (image_size, image_size, 3)
+    return (1, *shape), (min(8, max_batch), *shape), (max_batch, *shape)
+
+
+def convert_onnx(onnx_path: Path | None, precision: str, out: Path, image_size: int, workspace_mb: int,
+                 max_batch: int = 32) -> Path:
+    """Build a serialized engine from an ONNX model, as TensorRT 11 documents it: a strongly typed network (always,
+    in 11.x: create_network's flags carry no precision), its precision the ONNX model's own, and no builder flag."""
+    if onnx_path is None:
+        source = SOURCES[precision]
+        raise Skipped(f"{SOURCE_PARAMS.get(source, 'onnx')} is off: TensorRT 11 builds a {precision} engine only from "
+                      f"the onnx-{source} model")
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)
@@ -143,14 +163,8 @@ def convert_onnx(onnx_path: Path, precision: str, out: Path, image_size: int, wo
         raise FormatError(f"{onnx_path}: TensorRT could not parse it: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    if precision in ("fp16", "int8"):
-        config.set_flag(trt.BuilderFlag.FP16)
-    if precision == "int8":
-        config.set_flag(trt.BuilderFlag.INT8)
     profile = builder.create_optimization_profile()
-    name = network.get_input(0).name
-    shape = (image_size, image_size, 3)
-    profile.set_shape(name, (1, *shape), (8, *shape), (max_batch, *shape))
+    profile.set_shape(network.get_input(0).name, *profile_shapes(max_batch, image_size))
     config.add_optimization_profile(profile)
     engine = builder.build_serialized_network(network, config)
     if engine is None:
@@ -190,6 +204,8 @@ class EngineRunner(Runner):
         self.input = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
         self.output = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
         self.image_size = max(0, int(self.engine.get_tensor_shape(self.input)[1]))
+        # profile 0's (min, opt, max) shapes for the input: the largest batch it accepts
+        self.max_batch = int(self.engine.get_tensor_profile_shape(self.input, 0)[2][0])
         self.stream = _check(cudart.cudaStreamCreate())
         self._buffers: dict[str, tuple[int, int]] = {}
 
@@ -206,7 +222,12 @@ class EngineRunner(Runner):
         """Copy in, execute, copy out, synchronise."""
         cudart = self.cudart
         x = np.ascontiguousarray(images, dtype=np.float32)
-        self.context.set_input_shape(self.input, x.shape)
+        if len(x) > self.max_batch:
+            raise FormatError(f"a batch of {len(x)} is over this engine's largest, {self.max_batch} "
+                              "(trt.max_batch_size when it was built)")
+        if not self.context.set_input_shape(self.input, x.shape):
+            raise FormatError(f"the engine refused input shape {x.shape} (it takes (N, {self.image_size}, "
+                              f"{self.image_size}, 3), N up to {self.max_batch})")
         out = np.empty(tuple(self.context.get_tensor_shape(self.output)), dtype=np.float32)
         d_in, d_out = self._buffer(self.input, x.nbytes), self._buffer(self.output, out.nbytes)
         self.context.set_tensor_address(self.input, d_in)
@@ -242,6 +263,7 @@ class TFTRTRunner(Runner):
         with tf.device("/GPU:0"):
             self.fn = tf.saved_model.load(str(require(path, "TF-TRT SavedModel"))).signatures["serving_default"]
         self.image_size = int(next(iter(self.fn.structured_input_signature[1].values())).shape[1] or 0)
+        self.output = output_name(self.fn.structured_outputs)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Probabilities (the .numpy() copy waits for the GPU)."""
@@ -249,7 +271,16 @@ class TFTRTRunner(Runner):
 
         with tf.device("/GPU:0"):
             out = self.fn(image=tf.convert_to_tensor(images, tf.float32))
-        return out["probabilities"].numpy()
+        return out[self.output].numpy()
+
+
+def output_name(outputs: dict) -> str:
+    """The signature's probabilities output: named so by our export, `output_0` in Keras' model.export."""
+    if "probabilities" in outputs:
+        return "probabilities"
+    if len(outputs) == 1:
+        return next(iter(outputs))
+    raise FormatError(f"the TF-TRT model's signature has outputs {sorted(outputs)}, none of them probabilities")
 
 
 DEVICES = {"cpu": "TensorRT runs on NVIDIA GPUs only", "gpu": ""}
@@ -275,6 +306,7 @@ FORMAT = Format("tensorrt", PRECISIONS, built_path, {"fp32": "float32", "fp16": 
                 "tensorrt_plan", suffixes=(".plan", ".engine"), order=5, stage="convert_trt",
                 outs=("${paths.converted}/tensorrt",),
                 stage_deps=("${paths.model}", "${paths.tfrecords}", "${paths.converted}/onnx"),
-                stage_params=("model.image_size", "onnx.int8"), section="trt", settings=Settings,
+                stage_params=("model.image_size", "onnx.float16", "onnx.int8_symmetric"), section="trt",
+                settings=Settings,
                 wanted=lambda p: list(FORMAT.settings_of(p).precisions), wanted_params=("trt.precisions",),
                 option_of=lambda path: path.stem.rsplit("_", 1)[-1])
