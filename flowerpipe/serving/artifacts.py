@@ -55,8 +55,8 @@ def load_artifact(path: Path, device: str = "cpu", threads: int = 0, classes: li
         runner = load(Variant(format_name(family, option), family, option, model_path), device, threads)
     except Skipped as exc:
         fallback = declaration(family).fallback.get(option)
-        if fallback is None:
-            raise
+        if fallback is None:  # e.g. a TensorRT engine: the server runs models on the CPU
+            raise FormatError(f"{model_path}: cannot be served here: {exc}") from None
         # e.g. OpenVINO's bfloat16 folder holds the float32 IR: on a CPU without bfloat16 it serves, exactly, in f32.
         log.warning("%s: %s; serving it in %s", model_path, exc, fallback)
         option = fallback
