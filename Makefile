@@ -20,7 +20,7 @@ PROFILE ?= cpu
 endif
 TESTED := $(if $(filter cpu,$(PROFILE)),$(BIN)/.installed-dev,$(BIN)/.installed-$(PROFILE) $(BIN)/.tools)
 
-.PHONY: env run test lint bench clean locks smoke dvc.yaml
+.PHONY: env run test lint bench clean locks smoke dvc.yaml protos
 
 $(BIN)/.installed-%: locks/%.txt pyproject.toml
 	@test -x $(BIN)/python || test -n "$(PYTHON)" || { echo "error: no Python 3.11, 3.12 or 3.13 found on the PATH;\
@@ -35,10 +35,14 @@ $(BIN)/.installed-%: locks/%.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
 	$(BIN)/python -m pip install --quiet --require-hashes -r $<
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(if $(filter dev,$*),$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r locks/nodeps.txt)
 	touch $@
 
-$(BIN)/.tools: pyproject.toml  # test tools beside the gpu or macos lock (pinned in pyproject, not hashed)
+$(BIN)/.installed-dev: locks/nodeps.txt  # the no-deps tools too
+
+$(BIN)/.tools: pyproject.toml locks/nodeps.txt  # test tools beside the gpu or macos lock (pinned in pyproject)
 	$(BIN)/python -m pip install --quiet --no-build-isolation -e .[dev]
+	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r locks/nodeps.txt
 	touch $@
 
 env: $(BIN)/.installed-$(PROFILE)  ## create .venv with the locked dependencies of the profile
@@ -51,7 +55,10 @@ dvc.yaml: env  ## regenerate dvc.yaml: code deps from each stage's import closur
 	$(BIN)/python -m flowerpipe.dag
 
 lint: $(TESTED)
-	$(BIN)/ruff check flowerpipe stages tests benchmarks
+	$(BIN)/ruff check flowerpipe stages tests benchmarks tools
+
+protos: $(TESTED)  ## regenerate flowerpipe/serving/protos/descriptors.py from the pinned TF Serving and KServe wheels
+	$(BIN)/python tools/protos.py
 
 test: $(TESTED) lint  ## lint, then the test suite (with the smoke run on another Python beside it)
 	$(BIN)/python -m pytest -q -ra --durations=15
