@@ -72,10 +72,15 @@ def _client(args: argparse.Namespace) -> int:
     files = list_images(args.paths)
     if not files:
         raise ValueError(f"no image files in {', '.join(args.paths)}")
-    answers = client_predict(args.url, args.model, files, timeout=args.timeout, protocol=args.protocol)
+    if args.grpc:
+        from flowerpipe.serving.grpc_client import grpc_predict
+
+        answers = grpc_predict(args.grpc, args.model, files, timeout=args.timeout, protocol=args.protocol)
+    else:
+        answers = client_predict(args.url, args.model, files, timeout=args.timeout, protocol=args.protocol)
     width = len(answers[0]["probabilities"])  # (the client checked: one row of equal length per image)
     classes = (args.classes.split(",") if args.classes
-               else server_classes(args.url, args.model, args.protocol, args.timeout))
+               else None if args.grpc else server_classes(args.url, args.model, args.protocol, args.timeout))
     if classes and len(classes) != width:
         if args.classes:
             raise ValueError(f"--classes names {len(classes)} classes, but the server answers {width} "
@@ -111,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds to wait for the answer (default: %(default)s)")
     cl.add_argument("--classes", help="comma-separated class names (default: those the server's metadata lists, "
                                       "else indexes)")
-    cl.add_argument("--protocol", choices=["tfs", "v2"], default="tfs", help="TF Serving REST or KServe V2")
+    cl.add_argument("--protocol", choices=["tfs", "v2"], default="tfs", help="TF Serving or KServe V2")
+    cl.add_argument("--grpc", metavar="HOST:PORT", nargs="?", const="127.0.0.1:8500",
+                    help="over gRPC to this server instead of REST to --url (default: %(const)s)")
     cl.set_defaults(fn=_client)
     sub.add_parser("info", help="every model format, its status and path").set_defaults(fn=_info)
     sub.add_parser("check", help="validate the whole params file (make run does, before dvc repro)").set_defaults(

@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import zlib
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,24 +15,15 @@ from starlette.requests import ClientDisconnect
 
 from flowerpipe import __version__
 from flowerpipe.serving import tfs, v2
-from flowerpipe.serving.batcher import Unloading
 from flowerpipe.serving.errors import RequestError
-from flowerpipe.serving.metrics import PATHS, Metrics, MetricsMiddleware
+from flowerpipe.serving.metrics import PATHS, MetricsMiddleware
 from flowerpipe.serving.repository import Repository, Version
+from flowerpipe.serving.service import Limits, Service
+
+__all__ = ["Limits", "create_app"]
 
 log = logging.getLogger(__name__)
 JSON = "application/json"
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Per-request limits and the decode pool's size."""
-
-    max_body_bytes: int = 32 << 20
-    timeout_s: float = 30.0
-    decode_workers: int = 0  # 0 = one per core
-    poll_s: float = 2.0  # how often the model base folder is scanned for new versions (0 = never)
-    max_inflight: int = 256  # requests answered at once; more get 503 before their body is read
 
 
 def error(message: str, status: int) -> JSONResponse:
@@ -103,29 +91,37 @@ class InflightLimit:
             self.inflight -= 1
 
 
-def create_app(repo: Repository, limits: Limits = Limits()) -> FastAPI:
-    """The server: every route answers from `repo`, decoding in a thread pool and calling the model through batchers."""
-    pool = ThreadPoolExecutor(limits.decode_workers or os.cpu_count() or 1, thread_name_prefix="decode")
-    metrics = Metrics(lambda: repo.queued_images, lambda: len(repo.available()))
-    repo.on_batch = metrics.batch.observe
+def create_app(repo: Repository | Service, limits: Limits = Limits(), grpc=None) -> FastAPI:
+    """The REST server: every route answers from the repository, decoding in a thread pool, through the batchers.
+
+    `grpc` (a flowerpipe.serving.grpc_api.GrpcServer over the same Service) starts and stops with the app: it stops
+    taking calls before the versions drain.
+    """
+    service = repo if isinstance(repo, Service) else Service(repo, limits)
+    repo, limits, metrics = service.repo, service.limits, service.metrics
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         if not repo.available():
             await repo.start()
+        if grpc is not None:
+            await grpc.start()
         watcher = (asyncio.get_running_loop().create_task(repo.watch(limits.poll_s))
                    if repo.source.watched and limits.poll_s > 0 else None)
         yield
+        service.draining = True
+        if grpc is not None:
+            await grpc.stop()
         if watcher:
             watcher.cancel()
         await repo.close()  # uvicorn stopped taking requests and drained open ones first
-        pool.shutdown(wait=False, cancel_futures=True)
+        service.close()
 
     app = FastAPI(title="flowerpipe", version=__version__, docs_url=None, redoc_url=None, openapi_url=None,
                   lifespan=lifespan)
     app.add_middleware(InflightLimit, limit=limits.max_inflight)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # added last: outermost, so it counts the 503s too
-    app.state.repo, app.state.metrics = repo, metrics
+    app.state.repo, app.state.metrics, app.state.service = repo, metrics, service
 
     @app.exception_handler(RequestError)
     async def _request_error(_r, exc: RequestError):
@@ -147,28 +143,7 @@ def create_app(repo: Repository, limits: Limits = Limits()) -> FastAPI:
         log.exception("unhandled error")
         return error(f"internal error: {exc.__class__.__name__}", 500)
 
-    def model(name: str) -> Repository:
-        if name != repo.name:
-            raise RequestError(f"Servable not found for request: Latest({name}); this server has {repo.name!r}", 404)
-        return repo
-
-    async def decode(fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
-
-    def deadline(start: float) -> float:
-        return max(0.001, limits.timeout_s - (asyncio.get_running_loop().time() - start))
-
-    async def predict(v: Version, images, start: float, version: int | None = None, label: str | None = None):
-        """(version that answered, probabilities); a request whose version is unloaded meanwhile goes on to the next."""
-        for _ in range(3):
-            try:
-                return v, await v.batcher.predict(images, deadline(start))
-            except Unloading:
-                v = repo.resolve(version, label)  # the new latest, or a 404 when the named version has gone
-                if v.model.image_size != images.shape[1]:
-                    raise RequestError("the model version changed input size while this request waited; retry",
-                                       503) from None
-        raise Unloading()
+    model, decode, deadline, predict = service.model, service.decode, service.deadline, service.predict
 
     # ---------------------------------------------------------------- TF Serving REST
 

@@ -63,7 +63,7 @@ def server_classes(url: str, model: str, protocol: str = "tfs", timeout: float =
     return classes if isinstance(classes, list) and all(isinstance(c, str) for c in classes) else None
 
 
-def _checked(probabilities: list, names: list, n: int) -> list[dict]:
+def checked(probabilities: list, names: list, n: int) -> list[dict]:
     """A server's answer for n images as one {"probabilities", "class_name"} each, or one line saying what is wrong."""
     try:
         probs = np.asarray(probabilities, dtype=np.float64)
@@ -94,7 +94,7 @@ def client_predict(url: str, model: str, files: list[Path], timeout: float = 60.
             raise RequestError(f"server answered 200 without a V2 'probabilities' output ({exc!r})", 502) from None
         if not isinstance(names, list) or len(names) != len(files):
             names = [None] * len(files)
-        return _checked(probs, names, len(files))
+        return checked(probs, names, len(files))
     body = {"signature_name": "serving_bytes", "instances": [encode_file(f) for f in files]}
     predictions = _post(f"{base}/v1/models/{model}:predict", body, timeout).get("predictions")
     if not isinstance(predictions, list) or len(predictions) != len(files):
@@ -104,5 +104,5 @@ def client_predict(url: str, model: str, files: list[Path], timeout: float = 60.
     if not all(isinstance(p, list) or (isinstance(p, dict) and "probabilities" in p) for p in predictions):
         raise RequestError("server answered 200 with predictions that are neither probability lists nor objects "
                            "with 'probabilities'", 502)
-    return _checked([p["probabilities"] if isinstance(p, dict) else p for p in predictions],
+    return checked([p["probabilities"] if isinstance(p, dict) else p for p in predictions],
                     [p.get("class_name") if isinstance(p, dict) else None for p in predictions], len(files))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from flowerpipe.argtypes import number
 
-HELP = "TF Serving REST and KServe V2 server (127.0.0.1 unless --host)"
+HELP = "TF Serving and KServe V2 server, REST and gRPC (127.0.0.1 unless --host)"
 
 
 def add_arguments(sv: argparse.ArgumentParser) -> None:
@@ -23,6 +23,8 @@ def add_arguments(sv: argparse.ArgumentParser) -> None:
     sv.add_argument("--label", action="append", default=[], help="version label NAME=VERSION (repeatable)")
     sv.add_argument("--host")
     sv.add_argument("--port", type=number(int, 0, 65535), help="port (default: serve.port; 0: any free port)")
+    sv.add_argument("--grpc-port", type=number(int, -1, 65535),
+                    help="gRPC port (default: serve.grpc_port; 0: any free port; -1: no gRPC)")
     sv.add_argument("--format", help="model format to serve (default: serve.format)")
     sv.set_defaults(fn=run)
 
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         plan = plan_from_params(p, args.format)
         plan.name = args.name or plan.name
-    serve(plan, p.serve if p else Serve(), args.host, args.port, _labels(args.label))
+    serve(plan, p.serve if p else Serve(), args.host, args.port, _labels(args.label), args.grpc_port)
     return 0
 
 

@@ -128,30 +128,51 @@ def repository(plan: Plan, s: Serve, labels: dict[str, int] | None = None) -> Re
 
 
 def serve(plan: Plan, s: Serve, host: str | None = None, port: int | None = None,
-          labels: dict[str, int] | None = None) -> None:
-    """Load the newest versions (one clear error if none loads), then run uvicorn until SIGINT/SIGTERM."""
-    import uvicorn
-
-    from flowerpipe.serving.app import Limits, create_app
-
+          labels: dict[str, int] | None = None, grpc_port: int | None = None) -> None:
+    """Bind both ports, load the newest versions (one clear error if none loads), serve until SIGINT/SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    sock = listen(host or s.host, s.port if port is None else port)  # a taken port fails before any model loads
+    host = host or s.host
+    sock = listen(host, s.port if port is None else port)  # a taken port fails before any model loads
     try:
-        repo = repository(plan, s, labels)
-        asyncio.run(repo.start())
-        limits = Limits(s.max_body_mb << 20, s.timeout_s, s.decode_workers, s.poll_s if plan.source.watched else 0,
-                        s.max_inflight)
-        app = create_app(repo, limits)
-        host, port = sock.getsockname()[:2]
-        latest = repo.available()[0]
-        where = plan.source.base or plan.source.fixed
-        print(f"serving {repo.name} v{latest.number} ({latest.model.format}) from {where} on "
-              f"http://{f'[{host}]' if ':' in host else host}:{port} (TF Serving REST /v1/models/{repo.name}, "
-              f"KServe V2 /v2/models/{repo.name}, metrics /monitoring/prometheus/metrics)", flush=True)
-        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=10)
-        uvicorn.Server(config).run(sockets=[sock])
+        asyncio.run(_serve(plan, s, sock, labels, s.grpc_port if grpc_port is None else grpc_port))
     finally:
         sock.close()  # (a version that fails to load, or the server's end)
+
+
+async def _serve(plan: Plan, s: Serve, sock, labels: dict[str, int] | None, grpc_port: int) -> None:
+    """REST (uvicorn) and gRPC on one event loop, over one Service: same versions, batchers, limits, metrics."""
+    import uvicorn
+
+    from flowerpipe.serving.app import create_app
+    from flowerpipe.serving.service import Limits, Service
+
+    repo = repository(plan, s, labels)
+    limits = Limits(s.max_body_mb << 20, s.timeout_s, s.decode_workers, s.poll_s if plan.source.watched else 0,
+                    s.max_inflight)
+    service = Service(repo, limits)
+    host, port = sock.getsockname()[:2]
+    grpc = None
+    if grpc_port >= 0:
+        from flowerpipe.serving.grpc_api import GrpcServer
+
+        grpc = GrpcServer(service, host, grpc_port)
+        await grpc.bind()  # a taken port fails before any model loads, as REST's does
+    try:
+        await repo.start()
+    except BaseException:
+        if grpc:
+            await grpc.server.stop(None)
+        raise
+    latest = repo.available()[0]
+    where = plan.source.base or plan.source.fixed
+    shown = f"[{host}]" if ":" in host else host
+    print(f"serving {repo.name} v{latest.number} ({latest.model.format}) from {where} on http://{shown}:{port} "
+          f"(TF Serving REST /v1/models/{repo.name}, KServe V2 /v2/models/{repo.name}, metrics "
+          f"/monitoring/prometheus/metrics)" + (f" and gRPC {shown}:{grpc.port} (TF Serving PredictionService, "
+                                                 "KServe V2 GRPCInferenceService, grpc.health.v1)" if grpc else ""),
+          flush=True)
+    config = uvicorn.Config(create_app(service, grpc=grpc), log_level="warning", timeout_graceful_shutdown=10)
+    await uvicorn.Server(config).serve(sockets=[sock])
 
 
 def listen(host: str, port: int):

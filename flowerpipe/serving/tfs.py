@@ -38,7 +38,7 @@ def route(rest: str) -> Route:
     return Route(m["name"], int(version) if version else None, m["label"], action)
 
 
-def _pixels(values: object, size: int, signature: str) -> np.ndarray:
+def pixels(values: object, size: int, signature: str) -> np.ndarray:
     """Nested lists of pixel values as a (N, size, size, 3) float32 array, or a RequestError."""
     try:
         arr = np.asarray(values)
@@ -86,7 +86,7 @@ def parse_predict(body: bytes, size: int, max_batch: int) -> tuple[np.ndarray, b
         return np.stack(images), columnar
     if signature == "serving_bytes" or any(isinstance(d, dict) for d in data):
         raise RequestError("serving_bytes takes only {\"b64\": ...} images")
-    return _pixels(data, size, signature), columnar
+    return pixels(data, size, signature), columnar
 
 
 def predict_response(probs: np.ndarray, classes: list[str], columnar: bool) -> bytes:

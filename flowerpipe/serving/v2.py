@@ -48,7 +48,7 @@ def _split(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
     return json_object(json_part, "'inputs'"), binary
 
 
-def _bytes_elements(raw: bytes, count: int, where: str) -> list[bytes]:
+def bytes_elements(raw: bytes, count: int, where: str) -> list[bytes]:
     """BYTES tensor elements from binary data: each a 4-byte little-endian length, then the bytes."""
     items, at = [], 0
     while at < len(raw):
@@ -62,6 +62,11 @@ def _bytes_elements(raw: bytes, count: int, where: str) -> list[bytes]:
     if len(items) != count:
         raise RequestError(f"{where}: shape says {count} elements, data holds {len(items)}")
     return items
+
+
+def bytes_blob(items: list[str] | list[bytes]) -> bytes:
+    """A BYTES tensor's binary form: each element's 4-byte little-endian length, then its bytes (str as UTF-8)."""
+    return b"".join(struct.pack("<I", len(b)) + b for b in (s.encode() if isinstance(s, str) else s for s in items))
 
 
 def parse_infer(body: bytes, header_length: str | None, size: int, max_batch: int) -> Infer:
@@ -90,12 +95,12 @@ def parse_infer(body: bytes, header_length: str | None, size: int, max_batch: in
     if not 1 <= n <= max_batch:
         raise RequestError(f"input {name!r}: batch of {n} images; this server takes 1 to {max_batch}")
     if name == "image":
-        images = _pixel_tensor(t, dtype, shape, size, binary if nbin is not None else None)
+        images = pixel_tensor(dtype, shape, size, binary if nbin is not None else None, t.get("data"))
     elif name == "image_bytes":
         if dtype != "BYTES" or len(shape) != 1:
             raise RequestError(f"input 'image_bytes' must be BYTES of shape [N], got {dtype} {shape}")
         if nbin is not None:
-            items = _bytes_elements(binary, n, "input 'image_bytes'")
+            items = bytes_elements(binary, n, "input 'image_bytes'")
         else:
             data = t["data"]
             if not isinstance(data, list) or len(data) != n:
@@ -108,7 +113,8 @@ def parse_infer(body: bytes, header_length: str | None, size: int, max_batch: in
     return Infer(images, _request_id(req), _requested_outputs(req))
 
 
-def _pixel_tensor(t: dict, dtype: object, shape: list[int], size: int, binary: bytes | None) -> np.ndarray:
+def pixel_tensor(dtype: object, shape: list[int], size: int, binary: bytes | None, data: object) -> np.ndarray:
+    """The 'image' input as float32 pixels: from raw little-endian bytes, or from numbers (flat or nested)."""
     if dtype not in PIXEL_TYPES:
         raise RequestError(f"input 'image': datatype must be FP32 or UINT8, got {dtype!r}")
     if shape[1:] != [size, size, 3]:
@@ -121,7 +127,7 @@ def _pixel_tensor(t: dict, dtype: object, shape: list[int], size: int, binary: b
         arr = np.frombuffer(binary, np_type)
     else:
         try:
-            arr = np.asarray(t["data"], dtype=np.float64).ravel()
+            arr = np.asarray(data, dtype=np.float64).ravel()
         except (ValueError, TypeError):
             raise RequestError("input 'image': 'data' must be numbers (flat or nested, row-major)") from None
         if arr.size != count:
@@ -170,8 +176,7 @@ def infer_response(name: str, version: int, req: Infer, probs: np.ndarray, class
         dtype, shape, value = tensors[out_name]
         entry = {"name": out_name, "datatype": dtype, "shape": shape}
         if binary:
-            blob = (b"".join(struct.pack("<I", len(s.encode())) + s.encode() for s in value) if dtype == "BYTES"
-                    else value.tobytes())
+            blob = bytes_blob(value) if dtype == "BYTES" else value.tobytes()
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
