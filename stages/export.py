@@ -13,14 +13,16 @@ def main(p: Params) -> None:
     from flowerpipe.formats.savedmodel import export
     from flowerpipe.model import load_model
     from flowerpipe.outputs import check_outputs
+    from flowerpipe.serving import warmup
 
     classes = Manifest.read(p.paths.tfrecords).classes
     out = Path(p.paths.serving) / p.model.name / str(p.export.version)
     check_outputs({"paths.serving/model.name/export.version": out}, {"paths.model": p.paths.model})
-    _, secs = timed(export, load_model(p.paths.model), classes, p.model.image_size, out)
+    _, secs = timed(export, load_model(p.paths.model), classes, p.model.image_size, out,
+                    lambda folder: warmup.write(folder, p.model.image_size))
     stage.write_json(Path(p.paths.reports) / "export.json", {
         "savedmodel": {"status": "ok", "path": str(out), "size_mb": size_mb(out), "seconds": round(secs, 2)}})
-    print(f"SavedModel -> {out} ({size_mb(out)} MB)")
+    print(f"SavedModel -> {out} ({size_mb(out)} MB), with TF Serving's warm-up requests ({warmup.FILE})")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -251,3 +252,29 @@ def test_openvino_bfloat16_only_where_the_cpu_computes_it(converted, tmp_path):
         assert served.format == "openvino-bfloat16"
         diff = np.abs(served.predict(x) - reference).max()
         assert 0 < diff < 0.05, diff  # bf16 really computed: close to float32, not identical
+
+
+@pytest.mark.slow
+def test_export_writes_tf_servings_warmup_records_and_the_server_warms_from_them(converted):
+    import tensorflow as tf
+
+    from flowerpipe.serving import warmup
+    from flowerpipe.serving.repository import warmup_batches
+
+    version = converted / "models" / "serving" / "flowers" / "1"
+    path = version / "assets.extra" / "tf_serving_warmup_requests"
+    records = [r.numpy() for r in tf.data.TFRecordDataset(str(path))]  # TensorFlow's own reader, CRCs checked
+    assert records == warmup.read(path) and len(records) == 3
+    tfs_apis = pytest.importorskip("tensorflow_serving.apis.prediction_log_pb2",
+                                   reason="tensorflow-serving-api is installed by make test (locks/nodeps.txt)")
+    logs = [tfs_apis.PredictionLog.FromString(r) for r in records]  # TF Serving's own message parses each
+    assert [log.predict_log.request.model_spec.signature_name for log in logs] == [
+        "serving_default", "serving_uint8", "serving_bytes"]
+    batches = warmup_batches(version, 71, 8)
+    assert [b.shape for b in batches] == [(1, 71, 71, 3)] * 3
+    assert all(np.array_equal(b, batches[0]) for b in batches)  # a grey image, as pixels and as a PNG
+    broken = converted / "broken-warmup" / "1"
+    shutil.copytree(version, broken)
+    (broken / warmup.FILE).write_bytes((broken / warmup.FILE).read_bytes()[:-20])
+    with pytest.raises(FormatError, match="runs past the end"):
+        warmup_batches(broken, 71, 8)

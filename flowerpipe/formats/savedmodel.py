@@ -50,8 +50,11 @@ def build_module(model, classes: list[str], image_size: int):
     return module
 
 
-def export(model, classes: list[str], image_size: int, out: Path) -> Path:
-    """Write a SavedModel to out (a versioned folder), atomically; class names go in assets/labels.txt."""
+def export(model, classes: list[str], image_size: int, out: Path, extra=None) -> Path:
+    """Write a SavedModel to out (a versioned folder), atomically; class names go in assets/labels.txt.
+
+    extra(folder), when given, adds files to the new folder before it takes out's name (TF Serving's warm-up file).
+    """
     import tensorflow as tf
 
     module = build_module(model, classes, image_size)
@@ -67,6 +70,8 @@ def export(model, classes: list[str], image_size: int, out: Path) -> Path:
             "serving_uint8": module.serve_uint8,
             "serving_bytes": module.serve_bytes,
         })
+    if extra is not None:
+        extra(tmp)
     if out.exists():
         shutil.rmtree(out)
     tmp.replace(out)

@@ -63,6 +63,34 @@ def folder_signature(path: Path) -> tuple:
     return len(stats), sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)
 
 
+def warmup_batches(folder: Path, image_size: int, max_batch: int) -> list[np.ndarray] | None:
+    """The image batches a version folder's warm-up file asks for (None when it has none), as its requests decode."""
+    from google.protobuf.message import DecodeError
+
+    from flowerpipe.serving import warmup
+    from flowerpipe.serving.protos import message
+    from flowerpipe.serving.tensors import tfs_images
+
+    path = Path(folder) / warmup.FILE
+    if not path.is_file():
+        return None
+    out = []
+    for i, raw in enumerate(warmup.read(path)):
+        try:
+            log = message("tensorflow.serving.PredictionLog").FromString(raw)
+        except DecodeError:
+            raise FormatError(f"{path}: record {i} is not a PredictionLog") from None
+        if not log.HasField("predict_log"):
+            raise FormatError(f"{path}: record {i} is not a predict log (this model answers Predict only)")
+        req = log.predict_log.request
+        try:
+            out.append(tfs_images(dict(req.inputs), req.model_spec.signature_name or "serving_default", image_size,
+                                  max_batch))
+        except RequestError as exc:
+            raise FormatError(f"{path}: record {i}: {exc}") from None
+    return out
+
+
 class Source:
     """Where versions come from: numbered folders under a base folder (watched), or one fixed model."""
 
@@ -224,14 +252,21 @@ class Repository:
                  model.image_size)
 
     def _load_and_warm(self, path: Path) -> Loaded:
+        """Load, then warm: the version folder's TF Serving warm-up records, or one black image where it has none."""
         model = self.loader(path)
         if model.image_size <= 0:
             raise FormatError(f"{path}: the model's input size is unknown")
-        probs = np.asarray(model.predict(np.zeros((1, model.image_size, model.image_size, 3), np.float32)))
-        if probs.shape != (1, len(model.classes)):
+        try:
+            size = model.image_size
+            batches = warmup_batches(path, size, self.settings.max_batch) or [np.zeros((1, size, size, 3), np.float32)]
+            for images in batches:
+                probs = np.asarray(model.predict(images))
+                if probs.shape != (len(images), len(model.classes)):
+                    raise FormatError(f"{path}: the model answers {list(probs.shape[1:])} values per image but its "
+                                      f"labels file lists {len(model.classes)} classes")
+        except BaseException:
             model.close()
-            raise FormatError(f"{path}: the model answers {list(probs.shape[1:])} values per image but its labels "
-                              f"file lists {len(model.classes)} classes")
+            raise
         return model
 
     async def _unload(self, v: Version) -> None:
