@@ -1,14 +1,18 @@
 """Print the server's req/s and p50/p99 at concurrency 1 and 8 beside its runtime's batch-1 and batch-8 figures.
 
 Builds Xception with random weights at the given size (default 180, the pipeline's default), converts it to
-the given format in a temp folder with a labels file, serves the folder with `flowerpipe serve`, and loads
-it from this process over loopback with single-image b64 JPEG requests (photos from PHOTOS when given, else
-generated images at 4x the model size). The runtime alone is timed in this process in turns with the
-server's requests, so that a busy neighbour on a shared machine slows both alike. The load client shares
-the machine's cores with the server, as a sidecar or a local client would.
+the given format in a temp folder with a labels file, serves the folder with `flowerpipe serve` (REST and gRPC),
+and loads it from this process over loopback, one image a request, by protocol:
+- REST: TF Serving's :predict with a b64 JPEG (photos from PHOTOS when given, else generated images at 4x the
+  model size), decoded and resized by the server;
+- gRPC: TF Serving's Predict (serving_uint8) and KServe V2's ModelInfer (UINT8), the pixels as raw bytes at the
+  model's size, as production gRPC clients send them.
+The runtime alone is timed in this process in turns with the server's requests, so that a busy neighbour on a
+shared machine slows both alike. The load client shares the machine's cores with the server, as a sidecar or a
+local client would.
 
 Usage: python benchmarks/serving.py [IMAGE_SIZE] [FORMAT] [REQUESTS] [PHOTOS]
-       FORMAT: onnx (default) or openvino-float32
+       FORMAT: onnx (default), openvino-float32 or openvino-bfloat16 (a CPU with AVX512_BF16 or AMX)
 """
 
 import argparse
@@ -43,7 +47,7 @@ def arguments() -> argparse.Namespace:
     """IMAGE_SIZE, FORMAT, REQUESTS and PHOTOS, each optional, checked."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("size", type=int, nargs="?", default=180, help="model image size (default: %(default)s)")
-    ap.add_argument("format", nargs="?", default="onnx", choices=["onnx", "openvino-float32"])
+    ap.add_argument("format", nargs="?", default="onnx", choices=["onnx", "openvino-float32", "openvino-bfloat16"])
     ap.add_argument("requests", type=int, nargs="?", default=200, help="requests per level (default: %(default)s)")
     ap.add_argument("photos", nargs="?", help="a folder of JPEG photos (default: generated images)")
     args = ap.parse_args()
@@ -62,7 +66,7 @@ def main() -> None:
     from flowerpipe.formats import onnx_format, openvino_format
     from flowerpipe.formats.base import ConvertContext, write_labels
     from flowerpipe.formats.savedmodel import export_probabilities
-    from flowerpipe.loadtest import free_port, load, running_server
+    from flowerpipe.loadtest import free_ports, load, load_grpc, running_server
     from flowerpipe.model import build_model
     from flowerpipe.params import Model
     from flowerpipe.serving.artifacts import load_artifact
@@ -83,77 +87,104 @@ def main() -> None:
         if fmt == "onnx":
             path = onnx_format.convert(ctx, t / "served" / "model.onnx")
         else:
-            path = openvino_format.convert(ctx, "float32", t / "served" / "model.xml")
+            path = openvino_format.convert(ctx, fmt.split("-")[1], t / "served" / "model.xml")
         write_labels(path, classes)
         local = load_artifact(path)
         decoded = decode_all(jpegs, size)
         expected = local.predict(decoded)
-        with running_server([str(t / "served")], free_port()) as server, httpx.Client() as client:
+        pixels = np.rint(decoded)  # uint8 on the wire: what the runtime sees is exactly what was sent
+        expected_pixels = local.predict(pixels)
+        port, grpc_port = free_ports(2)
+        with running_server([str(t / "served")], port, grpc_port=grpc_port) as server, httpx.Client() as client:
             load(server.url, "flowers", jpegs, expected, 8, 16)  # warm-up
-            c1 = interleaved_c1(client, server.url, local, jpegs, decoded, size, requests)
-            c8 = interleaved_c8(server.url, local, jpegs, decoded, expected, rounds=max(3, requests // 48),
-                                pid=server.pid)
-    print(f"Xception {size}x{size}, {fmt}, {len(jpegs)} distinct b64 JPEG requests of one image; "
-          "each server figure measured in turns with the runtime alone, so both see the same machine")
-    print(f"c1, {requests} turns: runtime batch-1 call {c1['call']:.1f} ms, decode + call {c1['decode_call']:.1f} ms, "
-          f"server p50 {c1['server_p50']:.1f} ms (p99 {c1['server_p99']:.1f} ms): adds {c1['added']:+.1f} ms to the "
-          f"runtime's batch-1 latency (median of paired differences; {c1['added_http']:+.1f} ms beyond decoding)")
-    print(f"c8, {len(c8['ratios'])} rounds: runtime batch-8 {c8['runtime_ips']:.1f} img/s, server "
-          f"{c8['server_rps']:.1f} req/s (p50 {c8['p50']:.1f} ms, p99 {c8['p99']:.1f} ms), {c8['ratio']:.0%} of the "
-          f"runtime (median of rounds); {c8['errors']} errors, {c8['mismatches']} mismatches; server RSS "
-          f"{c8['rss'][0]:.0f} -> {c8['rss'][1]:.0f} MB")
+            load_grpc(server.grpc, "flowers", pixels, expected_pixels, 8, 16)
+            senders = {"REST b64 JPEG": rest_sender(client, server.url, jpegs),
+                       "gRPC TF Serving uint8": grpc_sender(server.grpc, "tfs", pixels),
+                       "gRPC KServe V2 uint8": grpc_sender(server.grpc, "v2", pixels)}
+            c1 = interleaved_c1(senders, local, decoded, requests)
+            c8 = interleaved_c8(server, local, jpegs, decoded, expected, pixels, expected_pixels,
+                                rounds=max(3, requests // 48))
+    print(f"Xception {size}x{size}, {fmt}, {len(jpegs)} distinct images, one a request; each server figure measured "
+          "in turns with the runtime alone, so both see the same machine")
+    print(f"c1, {requests} turns: runtime batch-1 call {c1['call']:.1f} ms")
+    for name, r in c1["servers"].items():
+        print(f"  {name:22s} p50 {r['p50']:.1f} ms (p99 {r['p99']:.1f} ms): adds {r['added']:+.1f} ms to the runtime's "
+              "batch-1 latency (median of paired differences)")
+    print(f"c8, {c8['rounds']} rounds: runtime batch-8 {c8['runtime_ips']:.1f} img/s")
+    for name, r in c8["servers"].items():
+        print(f"  {name:22s} {r['rps']:.1f} req/s (p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms), {r['ratio']:.0%} of "
+              f"the runtime (median of rounds); {r['errors']} errors, {r['mismatches']} mismatches")
+    print(f"server RSS {c8['rss'][0]:.0f} -> {c8['rss'][1]:.0f} MB")
 
 
-def interleaved_c1(client, url: str, local, jpegs: list[bytes], decoded: np.ndarray, size: int, turns: int) -> dict:
-    """Per turn: the runtime's batch-1 call, decode + call in this process, and one server request, in a row."""
-    from flowerpipe.serving.decode import decode_image
-
+def rest_sender(client, url: str, jpegs: list[bytes]):
+    """One REST request of image k: TF Serving's :predict with a b64 JPEG."""
     bodies = [{"signature_name": "serving_bytes", "instances": [{"b64": base64.b64encode(j).decode()}]}
               for j in jpegs]
+    return lambda k: client.post(f"{url}/v1/models/flowers:predict", json=bodies[k % len(bodies)],
+                                 timeout=60).raise_for_status()
+
+
+def grpc_sender(target: str, protocol: str, pixels: np.ndarray):
+    """One gRPC request of image k: uint8 pixels as raw bytes (a channel kept open, as clients do)."""
+    import grpc
+
+    from flowerpipe.serving.grpc_client import call, tfs_pixels, v2_pixels
+
+    channel = grpc.insecure_channel(target)
+    make = tfs_pixels if protocol == "tfs" else v2_pixels
+    bodies = [make("flowers", x[None]) for x in pixels]
+    return lambda k: call(channel, protocol, bodies[k % len(bodies)], 60)
+
+
+def interleaved_c1(senders: dict, local, decoded: np.ndarray, turns: int) -> dict:
+    """Per turn: the runtime's batch-1 call, then one request by each sender, in a row, with a quiet gap before each."""
     rows = []
     for i in range(turns):
-        k = i % len(jpegs)
+        k = i % len(decoded)
         row = []
-        for step in (lambda k=k: local.predict(decoded[k:k + 1]),
-                     lambda k=k: local.predict(decode_image(jpegs[k], size, "image")[None]),
-                     lambda k=k: client.post(f"{url}/v1/models/flowers:predict", json=bodies[k],
-                                             timeout=60).raise_for_status()):
+        for step in (lambda k=k: local.predict(decoded[k:k + 1]), *(lambda k=k, f=f: f(k) for f in senders.values())):
             time.sleep(IDLE)
             t = time.perf_counter()
             step()
             row.append((time.perf_counter() - t) * 1e3)
         rows.append(row)
     a = np.asarray(rows)
-    return {"call": float(np.median(a[:, 0])), "decode_call": float(np.median(a[:, 1])),
-            "server_p50": float(np.median(a[:, 2])), "server_p99": float(np.percentile(a[:, 2], 99)),
-            "added": float(np.median(a[:, 2] - a[:, 0])), "added_http": float(np.median(a[:, 2] - a[:, 1]))}
+    servers = {name: {"p50": float(np.median(a[:, j])), "p99": float(np.percentile(a[:, j], 99)),
+                      "added": float(np.median(a[:, j] - a[:, 0]))} for j, name in enumerate(senders, start=1)}
+    return {"call": float(np.median(a[:, 0])), "servers": servers}
 
 
-def interleaved_c8(url: str, local, jpegs: list[bytes], decoded: np.ndarray, expected: np.ndarray, rounds: int,
-                   pid: int) -> dict:
-    """Per round: three batch-8 calls of the runtime alone, then 48 requests at concurrency 8."""
-    from flowerpipe.loadtest import load
+def interleaved_c8(server, local, jpegs: list[bytes], decoded: np.ndarray, expected: np.ndarray, pixels: np.ndarray,
+                   expected_pixels: np.ndarray, rounds: int) -> dict:
+    """Per round: three batch-8 calls of the runtime alone, then 48 requests at concurrency 8 by each protocol."""
+    from flowerpipe.loadtest import load, load_grpc
 
     x8 = np.resize(decoded, (8, *decoded.shape[1:]))
-    ratios, runtime, server, results = [], [], [], []
+    loads = {"REST b64 JPEG": lambda: load(server.url, "flowers", jpegs, expected, 8, 48, pid=server.pid),
+             "gRPC TF Serving uint8": lambda: load_grpc(server.grpc, "flowers", pixels, expected_pixels, 8, 48, "tfs"),
+             "gRPC KServe V2 uint8": lambda: load_grpc(server.grpc, "flowers", pixels, expected_pixels, 8, 48, "v2")}
+    runtime, results = [], {name: [] for name in loads}
     for _ in range(rounds):
         time.sleep(IDLE)
         t = time.perf_counter()
         for _ in range(3):
             local.predict(x8)
-        ips = 24 / (time.perf_counter() - t)
-        time.sleep(IDLE)
-        r = load(url, "flowers", jpegs, expected, 8, 48, pid=pid)
-        runtime.append(ips)
-        server.append(r["throughput_rps"])
-        ratios.append(r["throughput_rps"] / ips)
-        results.append(r)
-    return {"runtime_ips": float(np.median(runtime)), "server_rps": float(np.median(server)),
-            "ratio": float(np.median(ratios)), "ratios": ratios,
-            "p50": float(np.median([r["latency_ms_p50"] for r in results])),
-            "p99": float(np.median([r["latency_ms_p99"] for r in results])),
-            "errors": sum(r["errors"] for r in results), "mismatches": sum(r["mismatches"] for r in results),
-            "rss": (results[0]["rss_mb_before"], results[-1]["rss_mb_after"])}
+        runtime.append(24 / (time.perf_counter() - t))
+        for name, run in loads.items():
+            time.sleep(IDLE)
+            results[name].append(run())
+    servers = {}
+    for name, rs in results.items():
+        servers[name] = {"rps": float(np.median([r["throughput_rps"] for r in rs])),
+                         "ratio": float(np.median([r["throughput_rps"] / ips for r, ips in zip(rs, runtime,
+                                                                                                strict=True)])),
+                         "p50": float(np.median([r["latency_ms_p50"] for r in rs])),
+                         "p99": float(np.median([r["latency_ms_p99"] for r in rs])),
+                         "errors": sum(r["errors"] for r in rs), "mismatches": sum(r["mismatches"] for r in rs)}
+    rest = results["REST b64 JPEG"]
+    return {"runtime_ips": float(np.median(runtime)), "rounds": rounds, "servers": servers,
+            "rss": (rest[0]["rss_mb_before"], rest[-1]["rss_mb_after"])}
 
 
 if __name__ == "__main__":

@@ -26,24 +26,37 @@ from flowerpipe.serving.client import to_png_b64
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct TCP ports on 127.0.0.1 that are free right now (all held open while they are picked)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 @dataclass
 class Server:
-    """A running server process: its URL and pid (for its memory)."""
+    """A running server process: its URL, its gRPC target (None without gRPC) and pid (for its memory)."""
 
     url: str
     pid: int
+    grpc: str | None = None
 
 
 @contextmanager
 def running_server(args: list[str], port: int, timeout: float = 180.0, params_file: str | None = None,
                    cwd: Path | None = None, command: list[str] | None = None,
-                   env: dict | None = None) -> Iterator[Server]:
-    """`flowerpipe serve [--params F] ARGS` on 127.0.0.1:port until the block ends; then SIGTERM and wait.
+                   env: dict | None = None, grpc_port: int = -1) -> Iterator[Server]:
+    """`flowerpipe serve [--params F] ARGS` on 127.0.0.1:port (gRPC on grpc_port, -1: none) until the block ends.
+
+    Then SIGTERM, and wait for the process to end.
 
     command: how to start the server (default: this Python's `-m flowerpipe.serving.command`, the serve command
     alone; or an installed entry point, e.g. [".../bin/flowerpipe", "serve"], with no params file).
@@ -52,7 +65,8 @@ def running_server(args: list[str], port: int, timeout: float = 180.0, params_fi
 
     params = ["--params", params_file] if params_file else []
     cmd = [*(command or [sys.executable, "-m", "flowerpipe.serving.command"]), *params, *args, "--host", "127.0.0.1",
-           "--port", str(port)]
+           "--port", str(port),
+           "--grpc-port", str(grpc_port)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
                             env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
@@ -69,7 +83,7 @@ def running_server(args: list[str], port: int, timeout: float = 180.0, params_fi
             if time.time() > deadline:
                 raise RuntimeError(f"server did not start within {timeout:.0f}s")
             time.sleep(0.3)
-        yield Server(url, proc.pid)
+        yield Server(url, proc.pid, f"127.0.0.1:{grpc_port}" if grpc_port > 0 else None)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -107,6 +121,21 @@ def check_answers(url: str, model: str, images: np.ndarray, expected: np.ndarray
         probs = np.asarray(probs, np.float32).reshape(expected.shape)
         out[form] = {"top1_agreement": float((probs.argmax(1) == expected.argmax(1)).mean()),
                      "max_prob_diff": float(np.abs(probs - expected).max())}
+    return out
+
+
+def check_grpc_answers(target: str, model: str, images: np.ndarray, expected: np.ndarray) -> dict:
+    """uint8 pixel tensors over gRPC, TF Serving's Predict and KServe V2's ModelInfer, against local results."""
+    import grpc
+
+    from flowerpipe.serving.grpc_client import call, probabilities, tfs_pixels, v2_pixels
+
+    out = {}
+    with grpc.insecure_channel(target) as channel:
+        for protocol, make in (("tfs", tfs_pixels), ("v2", v2_pixels)):
+            probs = probabilities(call(channel, protocol, make(model, images), 120), protocol)[0]
+            out[f"grpc_{protocol}"] = {"top1_agreement": float((probs.argmax(1) == expected.argmax(1)).mean()),
+                                       "max_prob_diff": float(np.abs(probs - expected).max())}
     return out
 
 
@@ -168,6 +197,39 @@ def load(url: str, model: str, jpegs: list[bytes], expected: np.ndarray, concurr
     if pid:
         out.update(rss_mb_before=round(rss_before, 1), rss_mb_after=round(rss_mb(pid), 1))
     return out
+
+
+def load_grpc(target: str, model: str, images: np.ndarray, expected: np.ndarray, concurrency: int, requests: int,
+              protocol: str = "tfs", tolerance: float = 1e-3) -> dict:
+    """`requests` single-image uint8 pixel requests over gRPC from `concurrency` threads on one channel, checked."""
+    import grpc
+
+    from flowerpipe.serving.grpc_client import call, probabilities, tfs_pixels, v2_pixels
+
+    make = tfs_pixels if protocol == "tfs" else v2_pixels
+    bodies = [make(model, x[None]) for x in images]
+    with grpc.insecure_channel(target) as channel:
+        def one(i: int) -> tuple[float, str]:
+            k = i % len(images)
+            t = time.perf_counter()
+            try:
+                probs = probabilities(call(channel, protocol, bodies[k], 60), protocol)[0][0]
+            except Exception:  # noqa: BLE001 (counted: the load goes on)
+                return time.perf_counter() - t, "error"
+            secs = time.perf_counter() - t
+            same = probs.argmax() == expected[k].argmax() and np.abs(probs - expected[k]).max() < tolerance
+            return secs, "ok" if same else "mismatch"
+
+        with ThreadPoolExecutor(concurrency) as pool:
+            t0 = time.perf_counter()
+            results = list(pool.map(one, range(requests)))
+            wall = time.perf_counter() - t0
+    lat = np.asarray([s for s, _ in results]) * 1e3
+    return {"requests": len(results), "errors": sum(st == "error" for _, st in results),
+            "mismatches": sum(st == "mismatch" for _, st in results),
+            "latency_ms_p50": round(float(np.percentile(lat, 50)), 3),
+            "latency_ms_p99": round(float(np.percentile(lat, 99)), 3),
+            "throughput_rps": round(len(results) / wall, 3)}
 
 
 def params_path() -> str:

@@ -31,7 +31,15 @@ def main(p: Params) -> None:
     from flowerpipe.data.tfrecord import arrays
     from flowerpipe.exclusive import timing_lock
     from flowerpipe.formats.registry import find_built, load
-    from flowerpipe.loadtest import check_answers, free_port, jpeg_requests, params_path, running_server
+    from flowerpipe.loadtest import (
+        check_answers,
+        check_grpc_answers,
+        free_ports,
+        jpeg_requests,
+        load_grpc,
+        params_path,
+        running_server,
+    )
     from flowerpipe.loadtest import load as load_test
     from flowerpipe.serving.decode import decode_all
     from flowerpipe.serving.main import pipeline_format
@@ -46,11 +54,15 @@ def main(p: Params) -> None:
     jpegs = jpeg_requests(images, sizes=(0, 2 * size, 4 * size))  # the model's size, and larger photos
     expected_jpeg = runner.predict(decode_all(jpegs, size))  # the server decodes with this same code
     runner.close()
-    with running_server(["--format", fmt], free_port(), params_file=params_path()) as server:
+    port, grpc_port = free_ports(2)
+    with running_server(["--format", fmt], port, params_file=params_path(), grpc_port=grpc_port) as server:
         answers = check_answers(server.url, p.model.name, images, expected)
+        answers.update(check_grpc_answers(server.grpc, p.model.name, images, expected))
         with timing_lock("serve_check"):
             levels = {f"c{c}": load_test(server.url, p.model.name, jpegs, expected_jpeg, c, p.serve.requests,
                                          pid=server.pid) for c in p.serve.concurrency}
+            grpc_levels = {f"c{c}": load_grpc(server.grpc, p.model.name, images, expected, c, p.serve.requests)
+                           for c in p.serve.concurrency}
     compared = beside_benchmark(levels, bench.get("results", {}).get(fmt, {}).get("cpu", {}))
     for form, a in answers.items():
         print(f"{form:8s} top-1 agreement {a['top1_agreement']:.3f}  max|dp| {a['max_prob_diff']:.2e}")
@@ -59,10 +71,16 @@ def main(p: Params) -> None:
         print(f"{level}: {r['requests']} b64 JPEG requests, {r['errors']} errors, {r['mismatches']} mismatches, "
               f"p50 {r['latency_ms_p50']:.1f} ms, p99 {r['latency_ms_p99']:.1f} ms, {r['throughput_rps']:.1f} req/s"
               f"{'; ' + extra if extra else ''}")
+    for level, r in grpc_levels.items():
+        print(f"{level}: {r['requests']} gRPC uint8 pixel requests (TF Serving Predict), {r['errors']} errors, "
+              f"{r['mismatches']} mismatches, p50 {r['latency_ms_p50']:.1f} ms, p99 {r['latency_ms_p99']:.1f} ms, "
+              f"{r['throughput_rps']:.1f} req/s")
     stage.write_json(Path(p.paths.reports) / "serve.json", {
-        "format": fmt, "images": int(len(images)), "answers": answers, "load": levels, "vs_benchmark": compared})
+        "format": fmt, "images": int(len(images)), "answers": answers, "load": levels, "load_grpc": grpc_levels,
+        "vs_benchmark": compared})
     stage.write_json(Path(p.paths.metrics) / "serve.json", headline.serve(levels))
-    bad = [lv for lv, r in levels.items() if r["errors"] or r["mismatches"]]
+    bad = [f"{proto} {lv}" for proto, runs in (("REST", levels), ("gRPC", grpc_levels)) for lv, r in runs.items()
+           if r["errors"] or r["mismatches"]]
     if bad or any(a["top1_agreement"] < 1.0 for a in answers.values()):
         raise stage.StageError(f"the server's answers differ from local inference ({bad or 'check'})")
 
