@@ -25,6 +25,8 @@ from flowerpipe.serving.tensors import tensor_proto, tfs_images, v2_images, v2_r
 
 log = logging.getLogger(__name__)
 
+INLINE_BYTES = 1 << 20  # pixel tensors up to this size are parsed on the event loop: a thread hop costs more
+
 CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND, 405: grpc.StatusCode.UNIMPLEMENTED,
          408: grpc.StatusCode.DEADLINE_EXCEEDED, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
          415: grpc.StatusCode.INVALID_ARGUMENT, 500: grpc.StatusCode.INTERNAL, 503: grpc.StatusCode.UNAVAILABLE,
@@ -113,6 +115,13 @@ class GrpcServer:
     def _handlers(self) -> list:
         s, rpc = self.service, self._rpc
 
+        async def parse(encoded: bool, req, fn, *args):
+            """fn(*args) at once for a small pixel tensor (a copy and a cast); in the decode pool for encoded images
+            or a large tensor, off the event loop."""
+            if not encoded and req.ByteSize() <= INLINE_BYTES:
+                return fn(*args)
+            return await s.decode(fn, *args)
+
         def version_of(spec) -> tuple[int | None, str | None]:
             return (spec.version.value if spec.HasField("version") else None), (spec.version_label or None)
 
@@ -127,7 +136,8 @@ class GrpcServer:
             version, label = version_of(req.model_spec)
             v = s.model(req.model_spec.name).resolve(version, label)
             signature = req.model_spec.signature_name or "serving_default"
-            images = await s.decode(tfs_images, dict(req.inputs), signature, v.model.image_size, v.batcher.max_batch)
+            images = await parse(signature == "serving_bytes", req, tfs_images, dict(req.inputs), signature,
+                                 v.model.image_size, v.batcher.max_batch)
             wanted = list(req.output_filter) or ["probabilities", "class_index", "class_name"]
             if unknown := sorted(set(wanted) - set(v2.OUTPUTS)):
                 raise RequestError(f"output tensor alias not found in signature: {unknown}; outputs are "
@@ -203,7 +213,8 @@ class GrpcServer:
         async def ModelInfer(req, ctx):  # noqa: N802
             start = asyncio.get_running_loop().time()
             v = v2_version(req.model_name, req.model_version)
-            images, outputs = await s.decode(v2_images, req, v.model.image_size, v.batcher.max_batch)
+            encoded = any(t.name == "image_bytes" for t in req.inputs)
+            images, outputs = await parse(encoded, req, v2_images, req, v.model.image_size, v.batcher.max_batch)
             requested = int(req.model_version) if req.model_version else None
             v, probs = await s.predict(v, images, start, requested, None, ctx.time_remaining())
             return v2_response(req.model_name, v.number, req.id, outputs, probs, v.model.classes)
