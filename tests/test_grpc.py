@@ -358,3 +358,39 @@ def test_the_descriptors_are_those_of_the_pinned_published_protos():
     from tools.protos import OUT, published, render
 
     assert OUT.read_text() == render(published()), "run make protos"
+
+
+def test_a_taken_grpc_port_is_one_line_before_any_model_loads(tmp_path):
+    import socket
+
+    from flowerpipe.params import Serve
+    from flowerpipe.serving.main import Plan
+    from flowerpipe.serving.main import serve as serve_main
+
+    class Unloadable(Source):
+        def scan(self):
+            raise AssertionError("a model was looked for before the gRPC port was taken")
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=rf"^cannot listen for gRPC on 127.0.0.1:{port}: "):
+            serve_main(Plan("flowers", Unloadable(base=tmp_path)), Serve(), "127.0.0.1", 0, grpc_port=port)
+
+
+def test_client_command_over_grpc_for_both_protocols(both, tmp_path, capsys):
+    from PIL import Image
+
+    from flowerpipe.cli import main
+
+    x = images(2, seed=6)
+    for i, img in enumerate(x):
+        Image.fromarray(img.astype(np.uint8)).save(tmp_path / f"{i}.png")
+    expected = [CLASSES[i] for i in colour_model(2)(x).argmax(1)]
+    for protocol in ("tfs", "v2"):
+        assert main(["client", str(tmp_path), "--grpc", both.target, "--protocol", protocol]) == 0
+        lines = capsys.readouterr().out.strip().splitlines()
+        assert [line.split(": ")[1].split(" (")[0] for line in lines] == expected, lines
+    assert main(["client", str(tmp_path), "--grpc", both.target, "--model", "nope"]) == 1
+    assert capsys.readouterr().err.strip().startswith("error: server answered NOT_FOUND: Servable not found")
+    assert main(["client", str(tmp_path), "--grpc", "127.0.0.1:9", "--timeout", "3"]) == 1
+    assert capsys.readouterr().err.strip().startswith("error: cannot reach the gRPC server")
