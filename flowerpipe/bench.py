@@ -87,6 +87,37 @@ def matmul_peak(n: int = 2048, seconds: float = 1.0) -> dict:
             "peak_gflops": round(max(gflops.values()), 2)}
 
 
+def gpu_matmul_peak(n: int = 4096, seconds: float = 1.0) -> dict:
+    """Measured float32 and float16 matrix-multiply GFLOP/s of TensorFlow on /GPU:0, the peak GPU cells are a share
+    of; {"status": "skipped", "reason"} where TensorFlow cannot put work on a GPU (a CPU figure is never taken)."""
+    import tensorflow as tf
+
+    from flowerpipe.devices import tensorflow_gpu_missing
+
+    if reason := tensorflow_gpu_missing():
+        return {"status": "skipped", "reason": reason}
+    out: dict = {"status": "ok", "matrix_size": n}
+    for dtype in (tf.float32, tf.float16):
+        with tf.device("/GPU:0"):
+            a = tf.random.uniform((n, n), dtype=dtype)
+            b = tf.random.uniform((n, n), dtype=dtype)
+        # the sum is O(n^2) beside the O(n^3) product; .numpy() on it waits for the GPU without copying n^2 values
+        mm = tf.function(lambda x, y: tf.reduce_sum(tf.cast(tf.linalg.matmul(x, y), tf.float32)))
+        with tf.device("/GPU:0"):
+            probe = mm(a, b)
+        if "GPU" not in probe.device:
+            return {"status": "skipped", "reason": f"TensorFlow ran the matmul on {probe.device}, not a GPU"}
+
+        def call(mm=mm, a=a, b=b):
+            with tf.device("/GPU:0"):
+                return mm(a, b).numpy()
+
+        seconds_each = float(np.median(time_calls(call, lambda: None, Budget(2, 5, seconds, 10 * seconds))))
+        out[f"{dtype.name}_gflops"] = round(2.0 * n**3 / seconds_each / 1e9, 2)
+    out["peak_gflops"] = out["float32_gflops"]
+    return out
+
+
 def model_flops(keras_path: Path, image_size: int) -> float:
     """Floating-point operations for one image (multiply-adds count as two), from TensorFlow's graph profiler."""
     import tensorflow as tf

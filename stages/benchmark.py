@@ -11,9 +11,18 @@ def main(p: Params) -> None:
     import pandas as pd
 
     from flowerpipe import headline
-    from flowerpipe.bench import Budget, environment, matmul_peak, model_flops, overhead, run_isolated, task_for
+    from flowerpipe.bench import (
+        Budget,
+        environment,
+        gpu_matmul_peak,
+        matmul_peak,
+        model_flops,
+        overhead,
+        run_isolated,
+        task_for,
+    )
     from flowerpipe.exclusive import timing_lock
-    from flowerpipe.formats.registry import check, conversion_status, runtimes, unavailable
+    from flowerpipe.formats.registry import check, conversion_status, declaration, runtimes, unavailable
 
     check(p)  # a wrong format name or section stops here, listing the valid ones
     b = p.benchmark
@@ -24,6 +33,9 @@ def main(p: Params) -> None:
     rows = []
     with timing_lock("benchmark"):  # never two timed runs at once on this machine, in sweeps too
         peak = matmul_peak()
+        # GPU cells are a share of the GPU's own peak: float16 for a model that computes in float16, else float32
+        gpu_peak = gpu_matmul_peak() if "gpu" in b.devices and not all(unavailable(v, "gpu") for v in chosen) else {
+            "status": "skipped", "reason": "no GPU cell to measure"}
         flops = model_flops(Path(p.paths.model), p.model.image_size)
         for v in chosen:
             for device in b.devices:
@@ -35,19 +47,24 @@ def main(p: Params) -> None:
                 else:
                     cells = run_isolated(task_for(v, device, b.batch_sizes, p.model.image_size, budget, b.threads,
                                                   b.inter_op_threads))
+                half = declaration(v.family).precision.get(v.option) == "float16"
+                of = (peak["peak_gflops"] if device == "cpu"
+                      else gpu_peak.get("float16_gflops" if half else "float32_gflops"))
                 for n, cell in cells.items():
                     if cell["status"] == "ok":
                         gflops = flops * int(n) / (cell["latency_ms_median"] / 1e3) / 1e9
                         cell["gflops"] = round(gflops, 2)
-                        cell["fraction_of_peak"] = round(gflops / peak["peak_gflops"], 4)
+                        if of:
+                            cell["fraction_of_peak"] = round(gflops / of, 4)
                     rows.append({"runtime": v.name, "device": device, "batch_size": int(n), **cell})
-                    summary = (f"{cell['latency_ms_median']:9.2f} ms  {cell['throughput_ips']:9.1f} img/s  "
-                               f"{cell['fraction_of_peak']:6.1%} of peak" if cell["status"] == "ok"
-                               else f"skipped: {cell['reason']}")
+                    share = f"{cell['fraction_of_peak']:6.1%} of peak" if "fraction_of_peak" in cell else ""
+                    summary = (f"{cell['latency_ms_median']:9.2f} ms  {cell['throughput_ips']:9.1f} img/s  {share}"
+                               if cell["status"] == "ok" else f"skipped: {cell['reason']}")
                     print(f"{v.name:20s} {device} b={n:<3} {summary}", flush=True)
                 results.setdefault(v.name, {})[device] = {f"b{n}": c for n, c in cells.items()}
         harness = overhead(budget)
-    record = {"model_gflop_per_image": round(flops / 1e9, 4), "matmul": peak, "overhead": harness,
+    record = {"model_gflop_per_image": round(flops / 1e9, 4), "matmul": peak, "matmul_gpu": gpu_peak,
+              "overhead": harness,
               "environment": environment(b.threads), "results": results}
     stage.write_json(Path(p.paths.reports) / "benchmark.json", record)
     stage.write_json(Path(p.paths.metrics) / "benchmark.json", headline.benchmark(results, p.headline.formats))

@@ -95,6 +95,13 @@ def test_benchmark_stage_schema_skips_and_headline(trained):
     assert cell["fraction_of_peak"] == pytest.approx(cell["gflops"] / record["matmul"]["peak_gflops"], rel=0.01)
     assert cell["peak_rss_mb"] > 100
     assert record["results"]["savedmodel"]["gpu"]["b1"]["status"] == ("ok" if HAS_GPU else "skipped")
+    gpu_peak = record["matmul_gpu"]  # GPU cells are a share of the GPU's own float32 (float16) matmul peak
+    if HAS_GPU:
+        assert gpu_peak["status"] == "ok" and gpu_peak["float16_gflops"] > 0, gpu_peak
+        on_gpu = record["results"]["savedmodel"]["gpu"]["b1"]
+        assert on_gpu["fraction_of_peak"] == pytest.approx(on_gpu["gflops"] / gpu_peak["float32_gflops"], rel=0.01)
+    else:
+        assert gpu_peak["status"] == "skipped" and "fraction_of_peak" not in record["results"]["onnx"]["gpu"]["b1"]
     assert record["results"]["tensorrt-fp16"]["cpu"]["b1"]["status"] == "skipped"  # TensorRT: never on a CPU
     assert record["results"]["tensorrt-fp16"]["gpu"]["b1"]["status"] == ("ok" if HAS_GPU else "skipped")
     tensorflow = "tensorflow" if HAS_GPU else "tensorflow-cpu"  # the gpu profile's build, or the cpu one's
