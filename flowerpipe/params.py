@@ -200,6 +200,7 @@ class Serve(Section):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8501
     grpc_port: Annotated[int, Field(ge=-1, le=65535)] = 8500  # -1: no gRPC
+    device: Literal["auto", "cpu", "gpu"] = "auto"
     format: str = "auto"
     min_agreement: Annotated[float, Field(ge=0, le=1)] = 0.995
     max_body_mb: PosInt = 32

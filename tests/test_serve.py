@@ -792,3 +792,54 @@ def test_what_to_serve_is_found_from_the_folder_alone(tmp_path):
     assert not one.source.watched and one.source.scan() == {1: models / "converted" / "onnx"}
     with pytest.raises(FormatError, match="no model here"):
         plan_from_path(tmp_path, None, None)
+
+
+def _tiny_onnx(folder: Path) -> Path:
+    """A one-op-deep ONNX classifier of 8x8 images, with its labels.txt."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from flowerpipe.formats.base import write_labels
+
+    w = numpy_helper.from_array(np.linspace(-0.05, 0.05, 15, dtype=np.float32).reshape(3, 5), "w")
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["image"], ["m"], axes=[1, 2], keepdims=0),
+         helper.make_node("MatMul", ["m", "w"], ["z"]), helper.make_node("Softmax", ["z"], ["probabilities"], axis=1)],
+        "tiny", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [None, SIZE, SIZE, 3])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 5])], initializer=[w])
+    path = folder / "model.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+                     .SerializeToString())
+    write_labels(path, CLASSES)
+    return path
+
+
+def test_serve_device_auto_gpu_and_formats_that_never_run_on_one(tmp_path):
+    from conftest import HAS_GPU
+
+    from flowerpipe.errors import FormatError
+    from flowerpipe.formats.base import write_labels
+    from flowerpipe.serving.artifacts import load_served
+
+    onnx_path = _tiny_onnx(tmp_path)
+    x = images(2)
+    cpu = load_served(onnx_path, "cpu")
+    auto = load_served(onnx_path, "auto")  # the GPU where ONNX Runtime really runs on one, else the CPU
+    assert np.allclose(auto.predict(x), cpu.predict(x), atol=1e-4) and auto.format == "onnx"
+    if HAS_GPU:
+        assert np.allclose(load_served(onnx_path, "gpu").predict(x), cpu.predict(x), atol=1e-4)
+    else:
+        with pytest.raises(FormatError, match="cannot be served on the GPU: .*no NVIDIA GPU on this machine"):
+            load_served(onnx_path, "gpu")
+    lite = tmp_path / "lite" / "model.tflite"
+    lite.parent.mkdir()
+    lite.write_bytes(b"TFL3")
+    write_labels(lite, CLASSES)
+    with pytest.raises(FormatError, match="serve.device is gpu, but this format never runs on one"):
+        load_served(lite, "gpu")
+    if not HAS_GPU:  # a TensorRT engine runs on a GPU or nowhere: one line, not a CPU fallback
+        engine = tmp_path / "trt" / "model.engine"
+        engine.parent.mkdir()
+        engine.write_bytes(b"\0" * 64)
+        write_labels(engine, CLASSES)
+        with pytest.raises(FormatError, match="cannot be served here: no NVIDIA GPU on this machine"):
+            load_served(engine, "auto")

@@ -63,3 +63,30 @@ def load_artifact(path: Path, device: str = "cpu", threads: int = 0, classes: li
         runner = load(Variant(format_name(family, option), family, option, model_path), device, threads)
     name = format_name(family, option)
     return Loaded(runner.predict, classes, runner.image_size or image_size, name, runner.close)
+
+
+def load_served(path: Path, requested: str = "auto", threads: int = 0, classes: list[str] | None = None,
+                image_size: int = 0) -> Loaded:
+    """load_artifact on serve.device: 'gpu' or an error line; 'auto' the GPU where the format runs on one here
+    (its runner really placed on it: the same checks as the GPU rows of the benchmark), else the CPU."""
+    from flowerpipe.formats.base import Skipped
+    from flowerpipe.formats.registry import declaration
+
+    if requested == "cpu":
+        return load_artifact(path, "cpu", threads, classes, image_size)
+    family = detect(path)[0]
+    never = declaration(family).devices.get("gpu", "no GPU runner")
+    if never and requested == "gpu":
+        raise FormatError(f"{path}: serve.device is gpu, but this format never runs on one ({never})")
+    if not never:
+        try:
+            loaded = load_artifact(path, "gpu", threads, classes, image_size)
+            log.info("%s: served on the GPU", path)
+            return loaded
+        except (Skipped, FormatError) as exc:
+            if requested == "gpu":
+                raise FormatError(f"{path}: cannot be served on the GPU: {exc}") from None
+            if declaration(family).devices.get("cpu"):  # a GPU-only format (a TensorRT engine): nowhere else
+                raise
+            log.info("%s: not on a GPU (%s); serving it on the CPU", path, exc)
+    return load_artifact(path, "cpu", threads, classes, image_size)

@@ -119,9 +119,10 @@ def plan_from_path(path: Path, fmt: str | None, name: str | None) -> Plan:
 
 def repository(plan: Plan, s: Serve, labels: dict[str, int] | None = None) -> Repository:
     """The repository for a plan with the serve params' batching and version policy."""
-    from flowerpipe.serving.artifacts import load_artifact
+    from flowerpipe.serving.artifacts import load_served
 
-    loader = partial(load_artifact, device="cpu", threads=s.threads, classes=plan.classes, image_size=plan.image_size)
+    loader = partial(load_served, requested=s.device, threads=s.threads, classes=plan.classes,
+                     image_size=plan.image_size)
     settings = Settings(max_batch=s.max_batch, window_ms=s.batch_window_ms, keep_versions=s.keep_versions,
                         labels={**s.version_labels, **(labels or {})})
     return Repository(plan.name, plan.source, loader, settings)
