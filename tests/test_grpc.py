@@ -394,3 +394,36 @@ def test_client_command_over_grpc_for_both_protocols(both, tmp_path, capsys):
     assert capsys.readouterr().err.strip().startswith("error: server answered NOT_FOUND: Servable not found")
     assert main(["client", str(tmp_path), "--grpc", "127.0.0.1:9", "--timeout", "3"]) == 1
     assert capsys.readouterr().err.strip().startswith("error: cannot reach the gRPC server")
+
+
+def test_shutdown_finishes_the_calls_in_flight_and_refuses_new_ones_unavailable(tmp_path):
+    import tritonclient.grpc as triton
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    base = tmp_path / "flowers"
+    write_version(base, 1, seed=1, delay=2.0)
+    running = Both(base)
+    x = images(1)
+    with ThreadPoolExecutor(1) as pool:
+        client = triton.InferenceServerClient(running.target)
+        inp = triton.InferInput("image", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        in_flight = pool.submit(client.infer, "flowers", [inp])
+        time.sleep(0.3)  # the call is in the model, for 2 s
+        running.server.should_exit = True  # what SIGTERM does
+        seen = []
+        with grpc.insecure_channel(running.target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for _ in range(30):  # NOT_SERVING first, then the port refuses: UNAVAILABLE
+                try:
+                    seen.append(health_pb2.HealthCheckResponse.ServingStatus.Name(
+                        health.Check(health_pb2.HealthCheckRequest(), timeout=2).status))
+                except grpc.RpcError as exc:
+                    seen.append(exc.code().name)
+                    break
+                time.sleep(0.05)
+        assert seen[-1] == "UNAVAILABLE" and set(seen[:-1]) <= {"SERVING", "NOT_SERVING"}, seen
+        assert not in_flight.done()  # refused while the call in flight still runs
+        assert np.allclose(in_flight.result(timeout=10).as_numpy("probabilities"), colour_model(1)(x), atol=1e-6)
+    running.thread.join(20)
+    assert not running.thread.is_alive()
