@@ -12,7 +12,7 @@ from conftest import ROOT
 # Used without an import statement, each for a reason.
 NOT_IMPORTED = {"dvc": "the pipeline's command-line tool", "tabulate": "pandas' DataFrame.to_markdown",
                 "tensorflow": "tensorflow-cpu and tensorflow[and-cuda] both install the `tensorflow` module",
-                "httptools": "uvicorn's HTTP parser, used when installed", "uvloop": "uvicorn's event loop, likewise"}
+                "httptools": "uvicorn's HTTP parser, used when installed"}
 
 
 def _nodes(tree: ast.AST, skip: tuple[str, ...]):

@@ -135,7 +135,13 @@ def serve(plan: Plan, s: Serve, host: str | None = None, port: int | None = None
     host = host or s.host
     sock = listen(host, s.port if port is None else port)  # a taken port fails before any model loads
     try:
-        asyncio.run(_serve(plan, s, sock, labels, s.grpc_port if grpc_port is None else grpc_port))
+        import uvloop  # uvicorn's fast event loop where it is installed (not on Windows); grpc.aio runs on it too
+
+        run = uvloop.run
+    except ImportError:
+        run = asyncio.run
+    try:
+        run(_serve(plan, s, sock, labels, s.grpc_port if grpc_port is None else grpc_port))
     finally:
         sock.close()  # (a version that fails to load, or the server's end)
 
