@@ -118,6 +118,22 @@ def gpu_matmul_peak(n: int = 4096, seconds: float = 1.0) -> dict:
     return out
 
 
+def merge_rounds(rounds: list[dict[str, dict]]) -> dict[str, dict]:
+    """One cell per batch size from several interleaved rounds: the round with the median latency, and each
+    round's median latency and images/s (their spread tells a real difference from noise)."""
+    merged = {}
+    for key in rounds[0]:
+        ok = [r[key] for r in rounds if r.get(key, {}).get("status") == "ok"]
+        if not ok:
+            merged[key] = rounds[0][key]
+            continue
+        ordered = sorted(ok, key=lambda c: c["latency_ms_median"])
+        merged[key] = {**ordered[(len(ordered) - 1) // 2], "rounds": len(ok),
+                       "latency_ms_median_rounds": [round(c["latency_ms_median"], 3) for c in ok],
+                       "throughput_ips_rounds": [round(c["throughput_ips"], 2) for c in ok]}
+    return merged
+
+
 def model_flops(keras_path: Path, image_size: int) -> float:
     """Floating-point operations for one image (multiply-adds count as two), from TensorFlow's graph profiler."""
     import tensorflow as tf

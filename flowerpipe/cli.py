@@ -94,6 +94,22 @@ def _client(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recommend(args: argparse.Namespace) -> int:
+    import json
+
+    from flowerpipe.params import load as load_params
+    from flowerpipe.recommend import decide_for
+
+    decision = decide_for(load_params(args.params))
+    if args.json:
+        print(json.dumps(decision, indent=1))
+    else:
+        from flowerpipe.recommend import render
+
+        print(render(decision))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the flowerpipe console script."""
     parser = argparse.ArgumentParser(prog="flowerpipe", description=__doc__)
@@ -121,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="over gRPC to this server instead of REST to --url (default: %(const)s)")
     cl.set_defaults(fn=_client)
     sub.add_parser("info", help="every model format, its status and path").set_defaults(fn=_info)
+    rc = sub.add_parser("recommend", help="what to ship on this machine: the best format for each goal, above the "
+                                          "accuracy floors, with its margin (from the evaluate and benchmark records)")
+    rc.add_argument("--json", action="store_true", help="the whole decision as JSON")
+    rc.set_defaults(fn=_recommend)
     sub.add_parser("check", help="validate the whole params file (make run does, before dvc repro)").set_defaults(
         fn=_check)
     args = parser.parse_args(argv)

@@ -199,13 +199,15 @@ def stage_specs(root: Path = ROOT) -> dict[str, dict[str, Any]]:
             "outs": [{"${paths.reports}/predictions.csv": NO_CACHE}, {_record("predictions"): NO_CACHE}]},
         "serve_check": {
             "deps": ["${paths.tfrecords}", *on_cpu, *cpu_records, _record("benchmark"), _record("evaluate")],
-            "params": [*served, "serve"],
+            "params": [*served, "serve", "deploy.min_accuracy_ratio"],
             "outs": [{_record("serve"): NO_CACHE}],
             "metrics": [{"${paths.metrics}/serve.json": NO_CACHE}]},
         "report": {
             "deps": [_record("data"), _record("train"), _record("evaluate"), _record("benchmark"), _record("serve"),
                      "${paths.plots}/accuracy_latency.csv"],
-            "outs": [{"${paths.reports}/summary": NO_CACHE}]},
+            "params": ["deploy", "serve.min_agreement"],
+            "outs": [{"${paths.reports}/summary": NO_CACHE}, {_record("recommend"): NO_CACHE}],
+            "metrics": [{"${paths.metrics}/deploy.json": NO_CACHE}]},
     })
     out = {}
     for name, spec in specs.items():

@@ -179,6 +179,7 @@ class Benchmark(Section):
     runtimes: Literal["all"] | Annotated[list[str], Field(min_length=1)] = "all"  # all: every variant asked for
     devices: Annotated[list[Literal["cpu", "gpu"]], Field(min_length=1)] = ["cpu", "gpu"]
     batch_sizes: Annotated[list[PosInt], Field(min_length=1)] = [1, 8, 32]
+    rounds: PosInt = 3
     warmup: NonNegInt = 3
     iterations: PosInt = 20
     min_seconds: Annotated[float, Field(ge=0)] = 2.0
@@ -225,6 +226,13 @@ class Serve(Section):
         return v
 
 
+class Deploy(Section):
+    """What `flowerpipe recommend`, the report and serve.format auto may ship (with serve.min_agreement)."""
+
+    min_accuracy_ratio: Annotated[float, Field(gt=0, le=1)] = 0.99  # of the trained model's test accuracy
+    latency_budget_ms: Annotated[float, Field(gt=0)] = 100.0  # the p99 a batch may take for the budget goal
+
+
 class Headline(Section):
     """Which formats get their own numbers in the headline metrics that dvc exp show compares."""
 
@@ -254,6 +262,7 @@ class Params(Section):
     benchmark: Benchmark = Benchmark()
     infer: Infer = Infer()
     serve: Serve = Serve()
+    deploy: Deploy = Deploy()
     headline: Headline = Headline()
 
     @model_validator(mode="after")

@@ -9,9 +9,50 @@ import pandas as pd
 
 from flowerpipe.formats.registry import ALL_NAMES
 from flowerpipe.jsonio import read_json
+from flowerpipe.pareto import pareto
 
 
-def _plots(history: pd.DataFrame, bench: pd.DataFrame, acc_lat: pd.DataFrame, out: Path) -> list[tuple[str, str]]:
+def _pareto_plot(plt, acc_lat: pd.DataFrame, shipped: str | None, below: set[str], out: Path) -> str:
+    """Accuracy against latency, the front over the formats above the floors; labels in a column at the right."""
+    import numpy as np
+
+    pts = acc_lat.dropna(subset=["accuracy"]).copy()
+    pts["below"] = pts.format.isin(below)
+    pts["front"] = False
+    pts.loc[~pts.below, "front"] = pareto(pts[~pts.below])
+    fig, ax = plt.subplots(figsize=(10, max(4.5, 0.22 * len(pts) + 1.5)))
+    rest = pts[~pts.front & ~pts.below]
+    ax.scatter(rest.latency_ms, rest.accuracy, color="0.6", label="dominated")
+    if pts.below.any():
+        ax.scatter(pts.latency_ms[pts.below], pts.accuracy[pts.below], marker="x", color="0.4",
+                   label="below an accuracy floor")
+    front = pts[pts.front].sort_values("latency_ms")
+    ax.plot(front.latency_ms, front.accuracy, "o-", color="tab:blue", drawstyle="steps-post", label="Pareto front")
+    if shipped in set(pts.format):
+        star = pts[pts.format == shipped].iloc[0]
+        ax.scatter([star.latency_ms], [star.accuracy], marker="*", s=300, color="tab:red", zorder=3,
+                   label=f"recommended: {shipped}")
+    # One label per format in a column right of the axes, in the order of their points' height: never on top of
+    # each other, however close the points are
+    ys = np.linspace(0.02, 0.98, len(pts)) if len(pts) > 1 else np.array([0.5])
+    # (at one height, the faster point takes the higher label: their lines do not cross)
+    for r, y in zip(pts.sort_values(["accuracy", "latency_ms"], ascending=[True, False]).itertuples(), ys,
+                    strict=True):
+        ax.annotate(r.format, xy=(r.latency_ms, r.accuracy), xytext=(1.03, y), textcoords="axes fraction",
+                    fontsize=8, va="center", annotation_clip=False,
+                    arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.6", "shrinkA": 0, "shrinkB": 3})
+    ax.margins(x=0.08, y=0.15)
+    ax.set_xlabel("batch-1 latency (ms, fastest device; lower is better)")
+    ax.set_ylabel("test accuracy (higher is better)")
+    ax.legend(loc="best", fontsize=8)
+    fig.subplots_adjust(left=0.09, right=0.74, bottom=0.11, top=0.97)
+    fig.savefig(out / "accuracy_latency.png", dpi=90)
+    plt.close(fig)
+    return "accuracy_latency.png"
+
+
+def _plots(history: pd.DataFrame, bench: pd.DataFrame, acc_lat: pd.DataFrame, out: Path,
+           shipped: str | None = None, below: set[str] = frozenset()) -> list[tuple[str, str]]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -40,16 +81,9 @@ def _plots(history: pd.DataFrame, bench: pd.DataFrame, acc_lat: pd.DataFrame, ou
         plt.close(ax.figure)
         made.append(("Throughput by runtime and batch size", "throughput.png"))
     if len(acc_lat) and acc_lat.accuracy.notna().any():
-        fig, ax = plt.subplots(figsize=(7, 4))
-        ax.scatter(acc_lat.latency_ms, acc_lat.accuracy)
-        for r in acc_lat.itertuples():
-            ax.annotate(r.format, (r.latency_ms, r.accuracy), fontsize=8)
-        ax.set_xlabel("batch-1 latency (ms, CPU)")
-        ax.set_ylabel("test accuracy")
-        fig.tight_layout()
-        fig.savefig(out / "accuracy_latency.png", dpi=90)
-        plt.close(fig)
-        made.append(("Accuracy against latency (up and left is better)", "accuracy_latency.png"))
+        made.append(("Test accuracy against batch-1 latency: the Pareto front of the formats above the floors (none "
+                     "both faster and more accurate), the recommended one starred",
+                     _pareto_plot(plt, acc_lat, shipped, below, out)))
     return made
 
 
@@ -58,8 +92,8 @@ def _pairs(record: dict) -> pd.DataFrame:
     return pd.DataFrame({"what": list(record), "value": ["" if v is None else str(v) for v in record.values()]})
 
 
-def build(records: Path, plots: Path, out: Path) -> Path:
-    """Write out/report.md and out/report.html from the detail records and plot files of a run."""
+def build(records: Path, plots: Path, out: Path, decision: dict | None = None) -> Path:
+    """Write out/report.md and out/report.html from the detail records and plot files of a run; what to ship first."""
     out.mkdir(parents=True, exist_ok=True)
     data = read_json(records / "data.json", {})
     train = read_json(records / "train.json", {})
@@ -72,6 +106,10 @@ def build(records: Path, plots: Path, out: Path) -> Path:
     acc_lat = pd.read_csv(plots / "accuracy_latency.csv") if (plots / "accuracy_latency.csv").exists() \
         else pd.DataFrame()
     sections: list[tuple[str, str | pd.DataFrame]] = []
+    if decision:
+        from flowerpipe.recommend import render
+
+        sections.append(("What to ship (flowerpipe recommend)", render(decision)))
     sections.append(("Data", _pairs(data)))
     sections.append(("Training", _pairs(train)))
     order = {name: i for i, name in enumerate(ALL_NAMES)}
@@ -84,6 +122,9 @@ def build(records: Path, plots: Path, out: Path) -> Path:
         ok = bench_df[bench_df.status == "ok"]
         cols = ["runtime", "device", "batch_size", "latency_ms_median", "latency_ms_p99", "throughput_ips",
                 "gflops", "fraction_of_peak", "peak_rss_mb"]
+        rank = {name: i for i, name in enumerate(ALL_NAMES)}
+        ok = ok.assign(_rank=ok.runtime.map(lambda n: rank.get(n, len(rank)))).sort_values(
+            ["_rank", "runtime", "device", "batch_size"])  # batch sizes in numeric order
         sections.append(("Benchmark (timed cells)", ok[[c for c in cols if c in ok]]))
         skipped = bench_df[bench_df.status != "ok"].groupby(["runtime", "device"]).reason.first().reset_index()
         if len(skipped):
@@ -100,12 +141,19 @@ def build(records: Path, plots: Path, out: Path) -> Path:
                "model_gflop_per_image": bench.get("model_gflop_per_image"),
                "harness_overhead_ms": bench.get("overhead", {}).get("latency_ms_median")}
         sections.append(("Environment", _pairs(env)))
-    figures = _plots(history, bench_df, acc_lat, out)
+    shipped = ((decision or {}).get("devices", {}).get("cpu", {}).get("latency", {}).get("format")
+               or (decision or {}).get("devices", {}).get("gpu", {}).get("latency", {}).get("format"))
+    below = {n for n, r in (decision or {}).get("formats", {}).items() if r.get("status") == "below_floor"}
+    figures = _plots(history, bench_df, acc_lat, out, shipped, below)
     md = ["# flowerpipe run report", ""]
     page = ["<html><head><meta charset='utf-8'><title>flowerpipe report</title><style>body{font-family:sans-serif;"
             "max-width:1100px;margin:auto}table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;"
             "padding:3px 6px}</style></head><body><h1>flowerpipe run report</h1>"]
     for title, body in sections:
+        if isinstance(body, str):  # preformatted text
+            md += [f"## {title}", "", "```", body, "```", ""]
+            page += [f"<h2>{html.escape(title)}</h2>", f"<pre>{html.escape(body)}</pre>"]
+            continue
         blank = body.astype(object).where(body.notna(), None)  # a skipped format's empty cells: blank, not nan
         md += [f"## {title}", "", blank.to_markdown(index=False, missingval="") if len(body) else "(not available)",
                ""]

@@ -16,6 +16,7 @@ def main(p: Params) -> None:
         environment,
         gpu_matmul_peak,
         matmul_peak,
+        merge_rounds,
         model_flops,
         overhead,
         run_isolated,
@@ -37,31 +38,46 @@ def main(p: Params) -> None:
         gpu_peak = gpu_matmul_peak() if "gpu" in b.devices and not all(unavailable(v, "gpu") for v in chosen) else {
             "status": "skipped", "reason": "no GPU cell to measure"}
         flops = model_flops(Path(p.paths.model), p.model.image_size)
+        planned, todo = [], []
         for v in chosen:
             for device in b.devices:
                 rec = converted.get(v.name, {})
-                if rec.get("status") == "skipped":
-                    cells = {str(n): {"status": "skipped", "reason": rec.get("reason", "")} for n in b.batch_sizes}
-                elif reason := unavailable(v, device):
-                    cells = {str(n): {"status": "skipped", "reason": reason} for n in b.batch_sizes}
-                else:
-                    cells = run_isolated(task_for(v, device, b.batch_sizes, p.model.image_size, budget, b.threads,
-                                                  b.inter_op_threads))
-                half = declaration(v.family).precision.get(v.option) == "float16"
-                of = (peak["peak_gflops"] if device == "cpu"
-                      else gpu_peak.get("float16_gflops" if half else "float32_gflops"))
-                for n, cell in cells.items():
-                    if cell["status"] == "ok":
-                        gflops = flops * int(n) / (cell["latency_ms_median"] / 1e3) / 1e9
-                        cell["gflops"] = round(gflops, 2)
-                        if of:
-                            cell["fraction_of_peak"] = round(gflops / of, 4)
-                    rows.append({"runtime": v.name, "device": device, "batch_size": int(n), **cell})
-                    share = f"{cell['fraction_of_peak']:6.1%} of peak" if "fraction_of_peak" in cell else ""
-                    summary = (f"{cell['latency_ms_median']:9.2f} ms  {cell['throughput_ips']:9.1f} img/s  {share}"
-                               if cell["status"] == "ok" else f"skipped: {cell['reason']}")
-                    print(f"{v.name:20s} {device} b={n:<3} {summary}", flush=True)
-                results.setdefault(v.name, {})[device] = {f"b{n}": c for n, c in cells.items()}
+                reason = ((rec.get("reason") or "skipped by its conversion stage") if rec.get("status") == "skipped"
+                          else unavailable(v, device))
+                planned.append((v, device, reason))
+                if not reason:
+                    todo.append((v, device))
+        # Rounds: every runtime in turn, then again, so that a slow minute of the machine hits them all alike
+        timed: dict[tuple[str, str], list[dict]] = {}
+        for r in range(b.rounds):
+            for v, device in todo:
+                if b.rounds > 1:
+                    print(f"round {r + 1}/{b.rounds}: {v.name} {device}", flush=True)
+                timed.setdefault((v.name, device), []).append(run_isolated(task_for(
+                    v, device, b.batch_sizes, p.model.image_size, budget, b.threads, b.inter_op_threads)))
+        for v, device, reason in planned:
+            if reason:
+                cells = {str(n): {"status": "skipped", "reason": reason} for n in b.batch_sizes}
+            else:
+                cells = merge_rounds(timed[(v.name, device)])
+            cells = dict(sorted(cells.items(), key=lambda kv: int(kv[0])))  # batch sizes in numeric order
+            half = declaration(v.family).precision.get(v.option) == "float16"
+            of = (peak["peak_gflops"] if device == "cpu"
+                  else gpu_peak.get("float16_gflops" if half else "float32_gflops"))
+            for n, cell in cells.items():
+                if cell["status"] == "ok":
+                    gflops = flops * int(n) / (cell["latency_ms_median"] / 1e3) / 1e9
+                    cell["gflops"] = round(gflops, 2)
+                    if of:
+                        cell["fraction_of_peak"] = round(gflops / of, 4)
+                rows.append({"runtime": v.name, "device": device, "batch_size": int(n), **cell})
+                share = f"{cell['fraction_of_peak']:6.1%} of peak" if "fraction_of_peak" in cell else ""
+                spread = (f" (rounds {min(cell['latency_ms_median_rounds']):.2f}-"
+                          f"{max(cell['latency_ms_median_rounds']):.2f})" if cell.get("rounds", 1) > 1 else "")
+                summary = (f"{cell['latency_ms_median']:9.2f} ms{spread}  {cell['throughput_ips']:9.1f} img/s  {share}"
+                           if cell["status"] == "ok" else f"skipped: {cell['reason']}")
+                print(f"{v.name:20s} {device} b={n:<3} {summary}", flush=True)
+            results.setdefault(v.name, {})[device] = {f"b{n}": c for n, c in cells.items()}
         harness = overhead(budget)
     record = {"model_gflop_per_image": round(flops / 1e9, 4), "matmul": peak, "matmul_gpu": gpu_peak,
               "overhead": harness,
@@ -75,7 +91,13 @@ def write_plots(table, plots: Path, evaluate_record: Path) -> None:
     """Throughput per runtime, batch size (and device where several), and accuracy against batch-1 latency."""
     import pandas as pd
 
+    from flowerpipe.pareto import pareto
+
     plots.mkdir(parents=True, exist_ok=True)
+    if len(table):  # runtimes in the registry's order, each one's batch sizes in numeric order
+        order = {name: i for i, name in enumerate(dict.fromkeys(table.runtime))}
+        table = table.assign(_order=table.runtime.map(order)).sort_values(
+            ["_order", "device", "batch_size"], kind="stable").drop(columns="_order")
     ok = table[table.status == "ok"].copy() if len(table) else table
     several = len(ok) and ok.device.nunique() > 1
     if len(ok):
@@ -91,8 +113,9 @@ def write_plots(table, plots: Path, evaluate_record: Path) -> None:
             if acc is not None:
                 rows.append({"format": r.runtime if not several else f"{r.runtime} {r.device}",
                              "latency_ms": r.latency_ms_median, "accuracy": acc})
-    pd.DataFrame(rows, columns=["format", "latency_ms", "accuracy"]).to_csv(plots / "accuracy_latency.csv",
-                                                                            index=False)
+    points = pd.DataFrame(rows, columns=["format", "latency_ms", "accuracy"])
+    points["pareto"] = ["front" if front else "" for front in pareto(points)] if len(points) else []
+    points.to_csv(plots / "accuracy_latency.csv", index=False)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,19 @@ from flowerpipe.params import Params
 
 def main(p: Params) -> None:
     """Read params, do the work, write the outputs dvc.yaml declares."""
+    from flowerpipe.recommend import decide_for, headline, render
     from flowerpipe.report import build
 
-    out = build(Path(p.paths.reports), Path(p.paths.plots), Path(p.paths.reports) / "summary")
+    try:
+        decision = decide_for(p)
+    except FileNotFoundError as exc:
+        decision = None
+        print(f"no recommendation: {exc}")
+    stage.write_json(Path(p.paths.reports) / "recommend.json", decision or {})
+    stage.write_json(Path(p.paths.metrics) / "deploy.json", headline(decision) if decision else {})
+    out = build(Path(p.paths.reports), Path(p.paths.plots), Path(p.paths.reports) / "summary", decision)
+    if decision:
+        print(render(decision))
     print(f"report -> {out}")
 
 

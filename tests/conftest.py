@@ -76,7 +76,8 @@ TINY = {
     "tflite": {"calibration_images": 16},
     "onnx": {"calibration_images": 16},
     "openvino": {"calibration_images": 16},
-    "benchmark": {"batch_sizes": [1, 2], "warmup": 1, "iterations": 2, "min_seconds": 0.0, "max_seconds": 5.0},
+    "benchmark": {"batch_sizes": [1, 2], "rounds": 1, "warmup": 1, "iterations": 2, "min_seconds": 0.0,
+                  "max_seconds": 5.0},
     "serve": {"concurrency": [1, 2], "requests": 6},
 }
 
@@ -99,8 +100,8 @@ GIT_ENV = {"GIT_AUTHOR_NAME": "flowerpipe-tests", "GIT_AUTHOR_EMAIL": "tests@loc
 # model ends sharper (Keras 15/15 on test), and int8 flips 3-5 of its 15 test images (agreement 0.67-0.8).
 PROJECT = {**TINY, "train": {**TINY["train"], "scratch_epochs": 8, "augment": False, "scratch_schedule": "constant",
                              "scratch_weight_decay": 0.0},
-           "benchmark": {**TINY["benchmark"], "runtimes": ["savedmodel", "tflite-int8", "onnx", "openvino-int8",
-                                                           "tensorrt-fp16"]}}
+           "benchmark": {**TINY["benchmark"], "rounds": 2, "runtimes": ["savedmodel", "tflite-int8", "onnx",
+                                                                         "openvino-int8", "tensorrt-fp16"]}}
 
 
 def sh(cmd: list[str], cwd: Path, env: dict | None = None, timeout: int = 1500) -> str:

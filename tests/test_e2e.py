@@ -12,7 +12,7 @@ from conftest import HAS_GPU, sh
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
-MAX_HEADLINE = 25
+MAX_HEADLINE = 28
 
 
 def metric_values(tree) -> list:
@@ -57,6 +57,12 @@ def test_repro_writes_every_output_and_a_second_repro_is_a_noop(project):
     assert bench["results"]["tensorrt-fp16"]["gpu"]["b1"]["status"] == ("ok" if HAS_GPU else "skipped")
     report = (repo / "reports" / "summary" / "report.md").read_text()
     assert report.startswith("# flowerpipe run report") and "| images_per_second " in report  # one field a line
+    # the first screen says what to ship, the same decision as the record and the headline numbers
+    assert report.split("\n## ")[1].startswith("What to ship") and "lowest latency" in report
+    decision = json.loads((repo / "reports" / "recommend.json").read_text())
+    shipped = decision["devices"]["cpu"]["latency"]
+    assert decision["formats"][shipped["format"]]["status"] == "ok"
+    assert json.loads((repo / "metrics" / "deploy.json").read_text())["ship_b1_ms"] == round(shipped["ms"], 2)
     assert " nan " not in report  # a skipped format: blank cells
     skipped = report.split("## Benchmark cells skipped here", 1)[-1]  # TensorRT's CPU cells, on every machine
     assert "| tensorrt-fp16 | cpu " in skipped and "GPU" in skipped.split("| tensorrt-fp16 | cpu ", 1)[1].split("\n")[0]
@@ -81,6 +87,9 @@ def test_each_param_reruns_only_the_stages_that_read_it(project):
         "train.learning_rate": (0.002, {"train"}),  # a head-only change: the features stage's output is reused
         "model.dropout": (0.3, {"train"}),
         "train.cache_features": (False, {"features", "train"}),
+        "deploy.latency_budget_ms": (50, {"report"}),  # a new decision, nothing re-timed
+        "deploy.min_accuracy_ratio": (0.95, {"serve_check", "report"}),  # what serve.format auto may serve, too
+        "serve.min_agreement": (0.9, {"serve_check", "report"}),
     }
     try:
         for key, (value, stages) in cases.items():

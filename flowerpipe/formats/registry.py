@@ -50,6 +50,12 @@ ALL_NAMES = tuple(_names())  # every name a variant can have, in report order
 REFERENCE = "keras"  # the trained model: every other variant is scored against it
 
 
+def precision_of(name: str) -> str:
+    """What a variant computes in: float32, bfloat16, float16 or int8 ('' for an unknown name)."""
+    f, option = _names().get(name, (None, ""))
+    return f.precision.get(option, "") if f else ""
+
+
 def _by_precision(precision: str) -> tuple[str, ...]:
     """CPU-runnable variants computing in this precision, in serve_rank order."""
     chosen = [(f.serve_rank, i, f.name(o)) for i, (f, o) in enumerate(_names().values())

@@ -26,20 +26,21 @@ class Plan:
 
 
 def pick_format(requested: str, benchmark: dict, available: list[str], evaluate: dict | None = None,
-                min_agreement: float = 1.0) -> str:
-    """`serve.format`, or for 'auto' the lowest batch-1 CPU latency measured among the float formats and the
-    near-float ones (bfloat16) whose top-1 agreement with the trained model in `evaluate` is >= min_agreement."""
-    from flowerpipe.formats.registry import FLOAT_FORMATS, NEAR_FLOAT_FORMATS
+                min_agreement: float = 1.0, min_accuracy_ratio: float = 0.0) -> str:
+    """`serve.format`, or for 'auto' the lowest batch-1 CPU latency measured among the available formats above the
+    deploy floors (flowerpipe recommend's rule): scored by evaluate at min_accuracy_ratio of the trained model's test
+    accuracy and min_agreement top-1 agreement, or never scored but computing in float32 like the trained model."""
+    from flowerpipe.formats.registry import FLOAT_FORMATS
+    from flowerpipe.recommend import Floors, floor_reason
 
     if requested != "auto":
         return requested
     scored = (evaluate or {}).get("formats", {})
-    near = [n for n in NEAR_FLOAT_FORMATS if scored.get(n, {}).get("status") == "ok"
-            and scored[n].get("top1_agreement", 0.0) >= min_agreement]
+    floors = Floors(min_accuracy_ratio, min_agreement)
     best, best_ms = None, float("inf")
-    for name in (*FLOAT_FORMATS, *near):
+    for name in available:
         cells = benchmark.get("results", {}).get(name, {}).get("cpu", {})
-        if name not in available or not cells:
+        if not cells or floor_reason(name, scored, floors):
             continue
         smallest = cells[min(cells, key=lambda k: int(k[1:]))]  # keys are "b<batch size>"
         if smallest.get("status") == "ok" and smallest["latency_ms_median"] < best_ms:
@@ -54,13 +55,14 @@ def pick_format(requested: str, benchmark: dict, available: list[str], evaluate:
 
 def pipeline_format(p: Params, fmt: str | None = None) -> str:
     """What the pipeline serves: fmt or serve.format, auto deciding on the benchmark and evaluate records."""
-    from flowerpipe.formats.registry import FLOAT_FORMATS, NEAR_FLOAT_FORMATS, built
+    from flowerpipe.formats.registry import ALL_NAMES, built, find, unavailable
     from flowerpipe.jsonio import read_json
 
     reports = Path(p.paths.reports)
+    servable = tuple(n for n in ALL_NAMES if not unavailable(find(p, n), "cpu"))
     return pick_format(fmt or p.serve.format, read_json(reports / "benchmark.json", {}) or {},
-                       built(p, (*FLOAT_FORMATS, *NEAR_FLOAT_FORMATS)), read_json(reports / "evaluate.json", {}) or {},
-                       p.serve.min_agreement)
+                       built(p, servable), read_json(reports / "evaluate.json", {}) or {},
+                       p.serve.min_agreement, p.deploy.min_accuracy_ratio)
 
 
 def plan_from_params(p: Params, fmt: str | None) -> Plan:
