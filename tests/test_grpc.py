@@ -242,10 +242,14 @@ def test_malformed_tfs_grpc_requests_and_raw_bytes(both):
             t.tensor_content = x.astype("<f4").tobytes() if content is None else content
             return req
 
+        splat = request(shape=(10**9, SIZE, SIZE, 3), content=b"")
+        splat.inputs["image"].float_val.append(0.0)  # TF's convention: one value fills the shape
         cases = [(request(dtype=4), "INVALID_ARGUMENT", "expects image as DT_FLOAT but DT_UINT8"),
                  (request(key="pixels"), "INVALID_ARGUMENT", "alias not found"),
                  (request(shape=(1, 4, 4, 3), content=b"\0" * 192), "INVALID_ARGUMENT", "wrong shape"),
                  (request(content=b"\0" * 10), "INVALID_ARGUMENT", "tensor_content holds 10 bytes"),
+                 (request(shape=(10**9, SIZE, SIZE, 3), content=b""), "INVALID_ARGUMENT", "this server takes at most"),
+                 (splat, "INVALID_ARGUMENT", "this server takes at most"),  # one value filling a huge shape
                  (request(signature="classify"), "INVALID_ARGUMENT", "unknown signature_name"),
                  (request(name="nope"), "NOT_FOUND", "Servable not found"),
                  (req_cls(), "NOT_FOUND", "Servable not found")]

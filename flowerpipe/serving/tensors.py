@@ -24,14 +24,17 @@ def dtype_name(dtype: int) -> str:
     return value.name if value else f"dtype {dtype}"
 
 
-def tensor_array(t, where: str) -> np.ndarray:
-    """A TensorProto as numpy (tensor_content or the typed *_val field; one value fills the shape, as in TF)."""
+def tensor_array(t, where: str, max_values: int) -> np.ndarray:
+    """A TensorProto as numpy (tensor_content or the typed *_val field; one value fills the shape, as in TF), of at
+    most max_values values: a shape is checked before anything is made of that size."""
     if t.tensor_shape.unknown_rank:
         raise RequestError(f"{where}: the tensor's shape must be known")
     shape = [d.size for d in t.tensor_shape.dim]
     if any(d < 0 for d in shape):
         raise RequestError(f"{where}: shape {shape} has a negative dimension")
     count = math.prod(shape)
+    if count > max_values:
+        raise RequestError(f"{where}: shape {shape} holds {count} values; this server takes at most {max_values}")
     if t.dtype == DT_STRING:
         values: object = list(t.string_val)
         size = len(values)
@@ -80,7 +83,7 @@ def tfs_images(inputs: dict, signature: str, size: int, max_batch: int) -> np.nd
     t = inputs[name]
     if t.dtype != dtype:
         raise RequestError(f"{signature} expects {name} as {dtype_name(dtype)} but {dtype_name(t.dtype)} is provided")
-    arr = tensor_array(t, f"input {name!r}")
+    arr = tensor_array(t, f"input {name!r}", max_batch * (1 if dtype == DT_STRING else size * size * 3))
     if arr.ndim < 1 or not 1 <= len(arr) <= max_batch:
         raise RequestError(f"input {name!r}: batch of {len(arr) if arr.ndim else 0} images; this server takes 1 to "
                            f"{max_batch}")
