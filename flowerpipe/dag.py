@@ -199,7 +199,7 @@ def stage_specs(root: Path = ROOT) -> dict[str, dict[str, Any]]:
             "outs": [{"${paths.reports}/predictions.csv": NO_CACHE}, {_record("predictions"): NO_CACHE}]},
         "serve_check": {
             "deps": ["${paths.tfrecords}", *on_cpu, *cpu_records, _record("benchmark"), _record("evaluate")],
-            "params": [*served, "serve", "deploy.min_accuracy_ratio"],
+            "params": [*served, "serve", "deploy.min_accuracy_ratio", "deploy.latency_budget_ms"],
             "outs": [{_record("serve"): NO_CACHE}],
             "metrics": [{"${paths.metrics}/serve.json": NO_CACHE}]},
         "report": {

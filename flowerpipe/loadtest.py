@@ -232,6 +232,31 @@ def load_grpc(target: str, model: str, images: np.ndarray, expected: np.ndarray,
             "throughput_rps": round(len(results) / wall, 3)}
 
 
+def tuned_params(params_file: str, folder: Path, max_batch: int, window_ms: float) -> str:
+    """A copy of the params file in folder with serve.max_batch and serve.batch_window_ms set (for one server)."""
+    import yaml
+
+    p = yaml.safe_load(Path(params_file).read_text()) or {}
+    p.setdefault("serve", {}).update(max_batch=max_batch, batch_window_ms=window_ms)
+    out = Path(folder) / f"params-b{max_batch}-w{window_ms:g}.yaml"
+    out.write_text(yaml.safe_dump(p, sort_keys=False))
+    return str(out)
+
+
+def best_under_budget(settings: list[dict], levels: list[str], budget_ms: float) -> dict:
+    """Per load level, the setting with the most requests/s whose p99 is within the budget (or why none is)."""
+    best = {}
+    for level in levels:
+        fits = [s for s in settings if not s[level]["errors"] and s[level]["latency_ms_p99"] <= budget_ms]
+        if not fits:
+            best[level] = {"none": f"no setting answers {level} within p99 {budget_ms:g} ms"}
+            continue
+        top = max(fits, key=lambda s: s[level]["throughput_rps"])
+        best[level] = {"max_batch": top["max_batch"], "batch_window_ms": top["batch_window_ms"],
+                       "throughput_rps": top[level]["throughput_rps"], "latency_ms_p99": top[level]["latency_ms_p99"]}
+    return best
+
+
 def params_path() -> str:
     """The params file the current stage reads."""
     return str(Path(os.environ.get("FLOWERPIPE_PARAMS") or "params.yaml").resolve())

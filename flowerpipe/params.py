@@ -215,6 +215,8 @@ class Serve(Section):
     version_labels: dict[str, NonNegInt] = {}
     concurrency: Annotated[list[PosInt], Field(min_length=1)] = [1, 8]
     requests: PosInt = 80
+    tune_max_batch: list[PosInt] = [8, 64]  # serve_check: settings tried for the served format ([] = none)
+    tune_batch_window_ms: list[Annotated[float, Field(ge=0)]] = [0.0, 5.0]
     threads: NonNegInt = 0
 
     @field_validator("version_labels")

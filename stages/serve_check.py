@@ -25,6 +25,9 @@ def beside_benchmark(levels: dict[str, dict], cells: dict[str, dict]) -> dict[st
 
 def main(p: Params) -> None:
     """Read params, do the work, write the outputs dvc.yaml declares."""
+    import itertools
+    import tempfile
+
     import numpy as np
 
     from flowerpipe import headline
@@ -32,6 +35,7 @@ def main(p: Params) -> None:
     from flowerpipe.exclusive import timing_lock
     from flowerpipe.formats.registry import find_built, load
     from flowerpipe.loadtest import (
+        best_under_budget,
         check_answers,
         check_grpc_answers,
         free_ports,
@@ -39,6 +43,7 @@ def main(p: Params) -> None:
         load_grpc,
         params_path,
         running_server,
+        tuned_params,
     )
     from flowerpipe.loadtest import load as load_test
     from flowerpipe.serving.decode import decode_all
@@ -63,6 +68,15 @@ def main(p: Params) -> None:
                                          pid=server.pid) for c in p.serve.concurrency}
             grpc_levels = {f"c{c}": load_grpc(server.grpc, p.model.name, images, expected, c, p.serve.requests)
                            for c in p.serve.concurrency}
+    settings = []  # the batcher settings tried: one server each, after the first has stopped, REST load as above
+    with timing_lock("serve_check"), tempfile.TemporaryDirectory() as tmp:
+        for max_batch, window in itertools.product(p.serve.tune_max_batch, p.serve.tune_batch_window_ms):
+            tuned = tuned_params(params_path(), Path(tmp), max_batch, window)
+            with running_server(["--format", fmt], free_ports(1)[0], params_file=tuned) as trial:
+                settings.append({"max_batch": max_batch, "batch_window_ms": window, **{
+                    f"c{c}": load_test(trial.url, p.model.name, jpegs, expected_jpeg, c, p.serve.requests)
+                    for c in p.serve.concurrency}})
+    best = best_under_budget(settings, list(levels), p.deploy.latency_budget_ms)
     compared = beside_benchmark(levels, bench.get("results", {}).get(fmt, {}).get("cpu", {}))
     for form, a in answers.items():
         print(f"{form:8s} top-1 agreement {a['top1_agreement']:.3f}  max|dp| {a['max_prob_diff']:.2e}")
@@ -75,12 +89,19 @@ def main(p: Params) -> None:
         print(f"{level}: {r['requests']} gRPC uint8 pixel requests (TF Serving Predict), {r['errors']} errors, "
               f"{r['mismatches']} mismatches, p50 {r['latency_ms_p50']:.1f} ms, p99 {r['latency_ms_p99']:.1f} ms, "
               f"{r['throughput_rps']:.1f} req/s")
+    for level, b in best.items():
+        print(f"{level}: best batcher setting within p99 {p.deploy.latency_budget_ms:g} ms: " + (
+            b["none"] if "none" in b else f"max_batch {b['max_batch']}, batch_window_ms {b['batch_window_ms']:g}: "
+            f"{b['throughput_rps']:.1f} req/s, p99 {b['latency_ms_p99']:.1f} ms"))
     stage.write_json(Path(p.paths.reports) / "serve.json", {
         "format": fmt, "images": int(len(images)), "answers": answers, "load": levels, "load_grpc": grpc_levels,
-        "vs_benchmark": compared})
+        "vs_benchmark": compared, "tuning": {"budget_ms": p.deploy.latency_budget_ms, "settings": settings,
+                                             "best": best}})
     stage.write_json(Path(p.paths.metrics) / "serve.json", headline.serve(levels))
     bad = [f"{proto} {lv}" for proto, runs in (("REST", levels), ("gRPC", grpc_levels)) for lv, r in runs.items()
            if r["errors"] or r["mismatches"]]
+    bad += [f"max_batch {t['max_batch']} window {t['batch_window_ms']:g} {lv}" for t in settings for lv in levels
+            if t[lv]["errors"] or t[lv]["mismatches"]]
     if bad or any(a["top1_agreement"] < 1.0 for a in answers.values()):
         raise stage.StageError(f"the server's answers differ from local inference ({bad or 'check'})")
 

@@ -63,6 +63,11 @@ def test_repro_writes_every_output_and_a_second_repro_is_a_noop(project):
     shipped = decision["devices"]["cpu"]["latency"]
     assert decision["formats"][shipped["format"]]["status"] == "ok"
     assert json.loads((repo / "metrics" / "deploy.json").read_text())["ship_b1_ms"] == round(shipped["ms"], 2)
+    # serve_check served the format again with each batcher setting and kept the best within the budget
+    tuning = json.loads((repo / "reports" / "serve.json").read_text())["tuning"]
+    assert [(t["max_batch"], t["batch_window_ms"]) for t in tuning["settings"]] == [(4, 0), (4, 2)]
+    assert all(t[c]["errors"] == 0 and t[c]["mismatches"] == 0 for t in tuning["settings"] for c in ("c1", "c2"))
+    assert set(tuning["best"]) == {"c1", "c2"}
     assert " nan " not in report  # a skipped format: blank cells
     skipped = report.split("## Benchmark cells skipped here", 1)[-1]  # TensorRT's CPU cells, on every machine
     assert "| tensorrt-fp16 | cpu " in skipped and "GPU" in skipped.split("| tensorrt-fp16 | cpu ", 1)[1].split("\n")[0]
@@ -87,7 +92,7 @@ def test_each_param_reruns_only_the_stages_that_read_it(project):
         "train.learning_rate": (0.002, {"train"}),  # a head-only change: the features stage's output is reused
         "model.dropout": (0.3, {"train"}),
         "train.cache_features": (False, {"features", "train"}),
-        "deploy.latency_budget_ms": (50, {"report"}),  # a new decision, nothing re-timed
+        "deploy.latency_budget_ms": (50, {"serve_check", "report"}),  # a new decision and batcher choice
         "deploy.min_accuracy_ratio": (0.95, {"serve_check", "report"}),  # what serve.format auto may serve, too
         "serve.min_agreement": (0.9, {"serve_check", "report"}),
     }

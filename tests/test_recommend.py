@@ -87,6 +87,21 @@ def test_rounds_merge_into_the_median_round_with_their_spread():
     assert merged["8"] == {"status": "skipped", "reason": "x"}
 
 
+def test_the_batcher_setting_kept_is_the_most_requests_within_the_budget():
+    from flowerpipe.loadtest import best_under_budget
+
+    def level(rps, p99, errors=0):
+        return {"throughput_rps": rps, "latency_ms_p99": p99, "errors": errors}
+
+    settings = [{"max_batch": 8, "batch_window_ms": 0, "c1": level(30, 40), "c8": level(50, 180)},
+                {"max_batch": 64, "batch_window_ms": 5, "c1": level(28, 45), "c8": level(70, 90)},
+                {"max_batch": 64, "batch_window_ms": 0, "c1": level(40, 30, errors=1), "c8": level(90, 300)}]
+    best = best_under_budget(settings, ["c1", "c8"], 100)
+    assert best["c1"] == {"max_batch": 8, "batch_window_ms": 0, "throughput_rps": 30, "latency_ms_p99": 40}
+    assert best["c8"]["max_batch"] == 64 and best["c8"]["batch_window_ms"] == 5  # 90 req/s is over the budget
+    assert best_under_budget(settings, ["c8"], 50) == {"c8": {"none": "no setting answers c8 within p99 50 ms"}}
+
+
 def test_recommend_command_prints_text_and_json(tmp_path, capsys):
     from flowerpipe.cli import main
 
