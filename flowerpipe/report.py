@@ -11,15 +11,30 @@ from flowerpipe.formats.registry import ALL_NAMES
 from flowerpipe.jsonio import read_json
 from flowerpipe.pareto import pareto
 
+SHIP_COLUMNS = ["format", "latency_ms", "accuracy", "floor", "pareto", "recommended"]
 
-def _pareto_plot(plt, acc_lat: pd.DataFrame, shipped: str | None, below: set[str], out: Path) -> str:
+
+def ship_points(acc_lat: pd.DataFrame, decision: dict | None) -> pd.DataFrame:
+    """Each format's (latency_ms, accuracy) with floor ('below' or ''), pareto ('front' among those above the floors,
+    or '') and recommended ('yes' for the lowest-latency choice): the picture's data, for the report and dvc plots."""
+    pts = acc_lat.dropna(subset=["accuracy"])[["format", "latency_ms", "accuracy"]].copy()
+    formats = (decision or {}).get("formats", {})
+    below = pts.format.map(lambda n: formats.get(n, {}).get("status") == "below_floor").astype(bool)
+    front = pd.Series(False, index=pts.index)
+    if (~below).any():
+        front[~below] = pareto(pts[~below])
+    devices = (decision or {}).get("devices", {})
+    shipped = (devices.get("cpu") or devices.get("gpu") or {}).get("latency", {}).get("format")
+    return pts.assign(floor=["below" if b else "" for b in below], pareto=["front" if f else "" for f in front],
+                      recommended=["yes" if n == shipped else "" for n in pts.format])
+
+
+def _pareto_plot(plt, pts: pd.DataFrame, out: Path) -> str:
     """Accuracy against latency, the front over the formats above the floors; labels in a column at the right."""
     import numpy as np
 
-    pts = acc_lat.dropna(subset=["accuracy"]).copy()
-    pts["below"] = pts.format.isin(below)
-    pts["front"] = False
-    pts.loc[~pts.below, "front"] = pareto(pts[~pts.below])
+    pts = pts.assign(below=pts.floor == "below", front=pts.pareto == "front")
+    shipped = next(iter(pts.format[pts.recommended == "yes"]), None)
     fig, ax = plt.subplots(figsize=(10, max(4.5, 0.22 * len(pts) + 1.5)))
     rest = pts[~pts.front & ~pts.below]
     ax.scatter(rest.latency_ms, rest.accuracy, color="0.6", label="dominated")
@@ -51,8 +66,7 @@ def _pareto_plot(plt, acc_lat: pd.DataFrame, shipped: str | None, below: set[str
     return "accuracy_latency.png"
 
 
-def _plots(history: pd.DataFrame, bench: pd.DataFrame, acc_lat: pd.DataFrame, out: Path,
-           shipped: str | None = None, below: set[str] = frozenset()) -> list[tuple[str, str]]:
+def _plots(history: pd.DataFrame, bench: pd.DataFrame, points: pd.DataFrame, out: Path) -> list[tuple[str, str]]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,10 +94,10 @@ def _plots(history: pd.DataFrame, bench: pd.DataFrame, acc_lat: pd.DataFrame, ou
         ax.figure.savefig(out / "throughput.png", dpi=90)
         plt.close(ax.figure)
         made.append(("Throughput by runtime and batch size", "throughput.png"))
-    if len(acc_lat) and acc_lat.accuracy.notna().any():
+    if len(points):
         made.append(("Test accuracy against batch-1 latency: the Pareto front of the formats above the floors (none "
                      "both faster and more accurate), the recommended one starred",
-                     _pareto_plot(plt, acc_lat, shipped, below, out)))
+                     _pareto_plot(plt, points, out)))
     return made
 
 
@@ -141,10 +155,10 @@ def build(records: Path, plots: Path, out: Path, decision: dict | None = None) -
                "model_gflop_per_image": bench.get("model_gflop_per_image"),
                "harness_overhead_ms": bench.get("overhead", {}).get("latency_ms_median")}
         sections.append(("Environment", _pairs(env)))
-    shipped = ((decision or {}).get("devices", {}).get("cpu", {}).get("latency", {}).get("format")
-               or (decision or {}).get("devices", {}).get("gpu", {}).get("latency", {}).get("format"))
-    below = {n for n, r in (decision or {}).get("formats", {}).items() if r.get("status") == "below_floor"}
-    figures = _plots(history, bench_df, acc_lat, out, shipped, below)
+    points = ship_points(acc_lat, decision) if len(acc_lat) else pd.DataFrame(columns=SHIP_COLUMNS)
+    plots.mkdir(parents=True, exist_ok=True)
+    points.to_csv(plots / "ship.csv", index=False)  # what `dvc plots` draws, the same points as the picture
+    figures = _plots(history, bench_df, points, out)
     md = ["# flowerpipe run report", ""]
     page = ["<html><head><meta charset='utf-8'><title>flowerpipe report</title><style>body{font-family:sans-serif;"
             "max-width:1100px;margin:auto}table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;"

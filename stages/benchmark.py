@@ -91,8 +91,6 @@ def write_plots(table, plots: Path, evaluate_record: Path) -> None:
     """Throughput per runtime, batch size (and device where several), and accuracy against batch-1 latency."""
     import pandas as pd
 
-    from flowerpipe.pareto import pareto
-
     plots.mkdir(parents=True, exist_ok=True)
     if len(table):  # runtimes in the registry's order, each one's batch sizes in numeric order
         order = {name: i for i, name in enumerate(dict.fromkeys(table.runtime))}
@@ -113,9 +111,8 @@ def write_plots(table, plots: Path, evaluate_record: Path) -> None:
             if acc is not None:
                 rows.append({"format": r.runtime if not several else f"{r.runtime} {r.device}",
                              "latency_ms": r.latency_ms_median, "accuracy": acc})
-    points = pd.DataFrame(rows, columns=["format", "latency_ms", "accuracy"])
-    points["pareto"] = ["front" if front else "" for front in pareto(points)] if len(points) else []
-    points.to_csv(plots / "accuracy_latency.csv", index=False)
+    pd.DataFrame(rows, columns=["format", "latency_ms", "accuracy"]).to_csv(plots / "accuracy_latency.csv",
+                                                                            index=False)
 
 
 if __name__ == "__main__":

@@ -167,10 +167,13 @@ def test_plots_name_every_point_and_bar(project):
     repo, env = project
     specs = json.loads(sh(["dvc", "plots", "show", "--json"], repo, env))["data"]
     titles = list(specs)
-    for title in ("Accuracy by epoch", "Loss by epoch", "Confusion matrix", "Throughput", "one named point"):
+    for title in ("Accuracy by epoch", "Loss by epoch", "Confusion matrix", "Throughput", "Pareto front"):
         assert any(t.startswith(title) or title in t for t in titles), (title, titles)
-    scatter = json.dumps(next(v for t, v in specs.items() if "named point" in t))
+    scatter = json.dumps(next(v for t, v in specs.items() if "Pareto front" in t))
     assert '"type": "text"' in scatter and '"field": "format"' in scatter and '"openvino-int8"' in scatter
+    # the front drawn over the formats above the floors, and the recommended one ringed (the report's own points)
+    assert "datum.pareto == 'front'" in scatter and "datum.recommended == 'yes'" in scatter
+    assert '"recommended": "yes"' in scatter
     bars = next(v for t, v in specs.items() if t.startswith("Throughput"))[0]["content"]
     cells = [row["cell"] for row in bars["data"]["values"]]
     assert len(cells) == len(set(cells)) and "onnx b1" in cells and "onnx b2" in cells
