@@ -78,7 +78,7 @@ TINY = {
     "openvino": {"calibration_images": 16},
     "benchmark": {"batch_sizes": [1, 2], "rounds": 1, "warmup": 1, "iterations": 2, "min_seconds": 0.0,
                   "max_seconds": 5.0},
-    "serve": {"concurrency": [1, 2], "requests": 6, "tune_max_batch": [4], "tune_batch_window_ms": [0, 2]},
+    "serve": {"concurrency": [1, 2], "requests": 6, "tune_max_batch": [4], "tune_batch_window_ms": [2]},
 }
 
 
