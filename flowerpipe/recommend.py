@@ -44,6 +44,13 @@ def floor_reason(name: str, scored: dict, floors: Floors) -> str:
     return ""
 
 
+def _status(why: str, row: dict) -> dict:
+    """ok; below_floor (scored, under a floor); or excluded (not scored here: skipped, or never evaluated)."""
+    if not why:
+        return {"status": "ok"}
+    return {"status": "below_floor" if row.get("status") == "ok" else "excluded", "reason": why}
+
+
 def _cells(results: dict, name: str, device: str) -> dict[int, dict]:
     """A format's timed cells on a device, by batch size (numeric)."""
     cells = results.get(name, {}).get(device, {})
@@ -84,9 +91,7 @@ def decide(evaluate: dict, benchmark: dict, floors: Floors = Floors(), budget_ms
     out: dict = {"floors": {"min_accuracy_ratio": floors.min_accuracy_ratio, "min_agreement": floors.min_agreement,
                             "latency_budget_ms": budget_ms},
                  "reference": {"format": REFERENCE, "accuracy": scored.get(REFERENCE, {}).get("accuracy")},
-                 "formats": {n: ({"status": "below_floor", "reason": why} if why and scored.get(n, {}).get("status")
-                                 == "ok" else {"status": "ok"} if not why else {"status": "excluded", "reason": why})
-                             for n, why in marks.items()},
+                 "formats": {n: _status(why, scored.get(n, {})) for n, why in marks.items()},
                  "devices": {}}
     ok = [n for n in names if not marks[n]]
     devices = sorted({d for n in ok for d in results.get(n, {}) if _cells(results, n, d)})
