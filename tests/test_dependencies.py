@@ -103,7 +103,7 @@ def test_the_slim_serving_profile_declares_what_serving_imports():
              code / "formats" / "registry.py", code / "formats" / "onnx_format.py",
              code / "formats" / "openvino_format.py", code / "formats" / "tflite.py"]
     # Converting, TensorFlow runtimes and the training decoder are not on the path: the slim profile has none.
-    skip = ("convert", "quantize", "start_tensorflow", "quiet_tensorflow", "decode_resize")
+    skip = ("convert", "quantize", "start_tensorflow", "quiet_tensorflow", "decode_resize", "decode_crop_resize")
     assert imported_distributions(files, skip) - served == set()
     assert not served & {"tensorflow", "tensorflow-cpu", "dvc", "nncf", "tf2onnx", "matplotlib", "pandas"}
 

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -170,7 +171,9 @@ def test_mirrored_strategy_on_two_logical_cpus(tiny_records):
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert (result["replicas"], result["strategy"], result["epochs"], result["copies"]) == (2, "mirrored", 4, 2)
-    assert result["budget"] == 4  # the budget's schedule variable and callback work under MirroredStrategy
+    assert result["budget"] == 4  # the budget's clock callback works under MirroredStrategy
+    # 4 epochs of a few steps end long before 60 minutes: one line says why the budget was not spent
+    assert "train.scratch_epochs=4 reached" in out.stderr, out.stderr[-2000:]
     assert result["agree"], f"the two replicas' variables differ after training: {result['differ']}"
     assert result["loss"][-1] < result["loss"][0], result["loss"]
 
@@ -186,6 +189,23 @@ def test_scratch_schedule_is_kerass_cosine_decay_until_a_budget_moves_its_end(wa
     assert np.allclose([float(ours(s)) for s in steps], [float(keras_own(s)) for s in steps], rtol=1e-5, atol=1e-9)
     ours.total_steps.assign(20.0)  # a budget that fits half the epochs
     assert float(ours(20)) == 0.0 and float(ours(10)) > 0 and ours.get_config()["total_steps"] == 20.0
+
+
+def test_time_budget_learning_rate_follows_the_clock_and_survives_a_slow_epoch():
+    from flowerpipe.training.schedule import TimeBudget
+
+    clock = TimeBudget(seconds=100, lr=1.0, warmup_steps=2, total_steps=10_000)
+    assert [clock.rate(0, 0.0), clock.rate(1, 5.0)] == [0.1, 0.55]  # linear warm-up from lr / 10, by steps
+    assert clock.rate(2, 10.0) == 1.0 and clock.warm_end == 10.0  # the decay starts where the warm-up ended
+    assert clock.rate(3, 55.0) == pytest.approx(0.5)  # half the time after the warm-up: half the rate
+    # a slow stretch (another process) only moves the schedule along: the rate is the clock's, not the step's
+    assert clock.rate(4, 90.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 80 / 90)))
+    clock.reserve = 5.0  # the last validation took 5 s: it must fit before the budget ends
+    assert clock.rate(5, 95.0) == 0.0 and clock.spent(95.0) and not clock.spent(94.0)
+    assert clock.spent(94.0, step_seconds=1.5)  # another step of 1.5 s would not fit
+    capped = TimeBudget(seconds=100, lr=1.0, warmup_steps=0, total_steps=10)
+    assert capped.rate(5, 0.0) == pytest.approx(0.5)  # half the epoch cap's steps trained first: half the rate
+    assert TimeBudget(seconds=100, lr=0.3, warmup_steps=0, total_steps=10, cosine=False).rate(9, 99.0) == 0.3
 
 
 def test_epoch_budget_refits_from_measured_epochs_and_only_shrinks_once_decaying():
@@ -423,3 +443,25 @@ def test_training_flops_are_counted_from_the_layers():
     model.get_layer("conv").trainable = False  # frozen: its forward pass only
     assert training_flops(model)["train_step"] == conv + 3 * (sep + head)
     assert 1 < matmul_peak_gflops(n=256, seconds=0.1) < 1e5
+
+
+def test_scratch_crops_are_reproducible_and_mixes_keep_one_unit_of_label_per_image(tiny_records):
+    from flowerpipe.data import tfrecord
+    from flowerpipe.training.loops import mixer
+
+    _prepare(tiny_records, "default")
+    folder = tiny_records / "data" / "tfrecords"
+
+    def first(crop_area: float) -> np.ndarray:
+        ds = tfrecord.dataset(folder, "train", 71, 4, shuffle=True, seed=3, repeat=True, crop_area=crop_area)
+        return np.stack([x.numpy() for x, _ in ds.take(3)])
+
+    cropped = first(0.25)
+    assert cropped.shape == (3, 4, 71, 71, 3) and np.array_equal(cropped, first(0.25))  # same seed, same crops
+    assert not np.array_equal(cropped, first(1.0))  # the same photos in the same order, cropped
+    x = np.stack([np.full((71, 71, 3), 50.0 * i, np.float32) for i in range(4)])
+    y = np.eye(5, dtype=np.float32)[[0, 1, 2, 3]]
+    for mixup, cutmix in ((1.0, 0.0), (0.0, 1.0), (1.0, 1.0)):
+        mixed_x, mixed_y = (t.numpy() for t in mixer(0, mixup, cutmix)(x, y))
+        assert mixed_x.shape == x.shape and np.allclose(mixed_y.sum(1), 1.0)  # one unit of label per image
+        assert mixed_y.max() < 1.0 or not np.array_equal(mixed_x, x)  # something was mixed

@@ -10,32 +10,69 @@ from pathlib import Path
 import numpy as np
 
 from flowerpipe.data import tfrecord
-from flowerpipe.model import OUTPUT_NAME, feature_extractor
+from flowerpipe.model import OUTPUT_NAME, batch_norm_layers, feature_extractor
 from flowerpipe.params import Model, Train
 from flowerpipe.training.checkpoints import Checkpoints
 from flowerpipe.training.epochs import EpochLog, Result
-from flowerpipe.training.schedule import EpochBudget, budget_for, fit_to_budget, learning_rate_for
+from flowerpipe.training.schedule import (
+    EpochBudget,
+    TimeBudget,
+    budget_for,
+    fit_to_budget,
+    learning_rate_for,
+    time_budget_for,
+)
 from flowerpipe.training.throughput import training_flops
 
 log = logging.getLogger(__name__)
 
 
-def augmenter(seed: int, strength: float = 1.0):
-    """Augmentation for flowers: flips; rotations, zoom and contrast scaled by strength (1: light)."""
+def augmenter(seed: int, strength: float = 1.0, zoom: bool = True, randaugment: float = 0.0):
+    """Augmentation for flowers: flips; rotations, zoom (unless crops zoom already) and contrast scaled by
+    strength (1: light); then Keras's RandAugment at magnitude `randaugment` (0: none)."""
     import keras
 
-    return keras.Sequential([
-        keras.layers.RandomFlip("horizontal", seed=seed),
-        keras.layers.RandomRotation(0.08 * strength, seed=seed),
-        keras.layers.RandomZoom(0.15 * strength, seed=seed),
-        keras.layers.RandomContrast(0.15 * strength, seed=seed),
-    ], name="augment")
+    layers = [keras.layers.RandomFlip("horizontal", seed=seed),
+              keras.layers.RandomRotation(0.08 * strength, seed=seed)]
+    if zoom:
+        layers.append(keras.layers.RandomZoom(0.15 * strength, seed=seed))
+    layers.append(keras.layers.RandomContrast(0.15 * strength, seed=seed))
+    if randaugment:
+        layers.append(keras.layers.RandAugment(value_range=(0, 255), num_ops=2, factor=randaugment, seed=seed))
+    return keras.Sequential(layers, name="augment")
+
+
+def mixer(seed: int, mixup: float, cutmix: float):
+    """Keras's MixUp (alpha `mixup`) or CutMix (alpha `cutmix`) on (images, one-hot labels) batches: one of the
+    two at random per batch when both are on."""
+    import keras
+
+    mixes = []
+    if mixup:
+        mixes.append(keras.layers.MixUp(alpha=mixup, seed=seed))
+    if cutmix:
+        mixes.append(keras.layers.CutMix(factor=cutmix, seed=seed + 1))
+    coin = keras.random.SeedGenerator(seed + 2)
+
+    def mix(x, y):
+        import tensorflow as tf
+
+        def apply(layer):
+            out = layer({"images": x, "labels": y}, training=True)
+            return out["images"], out["labels"]
+
+        if len(mixes) == 1:
+            return apply(mixes[0])
+        return tf.cond(keras.random.uniform((), seed=coin) < 0.5, lambda: apply(mixes[0]), lambda: apply(mixes[1]))
+
+    return mix
 
 
 def _datasets(data_dir: Path, image_size: int, global_batch: int, train: Train, augment: bool, num_classes: int,
-              replicas: int = 1, n_val: int = 0):
+              replicas: int = 1, n_val: int = 0, scratch: bool = False):
     """Train and val datasets with one-hot labels (for label smoothing), sharded by data for multi-worker.
 
+    From scratch, augmentation adds the scratch_* regularizers: random resized crops, RandAugment, MixUp/CutMix.
     With several replicas every batch must split evenly (keras-team/keras#19246), so the last partial
     validation batch is dropped there.
     """
@@ -44,11 +81,17 @@ def _datasets(data_dir: Path, image_size: int, global_batch: int, train: Train, 
     def onehot(x, y):
         return x, tf.one_hot(y, num_classes)
 
+    crop = train.scratch_crop_area if scratch and augment else 1.0
     train_ds = tfrecord.dataset(data_dir, "train", image_size, global_batch, shuffle=True, seed=train.seed,
-                                repeat=True, drop_remainder=True)
+                                repeat=True, drop_remainder=True, crop_area=crop)
     if augment:
-        aug = augmenter(train.seed, train.augment_strength)
+        aug = augmenter(train.seed, train.augment_strength, zoom=crop == 1.0,
+                        randaugment=train.scratch_randaugment if scratch else 0.0)
         train_ds = train_ds.map(lambda x, y: (aug(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+    train_ds = train_ds.map(onehot)
+    if augment and scratch and (train.scratch_mixup or train.scratch_cutmix):
+        train_ds = train_ds.map(mixer(train.seed, train.scratch_mixup, train.scratch_cutmix),
+                                num_parallel_calls=tf.data.AUTOTUNE)
     if replicas > 1:
         val_batch = min(global_batch, (n_val // replicas) * replicas) or replicas
         val_ds = tfrecord.dataset(data_dir, "val", image_size, val_batch, drop_remainder=True)
@@ -56,29 +99,31 @@ def _datasets(data_dir: Path, image_size: int, global_batch: int, train: Train, 
         val_ds = tfrecord.dataset(data_dir, "val", image_size, global_batch)
     opts = tf.data.Options()
     opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return (train_ds.map(onehot).prefetch(tf.data.AUTOTUNE).with_options(opts),
+    return (train_ds.prefetch(tf.data.AUTOTUNE).with_options(opts),
             val_ds.map(onehot).with_options(opts))
 
 
-def optimizer_for(learning_rate, weight_decay: float = 0.0):
+def optimizer_for(learning_rate, weight_decay: float = 0.0, ema: float = 0.0):
     """Adam (AdamW with decoupled weight decay, not on biases or BatchNorm), wrapped in loss scaling under
-    mixed_float16 (what compile() adds; a custom loop must add it itself). learning_rate may be a schedule."""
+    mixed_float16 (what compile() adds; a custom loop must add it itself). learning_rate may be a schedule.
+    ema > 0: Keras keeps an exponential moving average of the weights (that momentum), which fit() ends with."""
     import keras
 
+    averaging = {"use_ema": True, "ema_momentum": ema} if ema else {}
     if weight_decay:
-        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
+        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay, **averaging)
         optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     else:
-        optimizer = keras.optimizers.Adam(learning_rate)
+        optimizer = keras.optimizers.Adam(learning_rate, **averaging)
     if keras.mixed_precision.global_policy().name == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
 
 
-def _compile(model, learning_rate, label_smoothing: float, weight_decay: float = 0.0) -> None:
+def _compile(model, learning_rate, label_smoothing: float, weight_decay: float = 0.0, ema: float = 0.0) -> None:
     import keras
 
-    model.compile(optimizer=optimizer_for(learning_rate, weight_decay),
+    model.compile(optimizer=optimizer_for(learning_rate, weight_decay, ema),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
                   metrics=["accuracy"])
 
@@ -100,10 +145,10 @@ class Run:
     result: Result
     features_dir: Path | None = None  # the features stage's output, reused when it matches this backbone and data
 
-    def datasets(self):
+    def datasets(self, phase: str):
         """Train and val datasets for a fit() phase (augmented when train.augment is on)."""
         return _datasets(self.data_dir, self.m.image_size, self.batch, self.p, self.p.augment, self.num_classes,
-                         self.result.replicas, self.n_val)
+                         self.result.replicas, self.n_val, scratch=phase == "scratch")
 
     def callbacks(self, phase: str, images_per_epoch: int, has_val: bool) -> list:
         """The epoch log first (so an epoch is recorded before its backup), then resume and early stopping."""
@@ -111,8 +156,9 @@ class Run:
 
         cbs = [self.log.callback(phase, images_per_epoch),
                keras.callbacks.BackupAndRestore(str(self.ckpt.backup_dir(phase)), delete_checkpoint=True)]
-        if self.p.patience and has_val:
-            cbs.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=self.p.patience,
+        patience = self.p.scratch_patience if phase == "scratch" else self.p.patience
+        if patience and has_val:
+            cbs.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=patience,
                                                      restore_best_weights=True, mode="max"))
         return cbs
 
@@ -137,51 +183,104 @@ def steps_per_epoch(n: int, batch: int, cap: int) -> int:
 def fit_phase(run: Run, model, phase: str, epochs: int, lr: float) -> None:
     """One Keras fit() for a phase, resumable through BackupAndRestore; skipped if already finished.
 
-    From scratch with train.scratch_minutes, epochs is a cap: the phase stops when its time budget is spent.
+    From scratch with train.scratch_minutes, epochs is a cap: the phase's learning rate follows its clock and
+    the phase stops when its time budget is spent (multi-worker: the epoch count is refitted to the budget).
     """
+    started = time.perf_counter()
     start = len(run.result.history)
     steps = steps_per_epoch(run.n_train, run.batch, run.p.max_steps_per_epoch)
-    lr = learning_rate_for(run.p, phase, lr, epochs, steps)
-    budget = budget_for(run.p, phase, epochs)
     trained = [row.get("seconds", 0.0) for row in run.ckpt.history(phase)]
-    if budget is not None and trained and run.result.strategy != "multi_worker":  # (the multi-worker loop starts over)
-        fit_to_budget(budget, trained, lr, steps)  # epochs an interrupted run trained count against the budget
-        run.result.budget_epochs = budget.epochs
+    multi_worker = run.result.strategy == "multi_worker"
+    clock = None if multi_worker else time_budget_for(run.p, phase, lr, epochs, steps)
+    budget = budget_for(run.p, phase, epochs) if multi_worker else None
+    if clock is None:
+        lr = learning_rate_for(run.p, phase, lr, epochs, steps)
     if run.resume(phase, model) or epochs == 0:
+        if clock is not None:
+            run.result.budget_epochs = len(run.ckpt.history(phase))
         return
-    train_ds, val_ds = run.datasets()
+    train_ds, val_ds = run.datasets(phase)
     run.log.step_flops = training_flops(model)["train_step"]
     decay = run.p.scratch_weight_decay if phase == "scratch" else 0.0
+    ema = run.p.scratch_ema if phase == "scratch" else 0.0
     with run.strategy.scope():
-        if run.result.strategy == "multi_worker":
+        if multi_worker:
             _fit_multi_worker(run, model, phase, epochs, lr, decay, train_ds, val_ds if run.n_val else None, steps,
                               budget)
         else:
-            _compile(model, lr, run.p.label_smoothing, decay)
+            _compile(model, lr, run.p.label_smoothing, decay, ema)
             callbacks = run.callbacks(phase, min(run.n_train, steps * run.batch), run.n_val > 0)
-            if budget is not None:
-                callbacks.append(_budget_callback(budget, lr, steps, run.result.history))
+            if clock is not None:  # an interrupted run's epochs count against the budget
+                callbacks.append(_clock_callback(clock, started - sum(trained), epochs, steps))
             model.fit(train_ds, validation_data=val_ds if run.n_val else None, epochs=epochs, steps_per_epoch=steps,
                       verbose=2, callbacks=callbacks)
+            if ema:
+                refresh_batch_norm(model, train_ds, steps)
     if budget is not None:
         run.result.budget_epochs = budget.epochs
+    if clock is not None:
+        run.result.budget_epochs = len(run.result.history) - start
     run.ckpt.finish(phase, model, run.result.history[start:])
 
 
-def _budget_callback(budget: EpochBudget, schedule, steps: int, history: list[dict]):
-    """A Keras callback that refits the epoch count after each epoch and stops fit() when the budget is spent.
+def refresh_batch_norm(model, train_ds, steps: int) -> None:
+    """BatchNorm statistics for the averaged (EMA) weights fit() ends with: the moving statistics were gathered
+    under the live weights; one pass of training batches, in training mode, without any weight update."""
+    if not batch_norm_layers(model):
+        return
+    for x, _ in train_ds.take(steps):  # an epoch: with scratch_bn_momentum 0.9 the old statistics fade out
+        model(x, training=True)
+    log.info("EMA weights: BatchNorm statistics recomputed over %d training batches", steps)
 
-    It reads the epoch's time from the row the epoch log (an earlier callback) has just added to history.
-    """
+
+def _clock_callback(clock: TimeBudget, t0: float, epochs: int, steps: int):
+    """A Keras callback that sets each step's learning rate from the phase's clock and stops fit() in time."""
     import keras
 
-    class _Budget(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            """Refit the epoch count; stop once it is reached."""
-            if fit_to_budget(budget, [history[-1]["seconds"]], schedule, steps):
-                self.model.stop_training = True
+    class _Clock(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            """Start counting steps where a resumed optimizer left off."""
+            self.step, self.stopped = int(self.model.optimizer.iterations.numpy()), False
 
-    return _Budget()
+        def on_train_batch_begin(self, batch, logs=None):
+            """This step's learning rate."""
+            self._began = time.perf_counter()
+            self.model.optimizer.learning_rate.assign(clock.rate(self.step, self._began - t0))
+
+        def on_train_batch_end(self, batch, logs=None):
+            """Stop when another step and one validation would no longer fit the budget."""
+            self.step += 1
+            now = time.perf_counter()
+            if clock.spent(now - t0, now - self._began) and not self.model.stop_training:
+                self.model.stop_training = self.stopped = True
+                log.info("train.scratch_minutes=%g: budget spent at %.1f min, after step %d of epoch %d; "
+                         "one validation, then the phase ends", clock.seconds / 60, (time.perf_counter() - t0) / 60,
+                         batch + 1, self.step // steps + (batch + 1 < steps))
+
+        def on_test_begin(self, logs=None):
+            self._val = time.perf_counter()
+
+        def on_test_end(self, logs=None):
+            """Keep the validation's time free at the end of the budget."""
+            clock.reserve = time.perf_counter() - self._val
+
+        def on_epoch_end(self, epoch, logs=None):
+            """One line per epoch: where the clock and the learning rate are."""
+            elapsed = time.perf_counter() - t0
+            log.info("train.scratch_minutes=%g: epoch %d ended at %.1f min (its validation %.1f s), "
+                     "learning rate %.2e", clock.seconds / 60, epoch + 1, elapsed / 60, clock.reserve,
+                     clock.rate(self.step, elapsed))
+
+        def on_train_end(self, logs=None):
+            """Say why the phase ended before its budget, if it did."""
+            elapsed = time.perf_counter() - t0
+            if not self.stopped and clock.seconds - elapsed > 60:
+                log.warning("train.scratch_minutes=%g: the phase ended at %.1f min, %.1f min early: %s",
+                            clock.seconds / 60, elapsed / 60, (clock.seconds - elapsed) / 60,
+                            f"train.scratch_epochs={epochs} reached (raise it to spend the budget)"
+                            if self.step >= epochs * steps else "early stopping (train.scratch_patience)")
+
+    return _Clock()
 
 
 def _fit_multi_worker(run: Run, model, phase, epochs, lr, decay, train_ds, val_ds, steps,

@@ -97,3 +97,48 @@ def fit_to_budget(budget: EpochBudget, seconds: Sequence[float], schedule, steps
         log.info("train.scratch_minutes=%g: %d epoch(s) in all fit the budget (%d trained in %.0f s, the last %.0f s)",
                  budget.seconds / 60, budget.epochs, len(budget.times), sum(budget.times), budget.times[-1])
     return len(budget.times) >= budget.epochs
+
+
+@dataclass
+class TimeBudget:
+    """train.scratch_minutes for a fit() phase: the learning rate as a function of elapsed time over the budget.
+
+    A linear warm-up over the first warmup_steps, then a cosine decay whose progress is the larger of the
+    elapsed share of the budget and the share of the epoch cap trained, so it reaches 0 when either ends. A slow
+    epoch (a shared machine) only moves the schedule along faster; the phase stops at the first step after which
+    the last validation's time would no longer fit.
+    """
+
+    seconds: float
+    lr: float
+    warmup_steps: int
+    total_steps: int  # the epoch cap's steps
+    cosine: bool = True
+    reserve: float = 0.0  # the last validation's seconds, kept free for the one after the last step
+    warm_end: float | None = None  # elapsed seconds when the warm-up ended
+
+    def rate(self, step: int, elapsed: float) -> float:
+        """The learning rate for a step starting `elapsed` seconds into the phase."""
+        if not self.cosine:
+            return self.lr
+        if step < self.warmup_steps:
+            return self.lr / 10 + (self.lr - self.lr / 10) * step / self.warmup_steps
+        if self.warm_end is None:
+            self.warm_end = elapsed
+        end = self.seconds - self.reserve
+        by_time = (elapsed - self.warm_end) / max(end - self.warm_end, 1e-9)
+        by_steps = (step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1)
+        done = min(1.0, max(0.0, by_time, by_steps))
+        return 0.5 * self.lr * (1.0 + math.cos(math.pi * done))
+
+    def spent(self, elapsed: float, step_seconds: float = 0.0) -> bool:
+        """Whether the step just finished (of step_seconds) leaves no time for another one and the validation."""
+        return elapsed + step_seconds + self.reserve >= self.seconds
+
+
+def time_budget_for(p: Train, phase: str, lr: float, epochs: int, steps: int) -> TimeBudget | None:
+    """train.scratch_minutes as a TimeBudget for the scratch phase (None: the phase runs its epochs)."""
+    if phase != "scratch" or not p.scratch_minutes:
+        return None
+    warmup = min(p.scratch_warmup_epochs, epochs) * steps
+    return TimeBudget(p.scratch_minutes * 60, lr, warmup, epochs * steps, cosine=p.scratch_schedule == "cosine")
