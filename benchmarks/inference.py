@@ -35,7 +35,7 @@ def random_model_variants(size: int, t: Path) -> tuple[Path, list, dict[str, str
     from flowerpipe.params import Model
 
     keras.utils.set_random_seed(0)
-    build_model(Model(image_size=size, weights="none"), 5).save(t / "model.keras")
+    build_model(Model(image_size=size, weights="none", width=1.0, middle_blocks=8), 5).save(t / "model.keras")
     calib = np.random.default_rng(0).uniform(0, 255, (32, size, size, 3)).astype(np.float32)
     ctx = ConvertContext(t / "model.keras", export_probabilities(t / "model.keras", t / "sm"), size,
                          [f"class{i}" for i in range(5)], calib)

@@ -80,7 +80,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         keras.utils.set_random_seed(0)
-        build_model(Model(image_size=size, weights="none"), len(classes)).save(t / "model.keras")
+        full = Model(image_size=size, weights="none", width=1.0, middle_blocks=8)  # the published Xception
+        build_model(full, len(classes)).save(t / "model.keras")
         calib = np.random.default_rng(0).uniform(0, 255, (8, size, size, 3)).astype(np.float32)
         ctx = ConvertContext(t / "model.keras", export_probabilities(t / "model.keras", t / "sm"), size, classes,
                              calib)

@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from flowerpipe.declared import RESOLVED_FROM
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "flowerpipe"
 IGNORED = ("__pycache__",)  # as .dvcignore: bytecode is no input
@@ -214,6 +216,9 @@ def stage_specs(root: Path = ROOT) -> dict[str, dict[str, Any]]:
     for name, spec in specs.items():
         entry: dict[str, Any] = {"cmd": f"python -m stages.{name}",
                                  "deps": [*code_deps(name, root), *dict.fromkeys(spec.get("deps", []))]}
+        if spec.get("params"):  # a key whose `auto` resolves from others depends on them too
+            spec["params"] = list(dict.fromkeys(k for key in spec["params"]
+                                                for k in (key, *RESOLVED_FROM.get(key, ()))))
         for key in ("params", "outs", "metrics"):
             if spec.get(key):
                 entry[key] = spec[key]

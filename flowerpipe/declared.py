@@ -11,6 +11,8 @@ from pydantic import BaseModel
 from flowerpipe.params import ParamsError
 
 ALWAYS = ("paths",)  # dvc.yaml interpolates paths.* into deps and outs, so a change there changes the stage
+# Keys whose `auto` is resolved from others (params.Model): reading one reads those too.
+RESOLVED_FROM = {f"model.{k}": ("model.weights", "model.arch") for k in ("image_size", "width", "middle_blocks")}
 
 
 class UndeclaredParam(ParamsError):
@@ -62,6 +64,10 @@ class Guarded:
         object.__setattr__(self, "_prefix", prefix)
 
     def _check(self, key: str) -> None:
+        for source in RESOLVED_FROM.get(key, ()):
+            if not _covered(source, self._allowed):
+                raise UndeclaredParam(f"stage {self._stage!r} reads params.yaml key {key!r}, whose auto value "
+                                      f"comes from {source!r}, which its dvc.yaml entry does not list under params")
         if not _covered(key, self._allowed):
             raise UndeclaredParam(f"stage {self._stage!r} reads params.yaml key {key!r}, which its dvc.yaml entry "
                                   "does not list under params (add it there, or stop reading it)")

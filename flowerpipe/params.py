@@ -94,6 +94,18 @@ class TFRecords(Section):
     max_image_megapixels: PosInt = 100  # larger images (decompression bombs) are skipped and listed
 
 
+# What `auto` means for model.image_size, model.width and model.middle_blocks: the published Xception at 180x180
+# for pretrained weights; from scratch (weights: none), the recipe's half-width network with 4 middle blocks at
+# 128x128 (README: "From scratch in 30 minutes on 2 cores").
+PRETRAINED_NETWORK = {"image_size": 180, "width": 1.0, "middle_blocks": 8}
+SCRATCH_NETWORK = {"image_size": 128, "width": 0.5, "middle_blocks": 4}
+
+
+def from_scratch(weights: str) -> bool:
+    """Whether model.weights means training from scratch."""
+    return str(weights).strip().lower() in ("none", "")
+
+
 class Model(Section):
     """Backbone, input size and head."""
 
@@ -104,6 +116,16 @@ class Model(Section):
     weights: str = "imagenet"
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
     name: str = "flowers"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _auto(cls, data: Any) -> Any:
+        """`auto` (or a missing key) for image_size, width and middle_blocks: the network the weights call for."""
+        if not isinstance(data, dict):
+            return data
+        scratch = from_scratch(data.get("weights", "imagenet")) and data.get("arch", "xception") == "xception"
+        network = SCRATCH_NETWORK if scratch else PRETRAINED_NETWORK
+        return {**data, **{k: v for k, v in network.items() if data.get(k, "auto") == "auto"}}
 
     @field_validator("arch")
     @classmethod
@@ -142,13 +164,19 @@ class Train(Section):
     fine_tune_epochs: NonNegInt = 6
     fine_tune_layers: NonNegInt = 40
     fine_tune_learning_rate: Annotated[float, Field(gt=0)] = 1e-5
-    scratch_epochs: PosInt = 30
-    scratch_learning_rate: Annotated[float, Field(gt=0)] = 1e-3
+    scratch_epochs: PosInt = 100
+    scratch_learning_rate: Annotated[float, Field(gt=0)] = 2e-3
     scratch_bn_momentum: Annotated[float, Field(gt=0, lt=1)] = 0.9
     scratch_schedule: Literal["cosine", "constant"] = "cosine"
     scratch_warmup_epochs: NonNegInt = 2
     scratch_weight_decay: Annotated[float, Field(ge=0, lt=1)] = 0.05
-    scratch_minutes: Annotated[float, Field(ge=0)] = 0.0
+    scratch_minutes: Annotated[float, Field(ge=0)] = 30.0
+    scratch_patience: NonNegInt = 0
+    scratch_crop_area: Annotated[float, Field(gt=0, le=1)] = 0.25
+    scratch_mixup: Annotated[float, Field(ge=0, le=10)] = 0.0
+    scratch_cutmix: Annotated[float, Field(ge=0, le=10)] = 0.0
+    scratch_randaugment: Annotated[float, Field(ge=0, le=1)] = 0.0
+    scratch_ema: Annotated[float, Field(ge=0, lt=1)] = 0.0
     deterministic: bool = True
     augment: bool = True
     augment_strength: Annotated[float, Field(gt=0, le=4)] = 1.0

@@ -13,6 +13,19 @@ def test_project_params_are_valid():
     assert p.data.expected_sha256() == OFFICIAL_SHA256
 
 
+def test_weights_none_means_the_scratch_recipes_network_unless_a_key_says_otherwise():
+    def network(**model):
+        m = parse({"model": model}).model
+        return m.image_size, m.width, m.middle_blocks
+
+    assert network() == (180, 1.0, 8) == network(image_size="auto", width="auto", middle_blocks="auto")
+    assert network(weights="none") == (128, 0.5, 4)  # README: "From scratch in 30 minutes on 2 cores"
+    assert network(weights="none", image_size=96, width=1.0) == (96, 1.0, 4)  # each key overrides alone
+    assert network(weights="none", arch="mobilenet_v2") == (180, 1.0, 8)  # width and depth scale Xception only
+    p = load(ROOT / "params.yaml")
+    assert p.train.scratch_minutes == 30 and p.train.scratch_patience == 0  # the recipe is the default
+
+
 @pytest.mark.parametrize("raw, key, words", [
     ({"train": {"epochs": -1}}, "train.epochs", "greater than or equal to 0"),
     ({"train": {"epoks": 3}}, "train.epoks", "unknown key"),
@@ -23,6 +36,8 @@ def test_project_params_are_valid():
     ({"data": {"sha256": "abc"}}, "data.sha256", "64-character"),
     ({"train": {"strategy": "tpu"}}, "train.strategy", "'tpu'"),
     ({"train": {"scratch_minutes": -5}}, "train.scratch_minutes", "greater than or equal to 0"),
+    ({"train": {"scratch_crop_area": 0}}, "train.scratch_crop_area", "greater than 0"),
+    ({"model": {"width": "wide"}}, "model.width", "'wide'"),
     ({"train": {"learning_rate": float("inf")}}, "train.learning_rate", "finite number"),
     ({"split": {"seed": -1}}, "split.seed", "greater than or equal to 0"),  # numpy refuses it (a traceback before)
     ({"train": {"seed": 2**32}}, "train.seed", "less than or equal to 4294967295"),
@@ -90,7 +105,12 @@ def test_a_stage_reads_only_what_dvc_yaml_declares(tmp_path):
 
     dvc_yaml = tmp_path / "dvc.yaml"
     dvc_yaml.write_text("stages:\n  s:\n    cmd: x\n    params:\n      - model.image_size\n      - serve\n")
-    assert declared(dvc_yaml, "s") == {"model.image_size", "serve"}
+    p = stage_params("s", tmp_path / "none.yaml", dvc_yaml)
+    with pytest.raises(UndeclaredParam, match="whose auto value comes from 'model.weights'"):
+        _ = p.model.image_size  # `auto` resolves from the weights: a stage reading the size depends on them
+    dvc_yaml.write_text("stages:\n  s:\n    cmd: x\n    params:\n      - model.image_size\n      - model.weights\n"
+                        "      - model.arch\n      - serve\n")
+    assert declared(dvc_yaml, "s") == {"model.image_size", "model.weights", "model.arch", "serve"}
     p = stage_params("s", tmp_path / "none.yaml", dvc_yaml)
     assert p.model.image_size == 180 and p.serve.port == 8501 and p.paths.model == "models/model.keras"
     assert p.serve.model_dump_json()
@@ -98,7 +118,7 @@ def test_a_stage_reads_only_what_dvc_yaml_declares(tmp_path):
         _ = p.model.name
     with pytest.raises(UndeclaredParam, match="'train'"):
         _ = p.train.epochs
-    with pytest.raises(UndeclaredParam, match="'model.arch'"):
+    with pytest.raises(UndeclaredParam, match="'model.width'"):
         p.model.model_dump_json()
     others = {"arch", "width", "middle_blocks", "weights", "dropout", "name"}
     assert "image_size" in p.model.model_dump_json(exclude=others)
