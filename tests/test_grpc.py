@@ -431,3 +431,21 @@ def test_shutdown_finishes_the_calls_in_flight_and_refuses_new_ones_unavailable(
         assert np.allclose(in_flight.result(timeout=10).as_numpy("probabilities"), colour_model(1)(x), atol=1e-6)
     running.thread.join(20)
     assert not running.thread.is_alive()
+
+
+def test_client_reads_an_answer_without_probabilities_as_one_error_and_leaves_it_unchanged():
+    from flowerpipe.serving import protos
+    from flowerpipe.serving.errors import RequestError
+    from flowerpipe.serving.grpc_client import probabilities
+
+    answer = protos.message("tensorflow.serving.PredictResponse")()
+    answer.outputs["scores"].dtype = protos.DT_FLOAT
+    with pytest.raises(RequestError, match="without a 'probabilities' output"):
+        probabilities(answer, "tfs")
+    assert list(answer.outputs) == ["scores"]  # reading did not add an empty 'probabilities' entry
+    answer.outputs["probabilities"].float_val.extend([0.25, 0.75])
+    answer.outputs["probabilities"].tensor_shape.dim.add().size = 1
+    answer.outputs["probabilities"].tensor_shape.dim.add().size = 2
+    probs, names = probabilities(answer, "tfs")
+    assert probs.tolist() == [[0.25, 0.75]] and names == []  # no class_name output: no names, no empty entry
+    assert "class_name" not in answer.outputs

@@ -34,11 +34,14 @@ def v2_pixels(model: str, images: np.ndarray):
 def probabilities(answer, protocol: str) -> tuple[np.ndarray, list[str]]:
     """(probabilities, class names) from a PredictResponse or a ModelInferResponse."""
     if protocol == "tfs":
+        if "probabilities" not in answer.outputs:  # (indexing a protobuf map would add an empty entry)
+            raise RequestError("server answered without a 'probabilities' output", 502)
         t = answer.outputs["probabilities"]
         shape = [d.size for d in t.tensor_shape.dim]
         probs = (np.frombuffer(t.tensor_content, "<f4") if t.tensor_content
                  else np.asarray(t.float_val, np.float32)).reshape(shape)
-        names = [n.decode(errors="replace") for n in answer.outputs["class_name"].string_val]
+        names = ([n.decode(errors="replace") for n in answer.outputs["class_name"].string_val]
+                 if "class_name" in answer.outputs else [])
         return probs, names
     outs = {o.name: i for i, o in enumerate(answer.outputs)}
     if "probabilities" not in outs or len(answer.raw_output_contents) != len(answer.outputs):
