@@ -7,7 +7,7 @@ from pathlib import Path
 from flowerpipe import xception
 from flowerpipe.backbones import BACKBONES
 from flowerpipe.errors import FormatError, UserError
-from flowerpipe.params import Model
+from flowerpipe.params import Model, from_scratch
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
@@ -32,7 +32,7 @@ def resolve_weights(weights: str) -> str | None:
     """'imagenet' (downloaded by Keras), 'none' (from scratch), or an existing weights file path."""
     if weights == "imagenet":
         return "imagenet"
-    if weights.lower() in ("none", ""):
+    if from_scratch(weights):
         return None
     if not Path(weights).is_file():
         raise FileNotFoundError(f"model.weights: weights file {weights} does not exist")

@@ -111,11 +111,15 @@ def test_phase_resume_logs_the_restored_epochs(tmp_path):
             with Live("live", dvcyaml=None, save_dvc_exp=False) as live:
                 _, r, _ = fit(Path(p.paths.tfrecords), p.model, p.train, Path("ckpt"), live)
             print(json.dumps({"resumed": r.resumed_from, "epochs": r.epochs_run, "budget": r.budget_epochs}))
+            print(json.dumps({"images": r.images_seen}))
     """)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=600, check=True).stdout
-    first, again = (json.loads(line) for line in out.strip().splitlines()[-2:])
+    lines = [json.loads(line) for line in out.strip().splitlines()[-4:]]
+    first, again = lines[0], lines[2]
+    n_train = json.loads((tmp_path / "data" / "tfrecords" / "manifest.json").read_text())["splits"]["train"]["count"]
+    assert 0 < lines[1]["images"] < n_train  # the epoch the budget cut after its first step counts that share
     assert first == {"resumed": "", "epochs": 1, "budget": 1}  # the budget, not scratch_epochs, ended the phase
     assert again == {"resumed": "scratch", "epochs": 1, "budget": 1}  # the finished phase is restored, not rerun
     curve = (tmp_path / "live" / "plots" / "metrics" / "loss.tsv").read_text().splitlines()

@@ -73,11 +73,16 @@ class EpochLog:
 
         class _Epochs(keras.callbacks.Callback):
             def on_epoch_begin(self, epoch, logs=None):
-                """Start the epoch's clock."""
-                self._t = time.perf_counter()
+                """Start the epoch's clock and its step count."""
+                self._t, self._steps = time.perf_counter(), 0
+
+            def on_train_batch_end(self, batch, logs=None):
+                self._steps += 1
 
             def on_epoch_end(self, epoch, logs=None):
-                """Record the epoch's logs, time and images/s."""
-                log.epoch(phase, logs or {}, images_per_epoch, time.perf_counter() - self._t)
+                """Record the epoch's logs, time and images/s (an epoch a time budget cut short: its share)."""
+                steps = (self.params or {}).get("steps") or self._steps
+                images = round(images_per_epoch * min(1.0, self._steps / steps)) if steps else images_per_epoch
+                log.epoch(phase, logs or {}, images, time.perf_counter() - self._t)
 
         return _Epochs()
