@@ -21,7 +21,7 @@ from flowerpipe.serving import protos, tfs, v2
 from flowerpipe.serving.errors import RequestError
 from flowerpipe.serving.protos import BadMessage, message
 from flowerpipe.serving.service import Service
-from flowerpipe.serving.tensors import tensor_proto, tfs_images, v2_images, v2_response
+from flowerpipe.serving.tensors import fill_tensor, tfs_images, v2_images, v2_response
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ class GrpcServer:
     def _rpc(self, endpoint: str) -> Callable:
         """Wrap a handler: a request that did not parse, a RequestError or a bug becomes one status and message."""
         metrics = self.service.metrics
+        answered, latency = metrics.requests.labels(endpoint, "OK"), metrics.latency.labels(endpoint)
 
         def wrap(fn):
             @functools.wraps(fn)
@@ -107,8 +108,8 @@ class GrpcServer:
                     code = grpc.StatusCode.INTERNAL
                     await context.abort(code, f"internal error: {exc.__class__.__name__}")
                 finally:
-                    metrics.requests.labels(endpoint, code.name).inc()
-                    metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+                    (answered if code is grpc.StatusCode.OK else metrics.requests.labels(endpoint, code.name)).inc()
+                    latency.observe(time.perf_counter() - start)
             return call
         return wrap
 
@@ -148,8 +149,8 @@ class GrpcServer:
                       "class_name": [v.model.classes[i] for i in index]}
             resp = message("tensorflow.serving.PredictResponse")(
                 model_spec=model_spec(s.repo.name, v.number, signature))
-            for name in wanted:
-                resp.outputs[name].CopyFrom(tensor_proto(values[name]))
+            for name in dict.fromkeys(wanted):  # (a name asked twice is answered once)
+                fill_tensor(resp.outputs[name], values[name])
             return resp
 
         @rpc("grpc_tfs_other")

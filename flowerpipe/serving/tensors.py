@@ -11,11 +11,11 @@ from flowerpipe.serving.decode import decode_all
 from flowerpipe.serving.errors import RequestError
 from flowerpipe.serving.protos import DT_FLOAT, DT_INT32, DT_STRING, DT_UINT8, message
 
-NUMERIC = {1: ("<f4", "float_val"), 2: ("<f8", "double_val"), 3: ("<i4", "int_val"), 4: ("u1", "int_val"),
-           5: ("<i2", "int_val"), 6: ("i1", "int_val"), 9: ("<i8", "int64_val"), 17: ("<u2", "int_val")}
+NUMERIC = {dtype: (np.dtype(np_type), field) for dtype, (np_type, field) in {
+    1: ("<f4", "float_val"), 2: ("<f8", "double_val"), 3: ("<i4", "int_val"), 4: ("u1", "int_val"),
+    5: ("<i2", "int_val"), 6: ("i1", "int_val"), 9: ("<i8", "int64_val"), 17: ("<u2", "int_val")}.items()}
 SIGNATURE_INPUTS = {"serving_default": ("image", DT_FLOAT), "serving_uint8": ("image", DT_UINT8),
                     "serving_bytes": ("image_bytes", DT_STRING)}
-TensorProto = message("tensorflow.TensorProto")
 
 
 def dtype_name(dtype: int) -> str:
@@ -40,13 +40,13 @@ def tensor_array(t, where: str, max_values: int) -> np.ndarray:
         size = len(values)
     elif t.dtype in NUMERIC:
         np_type, field = NUMERIC[t.dtype]
-        if t.tensor_content:
-            if len(t.tensor_content) != count * np.dtype(np_type).itemsize:
-                raise RequestError(f"{where}: tensor_content holds {len(t.tensor_content)} bytes; shape {shape} of "
-                                   f"{dtype_name(t.dtype)} needs {count * np.dtype(np_type).itemsize}")
-            return np.frombuffer(t.tensor_content, np_type).reshape(shape)
-        wide = np.asarray(getattr(t, field), dtype=np.float64 if np_type[-2] == "f" else np.int64)
-        if np.dtype(np_type).kind in "iu" and wide.size and (
+        if content := t.tensor_content:
+            if len(content) != count * np_type.itemsize:
+                raise RequestError(f"{where}: tensor_content holds {len(content)} bytes; shape {shape} of "
+                                   f"{dtype_name(t.dtype)} needs {count * np_type.itemsize}")
+            return np.frombuffer(content, np_type).reshape(shape)
+        wide = np.asarray(getattr(t, field), dtype=np.float64 if np_type.kind == "f" else np.int64)
+        if np_type.kind in "iu" and wide.size and (
                 (wide < np.iinfo(np_type).min) | (wide > np.iinfo(np_type).max)).any():
             raise RequestError(f"{where}: values out of range for {dtype_name(t.dtype)}")
         values, size = wide.astype(np_type), wide.size
@@ -59,17 +59,18 @@ def tensor_array(t, where: str, max_values: int) -> np.ndarray:
     return np.asarray(values, dtype=object if t.dtype == DT_STRING else None).reshape(shape)
 
 
-def tensor_proto(array: np.ndarray | list[str]):
-    """A TensorProto of probabilities (DT_FLOAT), class indexes (DT_INT32) or class names (DT_STRING)."""
+def fill_tensor(t, array: np.ndarray | list[str]) -> None:
+    """Fill a TensorProto with probabilities (DT_FLOAT), class indexes (DT_INT32) or class names (DT_STRING)."""
     if isinstance(array, list):
-        t = TensorProto(dtype=DT_STRING, string_val=[s.encode() for s in array])
+        t.dtype = DT_STRING
+        t.string_val.extend(s.encode() for s in array)
         t.tensor_shape.dim.add(size=len(array))
-        return t
-    dtype = DT_FLOAT if array.dtype.kind == "f" else DT_INT32
-    t = TensorProto(dtype=dtype, tensor_content=array.astype("<f4" if dtype == DT_FLOAT else "<i4").tobytes())
+        return
+    floats = array.dtype.kind == "f"
+    t.dtype = DT_FLOAT if floats else DT_INT32
+    t.tensor_content = array.astype("<f4" if floats else "<i4", copy=False).tobytes()
     for d in array.shape:
         t.tensor_shape.dim.add(size=d)
-    return t
 
 
 def tfs_images(inputs: dict, signature: str, size: int, max_batch: int) -> np.ndarray:

@@ -50,7 +50,8 @@ def pixels(values: object, size: int, signature: str) -> np.ndarray:
         raise RequestError(f"wrong dtype: pixel values must be numbers (0-255), got {arr.dtype.kind!r} values")
     if arr.shape[1:] != (size, size, 3):
         raise RequestError(f"wrong shape: expected [N, {size}, {size}, 3], got {list(arr.shape)}")
-    if signature == "serving_uint8" and (arr.dtype.kind == "f" or arr.min() < 0 or arr.max() > 255):
+    if signature == "serving_uint8" and arr.dtype != np.uint8 and (arr.dtype.kind == "f" or arr.min() < 0
+                                                                   or arr.max() > 255):
         raise RequestError("wrong dtype: serving_uint8 takes integers 0-255")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise RequestError("wrong values: pixel values must be finite numbers")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 
@@ -14,7 +15,7 @@ from flowerpipe.serving.errors import RequestError, json_object
 
 HEADER = "Inference-Header-Content-Length"  # JSON length when binary tensors follow it in the body
 EXTENSIONS = ["binary_tensor_data"]
-PIXEL_TYPES = {"FP32": np.float32, "UINT8": np.uint8}
+PIXEL_TYPES = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1")}  # little-endian, as the protocol sends them
 OUTPUTS = ("probabilities", "class_index", "class_name")
 
 
@@ -119,8 +120,8 @@ def pixel_tensor(dtype: object, shape: list[int], size: int, binary: bytes | Non
         raise RequestError(f"input 'image': datatype must be FP32 or UINT8, got {dtype!r}")
     if shape[1:] != [size, size, 3]:
         raise RequestError(f"input 'image': shape must be [N, {size}, {size}, 3], got {shape}")
-    count = int(np.prod(shape))
-    np_type = np.dtype(PIXEL_TYPES[dtype]).newbyteorder("<")
+    count = math.prod(shape)
+    np_type = PIXEL_TYPES[dtype]
     if binary is not None:
         if len(binary) != count * np_type.itemsize:
             raise RequestError(f"input 'image': {len(binary)} bytes for {count} {dtype} values")
@@ -135,7 +136,7 @@ def pixel_tensor(dtype: object, shape: list[int], size: int, binary: bytes | Non
         if dtype == "UINT8" and ((arr < 0) | (arr > 255) | (arr != np.floor(arr))).any():
             raise RequestError("input 'image': UINT8 values must be integers 0-255")
     arr = arr.astype(np.float32).reshape(shape)
-    if not np.isfinite(arr).all():
+    if dtype == "FP32" and not np.isfinite(arr).all():  # (UINT8 values are integers 0-255)
         raise RequestError("input 'image': values must be finite")
     return arr
 

@@ -6,6 +6,7 @@ friends there, and a second definition of the same names in one process is an er
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ MODEL_SERVICE = "tensorflow.serving.ModelService"
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
 
 
+@functools.cache
 def message(full_name: str) -> type[Message]:
     """The message class of a full proto name, e.g. 'tensorflow.serving.PredictRequest'."""
     return message_factory.GetMessageClass(POOL.FindMessageTypeByName(full_name))
