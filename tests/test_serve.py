@@ -539,6 +539,28 @@ def test_batcher_deadline_gives_504_and_skips_the_expired_request():
     assert [2] in batches and [3] not in batches  # [3] expired in the queue: the model never saw it
 
 
+def test_a_caller_that_goes_away_is_dropped_from_the_queue():
+    rec = Recorder(delay=0.2)
+    batcher = Batcher(rec, 1, 0)
+
+    def image(i):
+        return np.full((1, SIZE, SIZE, 3), i, np.float32)
+
+    async def main():
+        first = asyncio.create_task(batcher.predict(image(1), 5))
+        await asyncio.sleep(0.05)  # [1] is in the model
+        gone = asyncio.create_task(batcher.predict(image(2), 5))
+        await asyncio.sleep(0.01)
+        gone.cancel()  # a client that hung up while [2] waited
+        third = await batcher.predict(image(3), 5)
+        await batcher.drain()
+        return await first, gone.cancelled(), third
+
+    first, cancelled, third = asyncio.run(main())
+    assert cancelled and rec.batches == [[1], [3]]  # the model never saw [2]
+    assert np.allclose(first, colour_model(0)(image(1))) and np.allclose(third, colour_model(0)(image(3)))
+
+
 def test_model_exception_fails_only_its_batch_with_500():
     answers, batches, batcher = run_batcher([[13], [1]], max_batch=1, window_ms=0, delay=0)
     assert isinstance(answers[0], RequestError) and answers[0].status == 500 and "blew up" in str(answers[0])

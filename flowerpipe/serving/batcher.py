@@ -41,6 +41,12 @@ class BatchStats:
     sizes: list[int] = field(default_factory=list)
 
 
+def _expire(future: asyncio.Future, timeout: float) -> None:
+    """A request's deadline: a 504 unless it has been answered."""
+    if not future.done():
+        future.set_exception(RequestError(f"deadline exceeded: no answer within {timeout:g} s (server busy)", 504))
+
+
 class Batcher:
     """Merges queued requests, oldest first, into model calls of at most max_batch images, one call at a time.
 
@@ -76,11 +82,13 @@ class Batcher:
         self.pending.append(job)
         self.queued_images += len(images)
         self._wake.set()
+        # A job whose future is done (its deadline passed, or its caller went away) is dropped from the queue if it
+        # has not started, and its result discarded if it has.
+        deadline = loop.call_later(timeout, _expire, job.future, timeout)
         try:
-            return await asyncio.wait_for(asyncio.shield(job.future), timeout)
-        except TimeoutError:
-            job.future.cancel()  # dropped from the queue if it has not started; its result discarded if it has
-            raise RequestError(f"deadline exceeded: no answer within {timeout:g} s (server busy)", 504) from None
+            return await job.future
+        finally:
+            deadline.cancel()
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._task is None or self._task.done():
