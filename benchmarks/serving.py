@@ -8,8 +8,10 @@ and loads it from this process over loopback, one image a request, by protocol:
 - gRPC: TF Serving's Predict (serving_uint8) and KServe V2's ModelInfer (UINT8), the pixels as raw bytes at the
   model's size, as production gRPC clients send them.
 The runtime alone is timed in this process in turns with the server's requests, so that a busy neighbour on a
-shared machine slows both alike. The load client shares the machine's cores with the server, as a sidecar or a
-local client would.
+shared machine slows both alike: at concurrency 1, blocks of back-to-back batch-1 calls against blocks of
+back-to-back requests (a client that sends its next request when the answer comes, as the runtime's batch-1
+latency is measured); at 8, batch-8 calls against 48 requests from 8 clients. The load client shares the
+machine's cores with the server, as a sidecar or a local client would.
 
 Usage: python benchmarks/serving.py [IMAGE_SIZE] [FORMAT] [REQUESTS] [PHOTOS]
        FORMAT: onnx (default), openvino-float32 or openvino-bfloat16 (a CPU with AVX512_BF16 or AMX)
@@ -26,9 +28,10 @@ import numpy as np
 from flowerpipe.errors import run_script
 from flowerpipe.quiet import quiet_tensorflow
 
-# Pause before each timed step: the other side's runtime threads spin-wait for a while after their last call,
-# and would otherwise slow whichever side runs next. Each step then starts as a request after a quiet gap does.
+# Pause before each timed block: the other side's runtime threads spin-wait for a while after their last call,
+# and would otherwise slow whichever side runs next.
 IDLE = 0.1
+BLOCK = 10  # back-to-back calls per block at concurrency 1
 
 
 def photos_or_generated(folder: str | None, size: int, n: int = 24) -> list[bytes]:
@@ -107,10 +110,12 @@ def main() -> None:
                                 rounds=max(3, requests // 48))
     print(f"Xception {size}x{size}, {fmt}, {len(jpegs)} distinct images, one a request; each server figure measured "
           "in turns with the runtime alone, so both see the same machine")
-    print(f"c1, {requests} turns: runtime batch-1 call {c1['call']:.1f} ms")
+    print(f"c1, {c1['rounds']} rounds of {c1['block']} back-to-back calls each: runtime batch-1 call "
+          f"{c1['call']:.1f} ms ({c1['cold_call']:.1f} ms as a block's first call, after {IDLE:g} s idle)")
     for name, r in c1["servers"].items():
         print(f"  {name:22s} p50 {r['p50']:.1f} ms (p99 {r['p99']:.1f} ms): adds {r['added']:+.1f} ms to the runtime's "
-              "batch-1 latency (median of paired differences)")
+              f"batch-1 latency (median of paired block medians); a block's first: {r['cold']:.1f} ms, "
+              f"{r['cold_added']:+.1f} ms")
     print(f"c8, {c8['rounds']} rounds: runtime batch-8 {c8['runtime_ips']:.1f} img/s")
     for name, r in c8["servers"].items():
         print(f"  {name:22s} {r['rps']:.1f} req/s (p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms), {r['ratio']:.0%} of "
@@ -138,22 +143,32 @@ def grpc_sender(target: str, protocol: str, pixels: np.ndarray):
     return lambda k: call(channel, protocol, bodies[k % len(bodies)], 60)
 
 
-def interleaved_c1(senders: dict, local, decoded: np.ndarray, turns: int) -> dict:
-    """Per turn: the runtime's batch-1 call, then one request by each sender, in a row, with a quiet gap before each."""
-    rows = []
-    for i in range(turns):
-        k = i % len(decoded)
-        row = []
-        for step in (lambda k=k: local.predict(decoded[k:k + 1]), *(lambda k=k, f=f: f(k) for f in senders.values())):
+def interleaved_c1(senders: dict, local, decoded: np.ndarray, requests: int, block: int = BLOCK) -> dict:
+    """Concurrency 1 as a client sends: per round, `block` back-to-back runtime batch-1 calls, then `block`
+    back-to-back requests by each sender, with a quiet gap before each block; until `requests` per sender.
+
+    added: the median over rounds of (the sender's block median - the runtime's block median), so that a slow
+    stretch of the machine falls on both sides of each difference. cold: the same for each block's first call,
+    which follows the gap (as a request does after an idle spell)."""
+    steps = {"runtime": lambda k: local.predict(decoded[k % len(decoded):k % len(decoded) + 1]), **senders}
+    times = {name: [] for name in steps}
+    for r in range(max(1, -(-requests // block))):
+        for name, step in steps.items():
             time.sleep(IDLE)
-            t = time.perf_counter()
-            step()
-            row.append((time.perf_counter() - t) * 1e3)
-        rows.append(row)
-    a = np.asarray(rows)
-    servers = {name: {"p50": float(np.median(a[:, j])), "p99": float(np.percentile(a[:, j], 99)),
-                      "added": float(np.median(a[:, j] - a[:, 0]))} for j, name in enumerate(senders, start=1)}
-    return {"call": float(np.median(a[:, 0])), "servers": servers}
+            row = []
+            for i in range(block):
+                t = time.perf_counter()
+                step(r * block + i)
+                row.append((time.perf_counter() - t) * 1e3)
+            times[name].append(row)
+    a = {name: np.asarray(rows) for name, rows in times.items()}
+    rt = a.pop("runtime")
+    servers = {name: {"p50": float(np.median(x)), "p99": float(np.percentile(x, 99)),
+                      "added": float(np.median(np.median(x, axis=1) - np.median(rt, axis=1))),
+                      "cold": float(np.median(x[:, 0])), "cold_added": float(np.median(x[:, 0] - rt[:, 0]))}
+               for name, x in a.items()}
+    return {"call": float(np.median(rt)), "cold_call": float(np.median(rt[:, 0])), "rounds": len(rt),
+            "block": block, "servers": servers}
 
 
 def interleaved_c8(server, local, jpegs: list[bytes], decoded: np.ndarray, expected: np.ndarray, pixels: np.ndarray,
