@@ -10,7 +10,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 # Install profile, one hashed lock each (locks/<profile>.txt): cpu by default, gpu with `make run GPU=1`,
-# macos on a Mac; `make test` adds the test tools (locks/dev.txt = cpu + tools; on GPU, the tools unhashed).
+# macos on a Mac; `make test` adds the test tools (locks/dev.txt = cpu + Ray Train (locks/scale.txt) + tools; on GPU, the tools unhashed).
 ifeq ($(shell uname -s),Darwin)
 PROFILE ?= macos
 else ifneq ($(GPU),)
@@ -25,13 +25,13 @@ TESTED := $(if $(filter cpu,$(PROFILE)),$(BIN)/.installed-dev,$(BIN)/.installed-
 $(BIN)/.installed-%: locks/%.txt pyproject.toml
 	@test -x $(BIN)/python || test -n "$(PYTHON)" || { echo "error: no Python 3.11, 3.12 or 3.13 found on the PATH;\
 	 install one, or run make PYTHON=/path/to/python3.12" >&2; exit 1; }
-	@want=$(if $(filter dev,$*),cpu,$*); have=$$(cat $(VENV)/.profile 2>/dev/null || { test -e $(BIN)/.installed-dev -o -e $(BIN)/.installed-cpu \
+	@want=$(if $(filter dev scale,$*),cpu,$*); have=$$(cat $(VENV)/.profile 2>/dev/null || { test -e $(BIN)/.installed-dev -o -e $(BIN)/.installed-cpu \
 	&& echo cpu; } || { test -e $(BIN)/.installed-gpu && echo gpu; } || echo $$want); \
 	test "$$have" = "$$want" || { echo "error: $(VENV) holds the $$have profile; installing $$want over it would put \
 	two builds of TensorFlow and ONNX Runtime in one environment. Run make clean first, or give it a venv of its \
 	own: make VENV=.venv-$$want ..." >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	echo $(if $(filter dev,$*),cpu,$*) > $(VENV)/.profile
+	echo $(if $(filter dev scale,$*),cpu,$*) > $(VENV)/.profile
 	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
 	$(BIN)/python -m pip install --quiet --require-hashes -r $<
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
@@ -79,8 +79,10 @@ UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --quiet --generate-hashes --py
 	--custom-compile-command "make locks"
 locks: $(TESTED)  ## re-resolve locks/*.txt with uv for every profile and platform
 	$(UV_COMPILE) --extra pipeline --extra cpu --python-platform x86_64-manylinux_2_28 -o locks/cpu.txt
-	$(UV_COMPILE) --extra pipeline --extra cpu --extra dev --python-platform x86_64-manylinux_2_28 \
-		-c locks/cpu.txt -o locks/dev.txt
+	$(UV_COMPILE) --extra pipeline --extra cpu --extra scale --python-platform x86_64-manylinux_2_28 -c locks/cpu.txt \
+		-o locks/scale.txt
+	$(UV_COMPILE) --extra pipeline --extra cpu --extra scale --extra dev --python-platform x86_64-manylinux_2_28 \
+		-c locks/cpu.txt -c locks/scale.txt -o locks/dev.txt
 	$(UV_COMPILE) --extra pipeline --extra gpu --python-platform x86_64-manylinux_2_28 -c locks/cpu.txt -o locks/gpu.txt
 	MACOSX_DEPLOYMENT_TARGET=14.0 $(UV_COMPILE) --extra pipeline --extra macos --python-platform aarch64-apple-darwin \
 		-c locks/cpu.txt -o locks/macos.txt
