@@ -183,7 +183,8 @@ class Train(Section):
     label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
     patience: NonNegInt = 5
     cache_features: bool = True
-    strategy: Literal["auto", "default", "mirrored", "multi_worker"] = "auto"
+    strategy: Literal["auto", "default", "mirrored", "multi_worker", "ray"] = "auto"
+    ray_workers: PosInt = 2  # train.strategy ray: how many workers Ray Train starts
     mixed_precision: Literal["auto", "off", "float16", "bfloat16"] = "auto"
     seed: Seed = 42
     max_steps_per_epoch: NonNegInt = 0
