@@ -42,6 +42,7 @@ class Paths(Section):
     metrics: str = "metrics"
     plots: str = "plots"
     reports: str = "reports"
+    ship: str = "models/ship"
 
 
 class Data(Section):
@@ -264,6 +265,14 @@ class Deploy(Section):
     latency_budget_ms: Annotated[float, Field(gt=0)] = 100.0  # the p99 a batch may take for the budget goal
 
 
+class Ship(Section):
+    """Where the shipped model repository is uploaded and which image serves it (the KServe manifests' values)."""
+
+    storage_uri: str = "s3://BUCKET/flowerpipe"  # the folder the repository's content is uploaded to
+    image: str = "flowerpipe-serve:latest"  # deploy/Dockerfile.serve, as pushed to the cluster's registry
+    max_replicas: PosInt = 4
+
+
 class Headline(Section):
     """Which formats get their own numbers in the headline metrics that dvc exp show compares."""
 
@@ -294,6 +303,7 @@ class Params(Section):
     infer: Infer = Infer()
     serve: Serve = Serve()
     deploy: Deploy = Deploy()
+    ship: Ship = Ship()
     headline: Headline = Headline()
 
     @model_validator(mode="after")
