@@ -211,6 +211,10 @@ def stage_specs(root: Path = ROOT) -> dict[str, dict[str, Any]]:
             "outs": [{"${paths.reports}/summary": NO_CACHE}, {_record("recommend"): NO_CACHE},
                      {"${paths.plots}/ship.csv": NO_CACHE}],
             "metrics": [{"${paths.metrics}/deploy.json": NO_CACHE}]},
+        "ship": {
+            "deps": [*on_cpu, *cpu_records, _record("serve"), _record("recommend"), _record("benchmark")],
+            "params": [*served, "serve.max_batch", "serve.batch_window_ms", "ship"],
+            "outs": ["${paths.ship}"]},
     })
     out = {}
     for name, spec in specs.items():
@@ -249,6 +253,10 @@ ARTIFACTS = {
                 "desc": "The classifier as a versioned TensorFlow Serving SavedModel "
                         "(models/serving/<model.name>/<version>/)",
                 "labels": ["tensorflow-serving", "image-classification"]},
+    "flowers-repository": {"path": "${paths.ship}/repository", "type": "model",
+                           "desc": "The served format as a versioned model repository (Triton's layout) with the "
+                                   "run's decision, for flowerpipe serve, Triton and KServe",
+                           "labels": ["triton", "kserve", "image-classification"]},
     "flowers-keras": {"path": "${paths.model}", "type": "model",
                       "desc": "The trained Keras classifier (raw RGB 0-255 in, probabilities out), the source of "
                               "every converted format"},

@@ -42,13 +42,31 @@ def format_name(family: str, option: str) -> str:
     return declaration(family).name(option)
 
 
+def split_name(fmt: str) -> tuple[str, str]:
+    """(family, option) of a variant name, or one line listing the known names."""
+    from flowerpipe.formats.registry import ALL_NAMES, formats
+
+    for f in formats():
+        for option in f.options:
+            if f.name(option) == fmt:
+                return f.family, option
+    raise FormatError(f"unknown model format {fmt!r}; expected one of: {', '.join(ALL_NAMES)}")
+
+
 def load_artifact(path: Path, device: str = "cpu", threads: int = 0, classes: list[str] | None = None,
-                  image_size: int = 0) -> Loaded:
-    """Load a model for serving with the labels that travel with it (classes only when it has none)."""
+                  image_size: int = 0, fmt: str | None = None) -> Loaded:
+    """Load a model for serving with the labels that travel with it (classes only when it has none).
+
+    fmt: the variant it is (a shipped repository's manifest says; its files are named as Triton expects, which
+    does not tell onnx-int8 from onnx or openvino-bfloat16 from openvino-float32); else found from the files."""
     from flowerpipe.formats.base import Skipped, Variant, labels_path, read_labels
     from flowerpipe.formats.registry import declaration, load
 
     family, option, model_path = detect(path)
+    if fmt is not None:
+        named, option = split_name(fmt)
+        if named != family:
+            raise FormatError(f"{path}: holds a {family} model, but its repository ships {fmt}")
     if labels_path(model_path).exists() or not classes:
         classes = read_labels(model_path)
     try:
@@ -66,21 +84,21 @@ def load_artifact(path: Path, device: str = "cpu", threads: int = 0, classes: li
 
 
 def load_served(path: Path, requested: str = "auto", threads: int = 0, classes: list[str] | None = None,
-                image_size: int = 0) -> Loaded:
+                image_size: int = 0, fmt: str | None = None) -> Loaded:
     """load_artifact on serve.device: 'gpu' or an error line; 'auto' the GPU where the format runs on one here
     (its runner really placed on it: the same checks as the GPU rows of the benchmark), else the CPU."""
     from flowerpipe.formats.base import Skipped
     from flowerpipe.formats.registry import declaration
 
     if requested == "cpu":
-        return load_artifact(path, "cpu", threads, classes, image_size)
+        return load_artifact(path, "cpu", threads, classes, image_size, fmt)
     family = detect(path)[0]
     never = declaration(family).devices.get("gpu", "no GPU runner")
     if never and requested == "gpu":
         raise FormatError(f"{path}: serve.device is gpu, but this format never runs on one ({never})")
     if not never:
         try:
-            loaded = load_artifact(path, "gpu", threads, classes, image_size)
+            loaded = load_artifact(path, "gpu", threads, classes, image_size, fmt)
             log.info("%s: served on the GPU", path)
             return loaded
         except (Skipped, FormatError) as exc:
@@ -89,4 +107,4 @@ def load_served(path: Path, requested: str = "auto", threads: int = 0, classes: 
             if declaration(family).devices.get("cpu"):  # a GPU-only format (a TensorRT engine): nowhere else
                 raise
             log.info("%s: not on a GPU (%s); serving it on the CPU", path, exc)
-    return load_artifact(path, "cpu", threads, classes, image_size)
+    return load_artifact(path, "cpu", threads, classes, image_size, fmt)

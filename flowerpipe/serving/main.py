@@ -23,6 +23,7 @@ class Plan:
     source: Source
     classes: list[str] | None = None
     image_size: int = 0
+    format: str | None = None  # the variant a shipped repository's manifest names (its files' names don't say)
 
 
 def pick_format(requested: str, benchmark: dict, available: list[str], evaluate: dict | None = None,
@@ -83,11 +84,23 @@ def plan_from_params(p: Params, fmt: str | None) -> Plan:
     return Plan(p.model.name, source, classes, p.model.image_size)
 
 
+def _shipped(found, fmt: str | None) -> Plan:
+    """A shipped model repository (flowerpipe.ship): its version folders watched, served as its manifest says."""
+    if fmt and fmt != found.format:
+        raise FormatError(f"{found.folder}: this repository ships {found.format}, not {fmt}")
+    return Plan(found.name, Source(base=found.folder), found.classes, found.image_size, found.format)
+
+
 def _pipeline_models(folder: Path, fmt: str | None) -> Plan:
-    """A copied `models/` folder: serving/<name>/<N>/ and converted/..., laid out as the pipeline writes them."""
+    """A copied `models/` folder: the shipped repository when the pipeline wrote one (the run's decision), else
+    serving/<name>/<N>/ and converted/..., laid out as the pipeline writes them."""
     from flowerpipe.formats.registry import FLOAT_FORMATS, built, find
     from flowerpipe.params import parse
+    from flowerpipe.ship.repository import find as find_shipped
 
+    shipped = find_shipped(folder / "ship" / "repository") if not fmt else None
+    if shipped is not None:
+        return _shipped(shipped, fmt)
     served = sorted(d for d in (folder / "serving").glob("*") if d.is_dir()) if (folder / "serving").is_dir() else []
     name = served[0].name if served else "flowers"
     versions = sorted(int(d.name) for d in (folder / "serving" / name).glob("[1-9]*") if d.name.isdigit())
@@ -102,13 +115,18 @@ def _pipeline_models(folder: Path, fmt: str | None) -> Plan:
 
 
 def plan_from_path(path: Path, fmt: str | None, name: str | None) -> Plan:
-    """A model file or folder alone: a pipeline models/ folder, a base of numbered versions, or one model."""
+    """A model file or folder alone: a shipped model repository, a pipeline models/ folder, a base of numbered
+    versions, or one model."""
     from flowerpipe.serving.artifacts import detect
+    from flowerpipe.ship.repository import find as find_shipped
 
     path = Path(path)
     if not path.exists():
         raise FormatError(f"{path}: no such file or folder")
-    if path.is_dir() and ((path / "serving").is_dir() or (path / "converted").is_dir()):
+    shipped = find_shipped(path, name)
+    if shipped is not None:
+        plan = _shipped(shipped, fmt)
+    elif path.is_dir() and ((path / "serving").is_dir() or (path / "converted").is_dir()):
         plan = _pipeline_models(path, fmt)
     elif path.is_dir() and any(d.is_dir() and d.name.isdigit() for d in path.iterdir()):
         plan = Plan(path.resolve().name, Source(base=path))
@@ -124,7 +142,7 @@ def repository(plan: Plan, s: Serve, labels: dict[str, int] | None = None) -> Re
     from flowerpipe.serving.artifacts import load_served
 
     loader = partial(load_served, requested=s.device, threads=s.threads, classes=plan.classes,
-                     image_size=plan.image_size)
+                     image_size=plan.image_size, fmt=plan.format)
     settings = Settings(max_batch=s.max_batch, window_ms=s.batch_window_ms, keep_versions=s.keep_versions,
                         labels={**s.version_labels, **(labels or {})})
     return Repository(plan.name, plan.source, loader, settings)

@@ -1,0 +1,21 @@
+"""ship stage: the served format as a versioned model repository (Triton's layout) with the decision, its Triton
+config and its KServe manifests."""
+
+from flowerpipe import stage
+from flowerpipe.params import Params
+
+
+def main(p: Params) -> None:
+    """Read params, do the work, write the outputs dvc.yaml declares."""
+    from flowerpipe.ship.make import ship
+
+    shipped = ship(p)
+    config = shipped.folder / "config.pbtxt"
+    print(f"shipped {shipped.format} as {shipped.folder}/{p.export.version}/ "
+          f"({'Triton config ' + str(config) if config.exists() else shipped.manifest['triton']['reason']}); "
+          f"KServe manifests in {shipped.repository.parent / 'kserve'}")
+    print(f"serve it: flowerpipe serve {shipped.repository}")
+
+
+if __name__ == "__main__":
+    stage.run(main, tensorflow=False)
