@@ -97,6 +97,10 @@ class Guarded:
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("params are read-only")
 
+    def __reduce__(self):
+        """Pickled as the same guarded view (Ray Train sends a stage's params to its workers)."""
+        return Guarded, (self._model, self._allowed, self._stage, self._prefix)
+
     def model_dump(self, *, exclude: set[str] | None = None, **kw: Any) -> dict[str, Any]:
         """The section as a dict; every field dumped must be declared."""
         for name in type(self._model).model_fields:

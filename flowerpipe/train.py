@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from flowerpipe.cpu import bf16_missing
 from flowerpipe.data import tfrecord
 from flowerpipe.errors import UserError
 from flowerpipe.model import backbone_of, batch_norm_layers, build_model, resolve_weights
-from flowerpipe.params import Model, Train
+from flowerpipe.params import Model, Params, Train
 from flowerpipe.training.checkpoints import Checkpoints, fingerprint
 from flowerpipe.training.epochs import EpochLog, Result
 from flowerpipe.training.loops import Run, fit_phase, head_on_cached_features
@@ -74,3 +75,75 @@ def fit(data_dir: Path, m: Model, p: Train, checkpoint_dir: Path, live, features
         fit_phase(run, model, "scratch", p.scratch_epochs, p.scratch_learning_rate)
     result.epochs_run = len(result.history)
     return model, result, ckpt
+
+
+COMPUTE_DTYPES = {"mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where one training process writes: the model, its checkpoints' folder, the dvclive folder, the report."""
+
+    model: Path
+    train_dir: Path
+    live: Path
+    reports: Path
+
+    @classmethod
+    def of(cls, p: Params) -> Outputs:
+        """The train stage's declared outputs."""
+        return cls(Path(p.paths.model), Path(p.paths.train_dir), Path(p.paths.live), Path(p.paths.reports))
+
+    def for_worker(self, rank: int) -> Outputs:
+        """Worker 0 writes the declared outputs; worker r > 0 the same files under <train_dir>/workers/<r>/
+        (on one machine the workers share a checkout, and each needs checkpoints of its own)."""
+        if rank == 0:
+            return self
+        base = self.train_dir / "workers" / str(rank)
+        return Outputs(base / self.model.name, base, base / "dvclive", base / "reports")
+
+
+def train_and_save(p: Params, strategy: str | None = None, out: Outputs | None = None) -> dict:
+    """The train stage's work in one call: fit, save the float32 inference copy, log and record; return the record.
+
+    strategy overrides train.strategy (Ray Train's workers run this with "multi_worker"); out, where to write.
+    """
+    from dvclive import Live
+
+    from flowerpipe.jsonio import write_json
+    from flowerpipe.training.saving import accuracy_on, inference_copy
+    from flowerpipe.training.throughput import matmul_peak_gflops
+
+    out = out or Outputs.of(p)
+    t = p.train if strategy is None else p.train.model_copy(update={"strategy": strategy})
+    with Live(str(out.live), dvcyaml=None, save_dvc_exp=False, report=None) as live:
+        model, result, ckpt = fit(Path(p.paths.tfrecords), p.model, t, out.train_dir / "checkpoints", live,
+                                  Path(p.paths.features))
+        out.model.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.model.with_name(f".{out.model.name}.tmp.keras")
+        saved = inference_copy(model)
+        saved.save(tmp)  # weights only: no optimizer state (a third of the size)
+        val_accuracy = accuracy_on(saved, Path(p.paths.tfrecords), "val", p.model.image_size, t.batch_size)
+        live.log_metric("model_val_accuracy", round(val_accuracy, 4), plot=False)
+        live.log_metric("train_seconds", round(result.train_seconds, 1), plot=False)
+        secs = result.train_seconds or float("inf")
+        rate, gflops = result.images_seen / secs, result.flops / secs / 1e9
+        # The share of what this device's matmuls reach in the precision training computed in.
+        peak = matmul_peak_gflops(COMPUTE_DTYPES.get(result.precision, "float32"))
+        live.log_metric("train_img_s", round(rate, 2), plot=False)
+        live.log_metric("train_peak_frac", round(gflops / peak, 3), plot=False)
+        tmp.replace(out.model)
+    record = {
+        "saved_model_val_accuracy": round(val_accuracy, 4),
+        "best_epoch_val_accuracy": round(result.best_val_accuracy, 4),
+        "epochs_run": result.epochs_run, "train_seconds": round(result.train_seconds, 1),
+        "scratch_minutes": t.scratch_minutes, "budget_epochs": result.budget_epochs,
+        "images_per_second": round(rate, 2), "gflops_per_second": round(gflops, 3),
+        "matmul_peak_gflops": round(peak, 1), "fraction_of_peak": round(gflops / peak, 4),
+        "replicas": result.replicas, "strategy": result.strategy, "precision": result.precision,
+        "head_features": result.features, "resumed_from": result.resumed_from, "history": result.history,
+    }
+    write_json(out.reports / "train.json", record)
+    ckpt.clear()
+    print(f"val accuracy of the saved model {val_accuracy:.4f} after {result.epochs_run} epochs -> {out.model}")
+    return record

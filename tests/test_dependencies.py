@@ -12,7 +12,8 @@ from conftest import ROOT
 # Used without an import statement, each for a reason.
 NOT_IMPORTED = {"dvc": "the pipeline's command-line tool", "tabulate": "pandas' DataFrame.to_markdown",
                 "tensorflow": "tensorflow-cpu and tensorflow[and-cuda] both install the `tensorflow` module",
-                "httptools": "uvicorn's HTTP parser, used when installed"}
+                "httptools": "uvicorn's HTTP parser, used when installed",
+                "dvc-s3": "the s3:// remotes of the dvc command (a DVC plugin)"}
 
 
 def _nodes(tree: ast.AST, skip: tuple[str, ...]):
@@ -64,7 +65,8 @@ def pins(specs: list[str]) -> dict[str, str]:
 
 
 # Each install profile: the groups it installs, and its lock (made by `make locks`).
-PROFILES = {"cpu": ["base", "pipeline", "cpu"], "dev": ["base", "pipeline", "cpu", "dev"],
+PROFILES = {"cpu": ["base", "pipeline", "cpu"], "dev": ["base", "pipeline", "cpu", "scale", "dev"],
+            "scale": ["base", "pipeline", "cpu", "scale"],
             "gpu": ["base", "pipeline", "gpu"], "macos": ["base", "pipeline", "macos"], "serve": ["base", "serve"]}
 # Two builds of one framework that write the same package folder: never both in one environment.
 BUILDS = [{"tensorflow-cpu", "tensorflow"}, {"onnxruntime", "onnxruntime-gpu"}]

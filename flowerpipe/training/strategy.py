@@ -28,6 +28,9 @@ def choose_strategy(name: str, gpus: int, workers: int) -> str:
         if workers > 1:
             return "multi_worker"
         return "mirrored" if gpus > 1 else "default"
+    if name == "ray":
+        raise UserError("train.strategy: ray starts its workers through Ray Train (the train stage, "
+                        "flowerpipe.scale.ray_train); each worker then trains as multi_worker")
     if name == "multi_worker" and workers < 1:
         raise UserError("train.strategy: multi_worker needs TF_CONFIG with a cluster of workers")
     return name
