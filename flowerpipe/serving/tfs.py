@@ -12,6 +12,7 @@ from flowerpipe.serving.decode import b64_bytes, decode_image
 from flowerpipe.serving.errors import RequestError, json_object
 
 SIGNATURES = ("serving_default", "serving_uint8", "serving_bytes")
+INPUTS = ("image", "image_bytes")  # pixels, encoded images (a named input of a predict request is one of them)
 PATH = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
                   r"(?P<action>/metadata|:predict|:classify|:regress)?$")
 
@@ -58,6 +59,15 @@ def pixels(values: object, size: int, signature: str) -> np.ndarray:
     return arr.astype(np.float32)
 
 
+def _named(one: dict) -> object:
+    """The value of a one-key {name: value}, the name one of the model's inputs (as gRPC checks its map's keys)."""
+    ((name, value),) = one.items()
+    if name not in INPUTS:
+        raise RequestError(f"input tensor alias not found in signature: [{name!r}]; this model takes "
+                           f"{' or '.join(map(repr, INPUTS))}")
+    return value
+
+
 def parse_predict(body: bytes, size: int, max_batch: int) -> tuple[np.ndarray, bool]:
     """(images, columnar) from a predict request body; runs in the decode pool, never on the event loop."""
     req = json_object(body, "'instances' or 'inputs'")
@@ -71,13 +81,13 @@ def parse_predict(body: bytes, size: int, max_batch: int) -> tuple[np.ndarray, b
     if isinstance(data, dict):  # named input: {"image": [...]} / {"image_bytes": [...]}
         if len(data) != 1:
             raise RequestError("this model has a single input ('image' or 'image_bytes')")
-        data = next(iter(data.values()))
+        data = _named(data)
     if not isinstance(data, list) or not data:
         raise RequestError("no images: 'instances'/'inputs' must be a non-empty list")
     if len(data) > max_batch:
         raise RequestError(f"too many images in one request: {len(data)} > {max_batch}")
     if not columnar:
-        data = [next(iter(d.values())) if isinstance(d, dict) and len(d) == 1 and "b64" not in d else d for d in data]
+        data = [_named(d) if isinstance(d, dict) and len(d) == 1 and "b64" not in d else d for d in data]
     if all(isinstance(d, dict) for d in data):
         for i, d in enumerate(data):
             if set(d) != {"b64"}:

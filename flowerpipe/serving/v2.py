@@ -88,6 +88,8 @@ def parse_infer(body: bytes, header_length: str | None, size: int, max_batch: in
     if nbin is not None:
         if not isinstance(nbin, int) or isinstance(nbin, bool) or nbin != len(binary):
             raise RequestError(f"input {name!r}: binary_data_size {nbin!r} but {len(binary)} bytes follow the JSON")
+        if "data" in t:  # (gRPC's twin: contents and raw_input_contents both given)
+            raise RequestError(f"input {name!r}: give 'data' or binary_data_size, not both")
     elif binary:
         raise RequestError(f"{len(binary)} bytes follow the JSON but no input declares binary_data_size")
     elif "data" not in t:
