@@ -8,7 +8,6 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
-export TF_CPP_MIN_LOG_LEVEL := 3
 # Install profile, one hashed lock each (locks/<profile>.txt): cpu by default, gpu with `make run GPU=1`,
 # macos on a Mac; `make test` adds the test tools (locks/dev.txt = cpu + Ray Train (locks/scale.txt) + tools; on GPU, the tools unhashed).
 ifeq ($(shell uname -s),Darwin)
@@ -33,7 +32,7 @@ $(BIN)/.installed-%: locks/%.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	echo $(if $(filter dev scale,$*),cpu,$*) > $(VENV)/.profile
 	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
-	$(BIN)/python -m pip install --quiet --require-hashes -r $<
+	$(BIN)/python -m pip install --quiet --require-hashes $(if $(wildcard locks/$*-build.txt),--build-constraint locks/$*-build.txt) -r $<
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(if $(filter dev,$*),$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r locks/nodeps.txt)
 	touch $@

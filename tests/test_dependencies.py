@@ -13,7 +13,8 @@ from conftest import ROOT
 NOT_IMPORTED = {"dvc": "the pipeline's command-line tool", "tabulate": "pandas' DataFrame.to_markdown",
                 "tensorflow": "tensorflow-cpu and tensorflow[and-cuda] both install the `tensorflow` module",
                 "httptools": "uvicorn's HTTP parser, used when installed",
-                "dvc-s3": "the s3:// remotes of the dvc command (a DVC plugin)"}
+                "dvc-s3": "the s3:// remotes of the dvc command (a DVC plugin)",
+                "tensorrt-cu12-libs": "TensorRT's libraries, which the tensorrt_bindings module loads"}
 
 
 def _nodes(tree: ast.AST, skip: tuple[str, ...]):
@@ -38,7 +39,8 @@ def imported_distributions(paths=None, skip: tuple[str, ...] = ()) -> set[str]:
     owners = md.packages_distributions()
     # Not installed in this profile, so not found above: each named here, so that an import of anything else that
     # is not installed (a GPU-only package nobody declared) fails the test instead of being dropped.
-    known = {"cuda": "cuda-python", "tensorrt": "tensorrt-cu12", "pynvml": "nvidia-ml-py"}
+    known = {"cuda": "cuda-python", "tensorrt": "tensorrt-cu12-bindings", "tensorrt_bindings": "tensorrt-cu12-bindings",
+             "pynvml": "nvidia-ml-py"}
     unresolved = {m for m in third_party if m not in known and m not in owners}
     assert not unresolved, f"imported, but no installed distribution provides it: {sorted(unresolved)}"
     return {normalize(known.get(m) or owners[m][0]) for m in third_party}
@@ -127,3 +129,22 @@ def test_shared_packages_have_one_version_in_every_lock():
     for name, version in locks["cpu"].items():
         for profile, locked in locks.items():
             assert locked.get(name, version) == version, (name, profile)
+
+
+# The gpu lock's entries that PyPI holds only as source distributions, each with why it stays and what its build
+# fetches; everything else in every lock is a wheel, so `pip install --require-hashes` checks every byte of it.
+SOURCE_ONLY = {"tensorrt-cu12-libs": "wheel-stub (pinned in locks/gpu-build.txt) downloads the TensorRT libraries "
+                                     "wheel from pypi.nvidia.com at build time, checked against that index's hash"}
+
+
+def test_the_gpu_install_builds_no_source_distribution_but_the_one_named():
+    locked = lock("gpu")
+    # tensorrt-cu12 is an 18 kB sdist (a `tensorrt` module re-exporting tensorrt_bindings) built with whatever
+    # setuptools and wheel PyPI serves that day, unhashed: the lock takes the bindings wheel instead
+    assert "tensorrt-cu12" not in locked and "tensorrt-cu12-bindings" in locked
+    assert set(SOURCE_ONLY) <= set(locked)
+    build = (ROOT / "locks" / "gpu-build.txt").read_text()
+    assert re.search(r"^wheel-stub==\d", build, re.M), "the sdist's build backend is pinned"
+    makefile = (ROOT / "Makefile").read_text()
+    assert "--build-constraint locks/$*-build.txt" in makefile
+    assert "--build-constraint /tmp/gpu-build.txt" in (ROOT / "deploy" / "Dockerfile.gpu").read_text()
