@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flowerpipe.serving.app import Limits, create_app
+from flowerpipe.serving.app import InflightLimit, Limits, create_app
 from flowerpipe.serving.batcher import Batcher
 from flowerpipe.serving.client import client_predict, to_png_b64
 from flowerpipe.serving.errors import RequestError
@@ -763,34 +763,57 @@ def test_hostile_images_are_400s_never_decoded_bombs(photos):
     assert len(bomb.getvalue()) < 100_000
 
 
+def inflight_limit(app) -> InflightLimit:
+    """The app's InflightLimit middleware (its count of requests in flight), once the app has served a request."""
+    layer = app.middleware_stack
+    while not isinstance(layer, InflightLimit):
+        layer = layer.app
+    return layer
+
+
+def wait_until(condition, what: str, timeout: float = 30.0) -> None:
+    """Poll a condition until it holds; fail naming what was awaited if it never does within timeout."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
 def test_a_client_that_stalls_mid_body_gets_408_and_blocks_no_one(tmp_path):
+    """Two clients stall mid-body at serve.max_inflight 2: a third request is refused at once (503); when one stalled
+    client goes, a request is answered while the other is still stalled, and that one gets 408 at its timeout.
+
+    The test waits for states (the server's count of requests in flight), never for a length of time."""
     import socket
 
     base = tmp_path / "flowers"
     write_version(base, 1, seed=1)
-    _, running = serve(base, timeout=1.0, inflight=2)
+    _, running = serve(base, timeout=2.0, inflight=2)
+    limit = inflight_limit(running.server.config.app)
     head = b"POST /v1/models/flowers:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
     try:
         with socket.create_connection(("127.0.0.1", running.port)) as s, \
                 socket.create_connection(("127.0.0.1", running.port)) as s2:
             s.sendall(head + b"Content-Length: 1000\r\n\r\n{\"instances\": [")
             s2.sendall(head + b"Content-Length: 9\r\n\r\n{")
-            time.sleep(0.2)  # two requests in flight, both stalled: a third is refused at once, in the error shape
-            busy = httpx.get(f"{running.url}/v1/models/flowers")
+            wait_until(lambda: limit.inflight == 2, "both stalled requests in flight")
+            busy = httpx.get(f"{running.url}/v1/models/flowers")  # a third is refused at once, in the error shape
             assert busy.status_code == 503 and "serve.max_inflight" in busy.json()["error"]
             s2.close()
-            time.sleep(0.2)
-            t = time.perf_counter()
+            wait_until(lambda: limit.inflight == 1, "the closed client's request to end")
             assert post(running.url, "/v1/models/flowers:predict", {"instances": images(1).tolist()}).status_code == 200
-            assert time.perf_counter() - t < 0.5  # the stalled body does not hold up another client
-            s.settimeout(10)
+            # answered while the other stalled request is still waiting for its body: it held up no one
+            with pytest.raises(BlockingIOError):
+                s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            s.settimeout(30)
             answer = ""
             while "}" not in answer:  # headers and body may come in separate segments
                 chunk = s.recv(4096).decode()
                 if not chunk:
                     break
                 answer += chunk
-        assert answer.startswith("HTTP/1.1 408") and "not received within serve.timeout_s=1 s" in answer, answer
+        assert answer.startswith("HTTP/1.1 408") and "not received within serve.timeout_s=2 s" in answer, answer
+        wait_until(lambda: limit.inflight == 0, "the timed-out request to end")
     finally:
         running.stop()
 
