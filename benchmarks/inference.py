@@ -86,8 +86,10 @@ def main() -> None:
     if any(n < 1 for n in args.numbers):
         ap.error("image size and batch sizes are positive integers")
     quiet_tensorflow()
-    from flowerpipe.bench import Budget, matmul_peak, model_flops, overhead, run_isolated, task_for
+    from flowerpipe import peaks
+    from flowerpipe.bench import Budget, model_flops, overhead, run_isolated, task_for
     from flowerpipe.exclusive import timing_lock
+    from flowerpipe.formats.registry import declaration
     from flowerpipe.params import ParamsError
 
     budget = Budget(**BUDGET)
@@ -108,12 +110,13 @@ def main() -> None:
             if size < 71:
                 ap.error(f"image size {size}: Xception needs at least 71")
             (keras_path, variants, skipped), evaluate = random_model_variants(size, Path(tmp)), {}
-        peak = matmul_peak()
+        precision = {v.name: declaration(v.family).precision.get(v.option, "float32") for v in variants}
+        peak = peaks.measure("cpu", peaks.needed(("cpu", x) for x in precision.values())["cpu"])
         flops = model_flops(keras_path, size)
-        print(f"Xception {size}x{size}: {flops / 1e9:.2f} GFLOP/image; float32 matmul peak {peak['peak_gflops']:.0f} "
-              f"GFLOP/s (TF {peak['tensorflow_gflops']:.0f}, NumPy {peak['numpy_gflops']:.0f}, "
-              f"ONNX Runtime {peak['onnxruntime_gflops']:.0f}); "
-              f"harness overhead {overhead(budget)['latency_ms_median'] * 1e3:.1f} us/call")
+        print(f"Xception {size}x{size}: {flops / 1e9:.2f} GFLOP/image; CPU matmul peaks "
+              + ", ".join(f"{x} {p['gflops']:.0f} ({', '.join(f'{k} {g:.0f}' for k, g in p['by'].items())})"
+                          for x, p in peak.items() if p["status"] == "ok")
+              + f"; harness overhead {overhead(budget)['latency_ms_median'] * 1e3:.1f} us/call")
         head = ("runtime", "batch", "median ms", "p99 ms", "img/s", "GFLOP/s", "of peak", "accuracy", "agree")
         print(f"{head[0]:18s} " + " ".join(f"{h:>9s}" for h in head[1:]))
         for v in variants:
@@ -125,8 +128,9 @@ def main() -> None:
                     print(f"{v.name:18s} {b:>5s}  skipped: {c.get('reason', '')}")
                     continue
                 g = flops * int(b) / (c["latency_ms_median"] / 1e3) / 1e9
+                share = peaks.share(g, peak, "cpu", precision[v.name])[0]
                 print(f"{v.name:18s} {b:>5s} {c['latency_ms_median']:10.2f} {c['latency_ms_p99']:9.2f} "
-                      f"{c['throughput_ips']:9.2f} {g:9.1f} {g / peak['peak_gflops']:9.1%} {scored}")
+                      f"{c['throughput_ips']:9.2f} {g:9.1f} {share or float('nan'):9.1%} {scored}")
         for name, reason in skipped.items():
             print(f"{name:18s} not timed: {reason}")
 

@@ -57,10 +57,11 @@ def main() -> None:
     quiet_tensorflow()
     import tensorflow as tf
 
+    from flowerpipe import peaks as peak_lib
     from flowerpipe.cpu import bf16_missing
     from flowerpipe.params import Train
     from flowerpipe.training.loops import _datasets
-    from flowerpipe.training.throughput import matmul_peak_gflops, training_flops
+    from flowerpipe.training.throughput import training_flops
 
     size, batch, rng = args.size, args.batch, np.random.default_rng(0)
     x = rng.uniform(0, 255, (4 * batch, size, size, 3)).astype(np.float32)
@@ -78,7 +79,8 @@ def main() -> None:
         cases["float32, train stage's pipeline (TFRecords, decode, augment)"] = (build(args, "float32"), stage_data,
                                                                                "float32")
     flops = training_flops(next(iter(cases.values()))[0])["train_step"]
-    peaks = {dtype: matmul_peak_gflops(dtype) for dtype in {c[2] for c in cases.values()}}
+    measured = peak_lib.measure("cpu", peak_lib.needed(("cpu", c[2]) for c in cases.values())["cpu"])
+    peaks = {dtype: peak_lib.peak_for(measured, "cpu", dtype)[0] for dtype in {c[2] for c in cases.values()}}
     for model, data, _ in cases.values():
         model.fit(data, steps_per_epoch=2, epochs=1, verbose=0)  # trace, compile, fill the input pipeline
     rates: dict[str, list[float]] = {name: [] for name in cases}

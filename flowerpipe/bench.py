@@ -54,70 +54,6 @@ def time_calls(fn, sync, budget: Budget) -> list[float]:
             return times
 
 
-def _onnxruntime_matmul(a: np.ndarray, b: np.ndarray):
-    """A call of a one-node ONNX MatMul in ONNX Runtime (its MLAS GEMM is often the CPU's fastest float32)."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-
-    def io(name: str, shape) -> object:
-        return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
-
-    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul",
-                              [io("a", a.shape), io("b", b.shape)], [io("c", (a.shape[0], b.shape[1]))])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return lambda: session.run(None, {"a": a, "b": b})[0]
-
-
-def matmul_peak(n: int = 2048, seconds: float = 1.0) -> dict:
-    """Measured float32 matrix-multiply GFLOP/s with TensorFlow (oneDNN/Eigen), NumPy and ONNX Runtime (MLAS);
-    the peak is the largest, so that no float32 runtime's share of it exceeds 100% by a slower GEMM's choice."""
-    import tensorflow as tf
-
-    a = tf.random.uniform((n, n), dtype=tf.float32)
-    b = tf.random.uniform((n, n), dtype=tf.float32)
-    mm = tf.function(lambda x, y: tf.linalg.matmul(x, y))
-    an, bn = a.numpy(), b.numpy()
-    calls = {"tensorflow": lambda: mm(a, b).numpy(), "numpy": lambda: an @ bn,
-             "onnxruntime": _onnxruntime_matmul(an, bn)}
-    flops = 2.0 * n**3
-    gflops = {name: flops / float(np.median(time_calls(call, lambda: None, Budget(2, 5, seconds, 10 * seconds))))
-              / 1e9 for name, call in calls.items()}
-    return {"matrix_size": n, **{f"{name}_gflops": round(g, 2) for name, g in gflops.items()},
-            "peak_gflops": round(max(gflops.values()), 2)}
-
-
-def gpu_matmul_peak(n: int = 4096, seconds: float = 1.0) -> dict:
-    """Measured float32 and float16 matrix-multiply GFLOP/s of TensorFlow on /GPU:0, the peak GPU cells are a share
-    of; {"status": "skipped", "reason"} where TensorFlow cannot put work on a GPU (a CPU figure is never taken)."""
-    import tensorflow as tf
-
-    from flowerpipe.devices import tensorflow_gpu_missing
-
-    if reason := tensorflow_gpu_missing():
-        return {"status": "skipped", "reason": reason}
-    out: dict = {"status": "ok", "matrix_size": n}
-    for dtype in (tf.float32, tf.float16):
-        with tf.device("/GPU:0"):
-            a = tf.random.uniform((n, n), dtype=dtype)
-            b = tf.random.uniform((n, n), dtype=dtype)
-        # the sum is O(n^2) beside the O(n^3) product; .numpy() on it waits for the GPU without copying n^2 values
-        mm = tf.function(lambda x, y: tf.reduce_sum(tf.cast(tf.linalg.matmul(x, y), tf.float32)))
-        with tf.device("/GPU:0"):
-            probe = mm(a, b)
-        if "GPU" not in probe.device:
-            return {"status": "skipped", "reason": f"TensorFlow ran the matmul on {probe.device}, not a GPU"}
-
-        def call(mm=mm, a=a, b=b):
-            with tf.device("/GPU:0"):
-                return mm(a, b).numpy()
-
-        seconds_each = float(np.median(time_calls(call, lambda: None, Budget(2, 5, seconds, 10 * seconds))))
-        out[f"{dtype.name}_gflops"] = round(2.0 * n**3 / seconds_each / 1e9, 2)
-    out["peak_gflops"] = out["float32_gflops"]
-    return out
-
-
 def merge_rounds(rounds: list[dict[str, dict]]) -> dict[str, dict]:
     """One cell per batch size from several interleaved rounds: the round with the median latency, and each
     round's median latency and images/s (their spread tells a real difference from noise)."""
@@ -152,24 +88,35 @@ def model_flops(keras_path: Path, image_size: int) -> float:
     return float(info.total_float_ops)
 
 
-def environment(threads: int) -> dict:
-    """CPU, cores, threads, GPU and library versions for the record."""
-    import importlib.metadata as md
+# Distributions whose versions explain a figure: by exact name, or every one whose name starts so (TensorRT ships as
+# tensorrt-cu12, tensorrt-cu12-bindings and -libs; CUDA and cuDNN as nvidia-* wheels)
+VERSIONED = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "onnxruntime", "onnxruntime-gpu", "openvino",
+             "ai-edge-litert", "cuda-python")
+VERSIONED_PREFIXES = ("tensorrt", "nvidia-cudnn-", "nvidia-cublas-", "nvidia-cuda-runtime-")
 
-    import cpuinfo
+
+def library_versions() -> dict[str, str]:
+    """name -> version of every installed distribution that VERSIONED names (PEP 503 names, sorted)."""
+    import importlib.metadata as md
+    import re
 
     versions = {}
-    for pkg in ("tensorflow-cpu", "tensorflow", "keras", "numpy", "onnxruntime", "onnxruntime-gpu", "openvino",
-                "ai-edge-litert", "tensorrt"):
-        try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            continue
+    for dist in md.distributions():
+        name = re.sub(r"[-_.]+", "-", dist.metadata["Name"] or "").lower()
+        if name in VERSIONED or name.startswith(VERSIONED_PREFIXES):
+            versions[name] = dist.version
+    return dict(sorted(versions.items()))
+
+
+def environment(threads: int) -> dict:
+    """CPU, cores, threads, GPU and library versions for the record."""
+    import cpuinfo
+
     from flowerpipe.devices import gpu_names
 
     return {"cpu": cpuinfo.get_cpu_info().get("brand_raw", platform.processor()), "cores": os.cpu_count(),
             "threads": threads or os.cpu_count(), "gpus": gpu_names(), "python": platform.python_version(),
-            "versions": versions}
+            "versions": library_versions()}
 
 
 # ---------------------------------------------------------------- worker process

@@ -151,7 +151,8 @@ def build(records: Path, plots: Path, out: Path, decision: dict | None = None) -
     if bench:
         env = {**{k: v for k, v in bench.get("environment", {}).items() if k != "versions"},
                **bench.get("environment", {}).get("versions", {}),
-               "matmul_peak_gflops": bench.get("matmul", {}).get("peak_gflops"),
+               **{f"matmul_peak_{device}_{x}": peak["gflops"] for device, by in bench.get("peaks", {}).items()
+                  for x, peak in by.items() if peak.get("status") == "ok"},
                "model_gflop_per_image": bench.get("model_gflop_per_image"),
                "harness_overhead_ms": bench.get("overhead", {}).get("latency_ms_median")}
         sections.append(("Environment", _pairs(env)))

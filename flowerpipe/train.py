@@ -110,9 +110,10 @@ def train_and_save(p: Params, strategy: str | None = None, out: Outputs | None =
     """
     from dvclive import Live
 
+    from flowerpipe import peaks
+    from flowerpipe.devices import tensorflow_gpu_missing
     from flowerpipe.jsonio import write_json
     from flowerpipe.training.saving import accuracy_on, inference_copy
-    from flowerpipe.training.throughput import matmul_peak_gflops
 
     out = out or Outputs.of(p)
     t = p.train if strategy is None else p.train.model_copy(update={"strategy": strategy})
@@ -129,9 +130,14 @@ def train_and_save(p: Params, strategy: str | None = None, out: Outputs | None =
         secs = result.train_seconds or float("inf")
         rate, gflops = result.images_seen / secs, result.flops / secs / 1e9
         # The share of what this device's matmuls reach in the precision training computed in.
-        peak = matmul_peak_gflops(COMPUTE_DTYPES.get(result.precision, "float32"))
+        device = "cpu" if tensorflow_gpu_missing() else "gpu"
+        precision = COMPUTE_DTYPES.get(result.precision, "float32")
+        measured = peaks.measure(device, peaks.needed([(device, precision)]).get(device, []))
+        peak, against = peaks.peak_for(measured, device, precision)
+        fraction = gflops / peak if peak else None
         live.log_metric("train_img_s", round(rate, 2), plot=False)
-        live.log_metric("train_peak_frac", round(gflops / peak, 3), plot=False)
+        if fraction is not None:
+            live.log_metric("train_peak_frac", round(fraction, 3), plot=False)
         tmp.replace(out.model)
     record = {
         "saved_model_val_accuracy": round(val_accuracy, 4),
@@ -139,7 +145,8 @@ def train_and_save(p: Params, strategy: str | None = None, out: Outputs | None =
         "epochs_run": result.epochs_run, "train_seconds": round(result.train_seconds, 1),
         "scratch_minutes": t.scratch_minutes, "budget_epochs": result.budget_epochs,
         "images_per_second": round(rate, 2), "gflops_per_second": round(gflops, 3),
-        "matmul_peak_gflops": round(peak, 1), "fraction_of_peak": round(gflops / peak, 4),
+        "matmul_peak_gflops": round(peak or 0.0, 1), "peak": against,
+        **({"fraction_of_peak": round(fraction, 4)} if fraction is not None else {}),
         "replicas": result.replicas, "strategy": result.strategy, "precision": result.precision,
         "head_features": result.features, "resumed_from": result.resumed_from, "history": result.history,
     }

@@ -10,18 +10,8 @@ def main(p: Params) -> None:
     """Read params, do the work, write the outputs dvc.yaml declares."""
     import pandas as pd
 
-    from flowerpipe import headline
-    from flowerpipe.bench import (
-        Budget,
-        environment,
-        gpu_matmul_peak,
-        matmul_peak,
-        merge_rounds,
-        model_flops,
-        overhead,
-        run_isolated,
-        task_for,
-    )
+    from flowerpipe import headline, peaks
+    from flowerpipe.bench import Budget, environment, merge_rounds, model_flops, overhead, run_isolated, task_for
     from flowerpipe.exclusive import timing_lock
     from flowerpipe.formats.registry import check, conversion_status, declaration, runtimes, unavailable
 
@@ -33,10 +23,10 @@ def main(p: Params) -> None:
     results: dict[str, dict] = {}
     rows = []
     with timing_lock("benchmark"):  # never two timed runs at once on this machine, in sweeps too
-        peak = matmul_peak()
-        # GPU cells are a share of the GPU's own peak: float16 for a model that computes in float16, else float32
-        gpu_peak = gpu_matmul_peak() if "gpu" in b.devices and not all(unavailable(v, "gpu") for v in chosen) else {
-            "status": "skipped", "reason": "no GPU cell to measure"}
+        # Each cell is a share of the peak of its own device and of the precision its model computes in
+        precision = {v.name: declaration(v.family).precision.get(v.option, "float32") for v in chosen}
+        peak = {device: peaks.measure(device, keys) for device, keys in peaks.needed(
+            (device, precision[v.name]) for v in chosen for device in b.devices if not unavailable(v, device)).items()}
         flops = model_flops(Path(p.paths.model), p.model.image_size)
         planned, todo = [], []
         for v in chosen:
@@ -61,17 +51,15 @@ def main(p: Params) -> None:
             else:
                 cells = merge_rounds(timed[(v.name, device)])
             cells = dict(sorted(cells.items(), key=lambda kv: int(kv[0])))  # batch sizes in numeric order
-            half = declaration(v.family).precision.get(v.option) == "float16"
-            of = (peak["peak_gflops"] if device == "cpu"
-                  else gpu_peak.get("float16_gflops" if half else "float32_gflops"))
             for n, cell in cells.items():
                 if cell["status"] == "ok":
                     gflops = flops * int(n) / (cell["latency_ms_median"] / 1e3) / 1e9
                     cell["gflops"] = round(gflops, 2)
-                    if of:
-                        cell["fraction_of_peak"] = round(gflops / of, 4)
+                    fraction, cell["peak"] = peaks.share(gflops, peak.get(device, {}), device, precision[v.name])
+                    if fraction is not None:
+                        cell["fraction_of_peak"] = round(fraction, 4)
                 rows.append({"runtime": v.name, "device": device, "batch_size": int(n), **cell})
-                share = f"{cell['fraction_of_peak']:6.1%} of peak" if "fraction_of_peak" in cell else ""
+                share = f"{cell['fraction_of_peak']:6.1%} of {cell['peak']}" if "fraction_of_peak" in cell else ""
                 spread = (f" (rounds {min(cell['latency_ms_median_rounds']):.2f}-"
                           f"{max(cell['latency_ms_median_rounds']):.2f})" if cell.get("rounds", 1) > 1 else "")
                 summary = (f"{cell['latency_ms_median']:9.2f} ms{spread}  {cell['throughput_ips']:9.1f} img/s  {share}"
@@ -79,8 +67,7 @@ def main(p: Params) -> None:
                 print(f"{v.name:20s} {device} b={n:<3} {summary}", flush=True)
             results.setdefault(v.name, {})[device] = {f"b{n}": c for n, c in cells.items()}
         harness = overhead(budget)
-    record = {"model_gflop_per_image": round(flops / 1e9, 4), "matmul": peak, "matmul_gpu": gpu_peak,
-              "overhead": harness,
+    record = {"model_gflop_per_image": round(flops / 1e9, 4), "peaks": peak, "overhead": harness,
               "environment": environment(b.threads), "results": results}
     stage.write_json(Path(p.paths.reports) / "benchmark.json", record)
     stage.write_json(Path(p.paths.metrics) / "benchmark.json", headline.benchmark(results, p.headline.formats))

@@ -36,26 +36,81 @@ def test_harness_times_the_call_and_adds_little():
     assert overhead(Budget(2, 200, 0.0, 5.0))["latency_ms_median"] < 0.05  # an identity call: microseconds
 
 
-def test_matmul_peak_is_2n3_over_the_median_call(monkeypatch):
-    """The reported GFLOP/s is 2n^3 over the median timed call, for an n x n matmul each runtime really runs;
-    the peak is the fastest of TensorFlow, NumPy and ONNX Runtime."""
-    from flowerpipe import bench
+def test_a_peak_is_2n3_over_the_median_call_of_the_fastest_library(monkeypatch):
+    """rate(): two warm-up calls, then ops over the median timed call; _best: the fastest library, a failing one
+    noted; each library really multiplies what it is timed on."""
+    from flowerpipe import peaks
 
-    n, products = 64, []
-    times = [[0.004, 0.001, 0.002], [0.5, 0.008, 0.008, 0.5], [0.003, 0.003, 0.003]]
+    clock = {"now": 0.0}
+    durations = iter([9.0, 9.0, 0.004, 0.001, 0.002])  # two warm-ups (never timed), then three timed calls
 
-    def fake_times(fn, warm, budget):  # runs the timed call, then reports fixed times (no clock, no flakiness)
-        products.append(np.asarray(fn()))
-        return times[len(products) - 1]
+    def call():
+        clock["now"] += next(durations)
 
-    monkeypatch.setattr(bench, "time_calls", fake_times)
-    peak = bench.matmul_peak(n=n, seconds=0.1)
-    assert len(products) == 3 and all(p.shape == (n, n) for p in products)
-    assert np.allclose(products[1], products[2], rtol=1e-4) and np.allclose(products[0], products[1], rtol=1e-4)
-    assert peak["tensorflow_gflops"] == round(2 * n**3 / 0.002 / 1e9, 2)
-    assert peak["numpy_gflops"] == round(2 * n**3 / ((0.008 + 0.5) / 2) / 1e9, 2)
-    assert peak["onnxruntime_gflops"] == round(2 * n**3 / 0.003 / 1e9, 2)
-    assert peak["peak_gflops"] == peak["tensorflow_gflops"]
+    monkeypatch.setattr(peaks.time, "perf_counter", lambda: clock["now"])
+    assert peaks.rate(call, ops=2e9, seconds=0.0) == pytest.approx(2e9 / 0.002 / 1e9)  # median of 4, 1, 2 ms
+    monkeypatch.undo()
+
+    def broken():
+        raise RuntimeError("no bf16 kernel\nmore")
+
+    best = peaks._best({"slow": lambda: (lambda: None), "bad": broken}, ops=1.0, seconds=0.0)
+    assert best["status"] == "ok" and best["gflops"] == best["by"]["slow"] and best["failed"] == {
+        "bad": "RuntimeError: no bf16 kernel"}
+    assert peaks._best({"bad": broken}, 1.0, 0.0) == {"status": "skipped", "reason": "bad: RuntimeError: no bf16 kernel"}
+    rng = np.random.default_rng(0)
+    a, b = rng.random((64, 64), dtype=np.float32), rng.random((64, 64), dtype=np.float32)
+    assert np.allclose(peaks._onnxruntime(a, b)(), a @ b, rtol=1e-4)
+    assert np.allclose(next(iter(peaks._openvino(a, b, "f32")().values())), a @ b, rtol=1e-4)
+    qa, qb = rng.integers(0, 256, (64, 64), dtype=np.uint8), rng.integers(-128, 128, (64, 64), dtype=np.int8)
+    assert (peaks._onnxruntime(qa, qb, "MatMulInteger")() == qa.astype(np.int32) @ qb.astype(np.int32)).all()
+
+
+def test_the_cpu_peak_runs_on_the_cpu_and_each_precision_has_its_own():
+    from flowerpipe import peaks
+    from flowerpipe.cpu import bf16_missing
+
+    measured = peaks.measure("cpu", seconds=0.05, n=128)
+    assert set(measured) == {"float32", "bfloat16", "int8"}
+    assert measured["float32"]["ran_on"].endswith("CPU:0")  # read from the op: a GPU machine places it on the GPU
+    assert set(measured["float32"]["by"]) == {"tensorflow", "numpy", "onnxruntime", "openvino"}
+    if bf16_missing():  # runtimes compute bfloat16 in float32 here: its peak is float32's, and says so
+        assert measured["bfloat16"]["as"] == "float32"
+    else:
+        assert measured["bfloat16"]["ran_on"].endswith("CPU:0") and "tensorflow" in measured["bfloat16"]["by"]
+    assert measured["int8"]["unit"] == "GOP/s" and measured["int8"]["gflops"] > 0
+
+
+def test_each_cell_is_a_share_of_its_own_devices_and_precisions_peak():
+    from flowerpipe import peaks
+
+    cpu = {"float32": {"status": "ok", "gflops": 100.0}, "bfloat16": {"status": "ok", "gflops": 400.0},
+           "int8": {"status": "ok", "gflops": 800.0}}
+    gpu = {"float32": {"status": "ok", "gflops": 20000.0}, "tf32": {"status": "ok", "gflops": 80000.0},
+           "float16": {"status": "ok", "gflops": 160000.0}}
+    assert peaks.share(50, cpu, "cpu", "float32") == (0.5, "cpu/float32")
+    assert peaks.share(100, cpu, "cpu", "bfloat16") == (0.25, "cpu/bfloat16")  # not 1.0 of the float32 peak
+    assert peaks.share(200, cpu, "cpu", "int8") == (0.25, "cpu/int8")
+    assert peaks.share(50, cpu, "cpu", "float16") == (0.5, "cpu/float32")  # a float16 model runs in float32 here
+    assert peaks.share(40000, gpu, "gpu", "float32") == (0.5, "gpu/tf32")  # float32 models use TF32 by default
+    assert peaks.share(40000, gpu, "gpu", "float16") == (0.25, "gpu/float16")
+    assert peaks.share(40000, gpu, "gpu", "int8") == (None, "no int8 matmul peak is measured on the gpu")
+    skipped = {"tf32": {"status": "skipped", "reason": "no GPU"}}
+    assert peaks.share(1, skipped, "gpu", "float32") == (None, "gpu tf32 peak: no GPU")
+    cells = [("cpu", "float32"), ("cpu", "float16"), ("cpu", "int8"), ("gpu", "int8"), ("gpu", "float16")]
+    assert peaks.needed(cells) == {"cpu": ["float32", "int8"], "gpu": ["float16"]}
+
+
+def test_a_gpu_peak_is_never_a_cpu_figure(monkeypatch):
+    """Where TensorFlow says it has a GPU but runs the matmul elsewhere, the GPU peak is skipped with where it ran."""
+    from flowerpipe import devices, peaks
+
+    monkeypatch.setattr(devices, "tensorflow_gpu_missing", lambda: "")  # pretend TensorFlow lists a GPU
+    peak = peaks.gpu_peak("float32", n=64, seconds=0.01)
+    if HAS_GPU:
+        assert peak["status"] == "ok" and "GPU" in peak["ran_on"].upper(), peak
+    else:
+        assert peak["status"] == "skipped" and peak["reason"].endswith("CPU:0, not a GPU"), peak
 
 
 def conv_gflops(keras_path) -> float:
@@ -83,7 +138,8 @@ def conv_gflops(keras_path) -> float:
 @pytest.mark.slow
 def test_benchmark_stage_schema_skips_and_headline(trained):
     record = json.loads((trained / "reports" / "benchmark.json").read_text())
-    assert record["matmul"]["peak_gflops"] > 0
+    cpu_peaks = record["peaks"]["cpu"]
+    assert cpu_peaks["float32"]["gflops"] > 0 and cpu_peaks["float32"]["ran_on"].endswith("CPU:0")
     flops = record["model_gflop_per_image"]
     # TensorFlow's profiler against a count by hand of the convolutions' and the head's multiply-adds
     assert flops == pytest.approx(conv_gflops(trained / "models" / "model.keras"), rel=0.1)
@@ -93,16 +149,25 @@ def test_benchmark_stage_schema_skips_and_headline(trained):
     assert cell["latency_ms_median"] <= cell["latency_ms_p90"] <= cell["latency_ms_p99"]
     expected = flops * 2 / (cell["latency_ms_median"] / 1e3)
     assert cell["gflops"] == pytest.approx(expected, rel=0.01)
-    assert cell["fraction_of_peak"] == pytest.approx(cell["gflops"] / record["matmul"]["peak_gflops"], rel=0.01)
+    assert cell["peak"] == "cpu/float32"
+    assert cell["fraction_of_peak"] == pytest.approx(cell["gflops"] / cpu_peaks["float32"]["gflops"], rel=0.01)
+    int8 = record["results"]["openvino-int8"]["cpu"]["b1"]  # a share of the int8 peak, not of float32's
+    assert int8["peak"] == "cpu/int8"
+    assert int8["fraction_of_peak"] == pytest.approx(int8["gflops"] / cpu_peaks["int8"]["gflops"], rel=0.01)
+    shares = [c["fraction_of_peak"] for ds in record["results"].values() for cs in ds.values() for c in cs.values()
+              if "fraction_of_peak" in c]
+    assert shares and max(shares) <= 1.0
     assert cell["peak_rss_mb"] > 100
     assert record["results"]["savedmodel"]["gpu"]["b1"]["status"] == ("ok" if HAS_GPU else "skipped")
-    gpu_peak = record["matmul_gpu"]  # GPU cells are a share of the GPU's own float32 (float16) matmul peak
-    if HAS_GPU:
-        assert gpu_peak["status"] == "ok" and gpu_peak["float16_gflops"] > 0, gpu_peak
+    if HAS_GPU:  # GPU cells are a share of the GPU's own peak: TF32 for float32 models, float16 for float16 ones
+        gpu_peaks = record["peaks"]["gpu"]
+        assert gpu_peaks["tf32"]["status"] == "ok" and "GPU" in gpu_peaks["tf32"]["ran_on"].upper(), gpu_peaks
         on_gpu = record["results"]["savedmodel"]["gpu"]["b1"]
-        assert on_gpu["fraction_of_peak"] == pytest.approx(on_gpu["gflops"] / gpu_peak["float32_gflops"], rel=0.01)
+        assert on_gpu["peak"] == "gpu/tf32"
+        assert on_gpu["fraction_of_peak"] == pytest.approx(on_gpu["gflops"] / gpu_peaks["tf32"]["gflops"], rel=0.01)
+        assert record["results"]["onnx"]["gpu"]["b1"]["status"] == "ok"  # ONNX Runtime reached the GPU
     else:
-        assert gpu_peak["status"] == "skipped" and "fraction_of_peak" not in record["results"]["onnx"]["gpu"]["b1"]
+        assert "gpu" not in record["peaks"] and "fraction_of_peak" not in record["results"]["onnx"]["gpu"]["b1"]
     assert record["results"]["tensorrt-fp16"]["cpu"]["b1"]["status"] == "skipped"  # TensorRT: never on a CPU
     assert record["results"]["tensorrt-fp16"]["gpu"]["b1"]["status"] == ("ok" if HAS_GPU else "skipped")
     tensorflow = "tensorflow" if HAS_GPU else "tensorflow-cpu"  # the gpu profile's build, or the cpu one's

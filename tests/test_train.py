@@ -435,7 +435,7 @@ def test_mid_phase_resume_logs_the_epochs_before_the_crash_once(tmp_path):
 
 
 def test_training_flops_are_counted_from_the_layers():
-    from flowerpipe.training.throughput import matmul_peak_gflops, training_flops
+    from flowerpipe.training.throughput import training_flops
 
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
@@ -446,7 +446,6 @@ def test_training_flops_are_counted_from_the_layers():
     assert training_flops(model) == {"forward": conv + sep + head, "train_step": 3 * (conv + sep + head)}
     model.get_layer("conv").trainable = False  # frozen: its forward pass only
     assert training_flops(model)["train_step"] == conv + 3 * (sep + head)
-    assert 1 < matmul_peak_gflops(n=256, seconds=0.1) < 1e5
 
 
 def test_scratch_crops_are_reproducible_and_mixes_keep_one_unit_of_label_per_image(tiny_records):

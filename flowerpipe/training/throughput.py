@@ -1,9 +1,8 @@
-"""Training speed in the units that explain it: FLOPs per image counted from the layers, and the matmul peak."""
+"""Training speed in the units that explain it: FLOPs per image counted from the layers (peaks: flowerpipe.peaks)."""
 
 from __future__ import annotations
 
 import math
-import time
 
 
 def _leaves(model) -> list:
@@ -43,24 +42,3 @@ def training_flops(model) -> dict[str, int]:
         forward += f
         trainable += f if layer.trainable_weights else 0
     return {"forward": forward, "train_step": forward + 2 * trainable}
-
-
-def matmul_peak_gflops(dtype: str = "float32", n: int = 1024, seconds: float = 1.0) -> float:
-    """The GFLOP/s TensorFlow reaches here on square n x n matmuls in dtype, the practical peak of this device."""
-    import tensorflow as tf
-
-    a = tf.random.stateless_uniform((n, n), seed=(1, 2), dtype=tf.float32)
-    a = tf.cast(a, dtype)
-
-    @tf.function
-    def chain(x):
-        for _ in range(4):
-            x = tf.matmul(x, a) * 0.01  # scaled so that values stay finite over repeated calls
-        return x
-
-    chain(a).numpy()  # trace and warm up
-    calls, t = 0, time.perf_counter()
-    while calls < 3 or time.perf_counter() - t < seconds:
-        chain(a).numpy()
-        calls += 1
-    return 4 * calls * 2 * n ** 3 / (time.perf_counter() - t) / 1e9
