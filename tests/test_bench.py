@@ -57,7 +57,8 @@ def test_a_peak_is_2n3_over_the_median_call_of_the_fastest_library(monkeypatch):
     best = peaks._best({"slow": lambda: (lambda: None), "bad": broken}, ops=1.0, seconds=0.0)
     assert best["status"] == "ok" and best["gflops"] == best["by"]["slow"] and best["failed"] == {
         "bad": "RuntimeError: no bf16 kernel"}
-    assert peaks._best({"bad": broken}, 1.0, 0.0) == {"status": "skipped", "reason": "bad: RuntimeError: no bf16 kernel"}
+    assert peaks._best({"bad": broken}, 1.0, 0.0) == {"status": "skipped",
+                                                      "reason": "bad: RuntimeError: no bf16 kernel"}
     rng = np.random.default_rng(0)
     a, b = rng.random((64, 64), dtype=np.float32), rng.random((64, 64), dtype=np.float32)
     assert np.allclose(peaks._onnxruntime(a, b)(), a @ b, rtol=1e-4)
