@@ -8,21 +8,28 @@ import sys
 import warnings
 
 
+def log_level(gpu: bool) -> str:
+    """TF_CPP_MIN_LOG_LEVEL unless the user set one: warnings shown where the NVIDIA driver lists a GPU (TensorFlow's
+    "Cannot dlopen some GPU libraries", the reason it lists no GPU, is a warning), errors only elsewhere."""
+    return "1" if gpu else "3"
+
+
 def quiet_tensorflow(preload: bool = True) -> None:
     """Silence TensorFlow's C++ and Python log noise unless FLOWERPIPE_VERBOSE is set."""
+    from flowerpipe.devices import gpu_names
+
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     if os.environ.get("FLOWERPIPE_VERBOSE"):
         return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    gpu = bool(gpu_names())
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", log_level(gpu))
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*ran out of data.*")
     warnings.filterwarnings("ignore", module="tensorflow.lite.python.interpreter")  # the converter's own use
     warnings.filterwarnings("ignore", category=UserWarning, module="keras.src.trainers.data_adapters")
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed, but will be ignored.*")
     if preload and "tensorflow" not in sys.modules:
-        from flowerpipe.devices import gpu_names
-
-        if gpu_names():  # an NVIDIA GPU: a CUDA library that fails to load must be seen, so nothing is hidden
+        if gpu:  # an NVIDIA GPU: a CUDA library that fails to load must be seen, so nothing is hidden
             import tensorflow  # noqa: F401
 
             from flowerpipe.devices import tensorflow_gpu_missing

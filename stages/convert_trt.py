@@ -26,6 +26,7 @@ def main(p: Params) -> None:
         stage.write_json(Path(p.paths.reports) / "convert_trt.json", record)
         stage.write_json(out_dir / "status.json", record)  # the skip travels with the (otherwise empty) output
         return
+    trt.prepare_tensorflow(backend)  # before TensorFlow's first op: the GPU's memory stays TensorRT's
     stage.write_json(out_dir / "status.json", {"backend": backend, "status": "ok"})  # where find() looks
     asked = onnx_format.FORMAT.settings_of(p)
     onnx = {"float32": onnx_format.FORMAT.path(p, "float32"),  # each engine's source: TensorRT 11 is strongly typed

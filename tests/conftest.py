@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import yaml
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,6 +27,11 @@ def _has_gpu() -> bool:
 # What the code itself asks (the NVIDIA driver, through pynvml): tests expect GPU rows measured where this is true,
 # skipped with their reason where not, so that one suite passes on both kinds of machine.
 HAS_GPU = _has_gpu()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1" if HAS_GPU else "3")  # as flowerpipe.quiet: GPU warnings shown
+if HAS_GPU:  # memory growth before any test's first op: the background `dvc repro` builds TensorRT engines beside it
+    from flowerpipe.devices import tensorflow_gpu_missing
+
+    tensorflow_gpu_missing()
 CLASSES = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
 COLORS = [(230, 230, 230), (240, 220, 30), (200, 30, 60), (250, 160, 20), (150, 40, 200)]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Annotated
@@ -91,6 +92,27 @@ def quantize_int8(ctx: ConvertContext, src: Path, out: Path, symmetric: bool = F
     return out
 
 
+def preload_cuda() -> str:
+    """Load the CUDA and cuDNN libraries of the nvidia-* wheels before a CUDA session ('' or why it could not).
+
+    The onnxruntime-gpu wheel's CUDA provider library has no rpath to those wheels' folders: ONNX Runtime finds them
+    only through `onnxruntime.preload_dlls()`, which its documentation recommends when relying solely on NVIDIA's
+    site packages (`directory=""`: those first, then the default search path). TensorFlow preloads some of them
+    (not cuRAND) and the benchmark's workers and the server never import it, so every process that opens a CUDA
+    session calls this first. Loading a library twice only adds a reference: calling it again costs nothing.
+    """
+    import onnxruntime as ort
+
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return f"onnxruntime {getattr(ort, '__version__', '?')} has no preload_dlls (1.21 and newer have it)"
+    try:
+        preload(directory="")
+    except OSError as exc:  # a library that exists but cannot load: the session below then says CUDA is missing
+        return f"onnxruntime.preload_dlls failed: {exc}"
+    return ""
+
+
 def providers(device: str) -> list[str]:
     """ONNX Runtime execution providers for a device, or Skipped when it is not available."""
     import onnxruntime as ort
@@ -99,6 +121,8 @@ def providers(device: str) -> list[str]:
         return ["CPUExecutionProvider"]
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         raise Skipped("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu on a CUDA machine)")
+    if why := preload_cuda():
+        logging.getLogger(__name__).warning("%s", why)
     # The arena grows by what is asked, not by doubling: TensorFlow or TensorRT in the same process keep room.
     return [("CUDAExecutionProvider", {"arena_extend_strategy": "kSameAsRequested"}), "CPUExecutionProvider"]
 

@@ -39,6 +39,37 @@ class Environment:
     cuda_python_installed: bool
 
 
+def import_tensorrt():
+    """TensorRT's Python API: `tensorrt` where it is installed as such (NVIDIA's containers, or the tensorrt-cu12
+    package), else `tensorrt_bindings`, the module that package's `tensorrt` re-exports. The gpu profile installs the
+    bindings wheel alone: tensorrt-cu12 is a source distribution whose build fetches an unhashed build backend."""
+    try:
+        import tensorrt as trt
+    except ModuleNotFoundError:
+        import tensorrt_bindings as trt
+    return trt
+
+
+def prepare_tensorflow(backend: str) -> None:
+    """Before TensorFlow's first op in convert_trt: the GPU stays TensorRT's.
+
+    The ONNX backend needs TensorFlow only on the CPU (loading the Keras model, reading calibration images), so
+    TensorFlow sees no GPU at all; without this it would take nearly all of the GPU's memory at its first op and
+    the TensorRT builder would fail for want of it. TF-TRT runs TensorFlow on the GPU: it grows its memory instead.
+    """
+    import tensorflow as tf
+
+    from flowerpipe.devices import tensorflow_gpu_missing
+
+    if backend == "tftrt":
+        tensorflow_gpu_missing()  # memory growth on every GPU
+        return
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # TensorFlow started in this process already (a test): the setting made then stands
+        pass
+
+
 def probe() -> Environment:
     """Look at this machine: NVIDIA GPUs, a TensorRT-enabled TensorFlow, the tensorrt and cuda packages.
 
@@ -52,7 +83,7 @@ def probe() -> Environment:
     return Environment(
         gpus=gpus,
         tf_has_tensorrt=bool(tf.sysconfig.get_build_info().get("is_tensorrt_build", False)),
-        tensorrt_installed=importlib.util.find_spec("tensorrt") is not None,
+        tensorrt_installed=any(importlib.util.find_spec(m) for m in ("tensorrt", "tensorrt_bindings")),
         cuda_python_installed=importlib.util.find_spec("cuda") is not None,
     )
 
@@ -152,8 +183,7 @@ def convert_onnx(onnx_path: Path | None, precision: str, out: Path, image_size: 
         source = SOURCES[precision]
         raise Skipped(f"{SOURCE_PARAMS.get(source, 'onnx')} is off: TensorRT 11 builds a {precision} engine only from "
                       f"the onnx-{source} model")
-    import tensorrt as trt
-
+    trt = import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
@@ -192,8 +222,9 @@ class EngineRunner(Runner):
     device = "gpu"
 
     def __init__(self, path: Path):
-        import tensorrt as trt
         from cuda.bindings import runtime as cudart
+
+        trt = import_tensorrt()
 
         self.cudart = cudart
         self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(require(path).read_bytes())
@@ -219,12 +250,16 @@ class EngineRunner(Runner):
         return ptr
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """Copy in, execute, copy out, synchronise."""
-        cudart = self.cudart
+        """Probabilities; a batch over the engine's profile (trt.max_batch_size when it was built) runs in parts of
+        that size, so a server merging up to serve.max_batch images, or a larger benchmark batch, never fails."""
         x = np.ascontiguousarray(images, dtype=np.float32)
-        if len(x) > self.max_batch:
-            raise FormatError(f"a batch of {len(x)} is over this engine's largest, {self.max_batch} "
-                              "(trt.max_batch_size when it was built)")
+        if len(x) <= self.max_batch:
+            return self._execute(x)
+        return np.concatenate([self._execute(x[i:i + self.max_batch]) for i in range(0, len(x), self.max_batch)])
+
+    def _execute(self, x: np.ndarray) -> np.ndarray:
+        """Copy in, execute, copy out, synchronise: one batch within the profile."""
+        cudart = self.cudart
         if not self.context.set_input_shape(self.input, x.shape):
             raise FormatError(f"the engine refused input shape {x.shape} (it takes (N, {self.image_size}, "
                               f"{self.image_size}, 3), N up to {self.max_batch})")
