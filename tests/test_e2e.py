@@ -72,6 +72,19 @@ def test_repro_writes_every_output_and_a_second_repro_is_a_noop(project):
     skipped = report.split("## Benchmark cells skipped here", 1)[-1]  # TensorRT's CPU cells, on every machine
     assert "| tensorrt-fp16 | cpu " in skipped and "GPU" in skipped.split("| tensorrt-fp16 | cpu ", 1)[1].split("\n")[0]
     assert (repo / "reports" / "predictions.csv").exists()
+    # the ship stage wrote the served format as a model repository in Triton's layout, with the decision in it
+    served = json.loads((repo / "reports" / "serve.json").read_text())["format"]
+    model = repo / "models" / "ship" / "repository" / "flowers"
+    manifest = json.loads((model / "flowerpipe.json").read_text())
+    assert manifest["format"] == served and (model / "1").is_dir() and (model / "labels.txt").exists()
+    if manifest["family"] in ("onnx", "openvino"):
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+
+        config = text_format.Parse((model / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        assert config.max_batch_size == tuning["best"]["c2"].get("max_batch", config.max_batch_size)
+    isvc = yaml.safe_load((repo / "models" / "ship" / "kserve" / "inferenceservice.yaml").read_text())
+    assert isvc["spec"]["predictor"].get("scaleMetric", "concurrency") == "concurrency"
     t = time.perf_counter()
     out = sh(["dvc", "repro"], repo, env)
     assert "didn't change" in out or "up to date" in out
@@ -86,7 +99,8 @@ def test_each_param_reruns_only_the_stages_that_read_it(project):
         "serve.concurrency": ([1, 3], {"serve_check"}),
         "benchmark.batch_sizes": ([1, 4], {"benchmark"}),
         "headline.formats": (["onnx"], {"evaluate", "benchmark"}),
-        "model.name": ("roses", {"export", "evaluate", "benchmark", "infer", "serve_check"}),
+        "model.name": ("roses", {"export", "evaluate", "benchmark", "infer", "serve_check", "ship"}),
+        "ship.max_replicas": (8, {"ship"}),
         "trt.max_batch_size": (8, {"convert_trt"}),
         "train.patience": (2, {"train"}),
         "train.learning_rate": (0.002, {"train"}),  # a head-only change: the features stage's output is reused
@@ -109,7 +123,7 @@ def test_each_param_reruns_only_the_stages_that_read_it(project):
 def test_two_experiments_compare_on_a_few_numeric_headline_metrics(project):
     repo, env = project
     log = sh(["dvc", "exp", "run", "-n", "conc3", "-S", "serve.concurrency=[1,3]"], repo, env)
-    assert ran_stages(log) == {"serve_check", "report"}, log[-3000:]
+    assert ran_stages(log) == {"serve_check", "report", "ship"}, log[-3000:]
     shown = json.loads(sh(["dvc", "exp", "show", "--json"], repo, env))
     rows = {r["name"]: r for r in exp_rows(shown) if r.get("metrics")}
     assert "conc3" in rows and len(rows) >= 2
