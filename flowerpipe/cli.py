@@ -1,4 +1,4 @@
-"""The `flowerpipe` command: predict, serve, client, info, check."""
+"""The `flowerpipe` command: predict, serve, client, info, recommend, check, doctor."""
 
 from __future__ import annotations
 
@@ -110,6 +110,16 @@ def _recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    import json
+
+    from flowerpipe import doctor
+
+    report = doctor.report()
+    print(json.dumps(report, indent=1) if args.json else doctor.render(report))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the flowerpipe console script."""
     parser = argparse.ArgumentParser(prog="flowerpipe", description=__doc__)
@@ -143,12 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     rc.set_defaults(fn=_recommend)
     sub.add_parser("check", help="validate the whole params file (make run does, before dvc repro)").set_defaults(
         fn=_check)
+    dr = sub.add_parser("doctor", help="what each runtime sees on this machine and why (CPU flags, OpenVINO, the "
+                                       "NVIDIA driver, TensorFlow, ONNX Runtime, TensorRT): paste it in a bug report")
+    dr.add_argument("--json", action="store_true", help="the whole report as JSON")
+    dr.set_defaults(fn=_doctor)
     args = parser.parse_args(argv)
     if args.params is not None and not Path(args.params).is_file():
         parser.error(f"--params {args.params}: no such file")
     args.params = args.params or "params.yaml"
     # Serving and --model import TensorFlow only for a format that needs it.
-    quiet_tensorflow(preload=args.command == "predict" and not args.model)
+    quiet_tensorflow(preload=(args.command == "predict" and not args.model) or args.command == "doctor")
     return command.one_line(args.fn, args)
 
 

@@ -10,7 +10,7 @@ def main(p: Params) -> None:
     """Read params, do the work, write the outputs dvc.yaml declares."""
     import pandas as pd
 
-    from flowerpipe import headline, peaks
+    from flowerpipe import doctor, headline, peaks
     from flowerpipe.bench import Budget, environment, merge_rounds, model_flops, overhead, run_isolated, task_for
     from flowerpipe.exclusive import timing_lock
     from flowerpipe.formats.registry import check, conversion_status, declaration, runtimes, unavailable
@@ -68,7 +68,7 @@ def main(p: Params) -> None:
             results.setdefault(v.name, {})[device] = {f"b{n}": c for n, c in cells.items()}
         harness = overhead(budget)
     record = {"model_gflop_per_image": round(flops / 1e9, 4), "peaks": peak, "overhead": harness,
-              "environment": environment(b.threads), "results": results}
+              "environment": environment(b.threads), "doctor": doctor.report(), "results": results}
     stage.write_json(Path(p.paths.reports) / "benchmark.json", record)
     stage.write_json(Path(p.paths.metrics) / "benchmark.json", headline.benchmark(results, p.headline.formats))
     write_plots(pd.DataFrame(rows), Path(p.paths.plots), Path(p.paths.reports) / "evaluate.json")

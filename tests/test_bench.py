@@ -173,6 +173,7 @@ def test_benchmark_stage_schema_skips_and_headline(trained):
     assert record["results"]["tensorrt-fp16"]["gpu"]["b1"]["status"] == ("ok" if HAS_GPU else "skipped")
     tensorflow = "tensorflow" if HAS_GPU else "tensorflow-cpu"  # the gpu profile's build, or the cpu one's
     assert record["environment"]["cores"] >= 1 and tensorflow in record["environment"]["versions"]
+    assert record["doctor"]["nvidia"]["gpus"] == record["environment"]["gpus"]  # flowerpipe doctor's report, stored
     assert np.isfinite(record["overhead"]["latency_ms_median"])
     # headline: batch-1 latency and best throughput of each headline format, the same figures as the grid
     head = json.loads((trained / "metrics" / "benchmark.json").read_text())

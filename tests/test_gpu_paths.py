@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, call_stage, write_params
+from conftest import HAS_GPU, ROOT, call_stage, write_params
 
 # ---------------------------------------------------------------- ONNX Runtime finds CUDA through preload_dlls
 
@@ -266,3 +266,65 @@ def test_the_record_names_the_tensorrt_and_cuda_wheels_that_are_installed(monkey
     assert bench.library_versions() == {"nvidia-cudnn-cu12": "9.10.2.21", "onnxruntime-gpu": "1.31.1",
                                         "tensorflow": "2.21.0", "tensorrt-cu12-bindings": "11.4.0.106",
                                         "tensorrt-cu12-libs": "11.4.0.106"}
+
+
+# ---------------------------------------------------------------- flowerpipe doctor
+
+
+def test_doctor_says_what_each_runtime_sees_here():
+    from flowerpipe import doctor
+    from flowerpipe.cli import main
+
+    report = doctor.report()
+    assert set(report["cpu"]["flags"]) == set(doctor.CPU_FLAGS) and report["cpu"]["cores"] >= 1
+    assert report["openvino"]["status"] == "ok" and "FP32" in report["openvino"]["cpu_capabilities"]
+    assert "CPUExecutionProvider" in report["onnxruntime"]["providers"]
+    assert report["versions"]["numpy"] and report["tensorflow"]["status"] == "ok"
+    if HAS_GPU:
+        assert report["tensorflow"]["gpus"] and report["onnxruntime"]["cuda_session"] == "ok", report
+        assert report["tensorrt"]["builder"] == "ok" and report["libraries_loaded"], report
+    else:
+        assert report["nvidia"]["gpus"] == [] and "cuda_session" not in report["onnxruntime"]
+    text = doctor.render(report)
+    assert [line.split()[0] for line in text.splitlines()] == ["CPU", "OpenVINO", "NVIDIA", "TensorFlow", "ONNX",
+                                                              "TensorRT", "Loaded", "Versions"]
+    assert main(["doctor", "--json"]) == 0
+
+
+def test_doctor_shows_the_cuda_library_tensorflow_could_not_load(monkeypatch):
+    """A driver that lists a GPU, a TensorFlow that lists none: the reason comes from TensorFlow's own log."""
+    from flowerpipe import devices, doctor
+
+    monkeypatch.setattr(devices, "gpu_names", lambda: ["NVIDIA L4"])
+    monkeypatch.setattr(devices, "tensorflow_gpu_missing", lambda: "TensorFlow lists no GPU")
+    seen = {}
+
+    def run(cmd, env, **kwargs):
+        seen["level"] = env["TF_CPP_MIN_LOG_LEVEL"]
+        return types.SimpleNamespace(stderr=(
+            "I0000 port.cc:153] oneDNN custom operations are on.\n"
+            "W0000 gpu_device.cc:2344] Cannot dlopen some GPU libraries. Please make sure the missing libraries "
+            "mentioned above are installed properly if you would like to use GPU.\n"
+            "W0000 dso_loader.cc:78] Could not load dynamic library 'libcudnn.so.9'; dlerror: libcudnn.so.9: cannot "
+            "open shared object file: No such file or directory\n"))
+
+    report = doctor.report(run)
+    assert seen["level"] == "0"  # nothing muted in the child that looks
+    assert report["nvidia"]["gpus"] == ["NVIDIA L4"]
+    tf = report["tensorflow"]
+    assert tf["gpu_reason"] == "TensorFlow lists no GPU" and len(tf["log"]) == 2
+    assert "libcudnn.so.9" in tf["log"][1]
+    text = doctor.render(report)
+    assert "NVIDIA       1 GPU(s): NVIDIA L4" in text and "| W0000 dso_loader.cc:78] Could not load dynamic" in text
+
+
+def test_doctor_lists_the_cuda_libraries_mapped_into_the_process(tmp_path):
+    from flowerpipe import doctor
+
+    maps = tmp_path / "maps"
+    lib = "/venv/lib/python3.12/site-packages/nvidia"
+    maps.write_text(f"7f00-7f01 r-xp 0 08:01 1 {lib}/cudnn/lib/libcudnn.so.9\n"
+                    f"7f01-7f02 r-xp 0 08:01 2 {lib}/cublas/lib/libcublasLt.so.12\n"
+                    "7f02-7f03 r-xp 0 08:01 3 /usr/lib/x86_64-linux-gnu/libc.so.6\n"
+                    f"7f03-7f04 r-xp 0 08:01 1 {lib}/cudnn/lib/libcudnn.so.9\n")
+    assert doctor.loaded_libraries(str(maps)) == ["libcublasLt.so.12", "libcudnn.so.9"]
