@@ -461,3 +461,14 @@ def test_read_names_a_broken_manifest(tmp_path):
     (tmp_path / "flowerpipe.json").write_text("{}")
     with pytest.raises(FormatError, match="no format, family, image_size"):
         read(tmp_path)
+
+
+def test_the_check_command_times_the_runtime_then_loads_the_server_and_finds_no_mismatch(shipped, tmp_path):
+    from flowerpipe.ship.check import check
+
+    s, _ = shipped
+    record = check(s.repository, concurrency=2, requests=8, min_seconds=0.1)
+    assert record["format"] == "onnx-int8" and record["triton_config"]["backend"] == "onnxruntime"
+    assert record["runtime_batch2"]["images_per_s"] > 0
+    for key in ("grpc_v2_c2", "rest_jpeg_c2"):
+        assert record[key]["errors"] == 0 and record[key]["mismatches"] == 0 and record[key]["requests"] == 8
