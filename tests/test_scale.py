@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -10,10 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY, call_stage, git_project, make_photos, sh
+import yaml
+from conftest import ROOT, TINY, call_stage, git_project, make_photos, sh
 
 from flowerpipe.errors import UserError
 from flowerpipe.model import load_model
+from flowerpipe.scale import sweep
+from flowerpipe.scale.tf_config import tf_config
 from flowerpipe.training.strategy import choose_strategy
 
 
@@ -83,3 +87,87 @@ def test_ray_train_two_workers_on_a_local_ray_save_identical_models(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(*models, strict=True)), "the workers saved different weights"
     assert not (repo / "models" / "train" / "ray").exists()  # Ray Train's run records, removed after success
     assert "up to date" in sh(["dvc", "status", "train"], repo, env)
+
+
+# Field names from kubeflow/trainer's CRDs (manifests/base/crds/trainer.kubeflow.org_trainjobs.yaml and
+# _clustertrainingruntimes.yaml, v1alpha1) and JobSet's JobSetSpec.network, as read when this was written.
+TRAINJOB_SPEC = {"activeDeadlineSeconds", "initializer", "labels", "annotations", "managedBy", "podTemplateOverrides",
+                 "runtimeRef", "suspend", "trainer"}
+TRAINJOB_TRAINER = {"args", "command", "env", "image", "numNodes", "numProcPerNode", "resourcesPerNode"}
+RUNTIME_REF = {"apiGroup", "kind", "name"}
+RUNTIME_SPEC = {"mlPolicy", "podGroupPolicy", "template"}
+JOBSET_NETWORK = {"enableDNSHostnames", "subdomain", "publishNotReadyAddresses"}
+
+
+def _manifests(name: str) -> dict[str, dict]:
+    return {doc["kind"]: doc for doc in yaml.safe_load_all((ROOT / "deploy" / name).read_text()) if doc}
+
+
+def _run_tf_config(env: dict, *command: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flowerpipe.scale.tf_config", "--", *command], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+
+
+def test_kubeflow_trainjob_manifest_gives_every_pod_the_tf_config_of_its_index():
+    docs = _manifests("kubeflow-trainjob.yaml")
+    runtime, job = docs["ClusterTrainingRuntime"], docs["TrainJob"]
+    for doc in (runtime, job):
+        assert doc["apiVersion"] == "trainer.kubeflow.org/v1alpha1"
+    assert set(job["spec"]) <= TRAINJOB_SPEC and set(job["spec"]["trainer"]) <= TRAINJOB_TRAINER
+    ref = job["spec"]["runtimeRef"]
+    assert set(ref) <= RUNTIME_REF
+    assert (ref["apiGroup"], ref["kind"], ref["name"]) == ("trainer.kubeflow.org", "ClusterTrainingRuntime",
+                                                           runtime["metadata"]["name"])
+    assert set(runtime["spec"]) <= RUNTIME_SPEC
+    assert set(runtime["spec"]["mlPolicy"]) == {"numNodes"}  # a plain runtime: no torch or mpi policy
+    jobset = runtime["spec"]["template"]["spec"]
+    assert set(jobset["network"]) <= JOBSET_NETWORK and jobset["network"]["enableDNSHostnames"] is True
+    (node,) = jobset["replicatedJobs"]
+    # Trainer's PlainML plugin sets the pod count from numNodes on the replicated job labelled as the trainer
+    # step, and adds the TrainJob's env to its container named "node".
+    assert node["template"]["metadata"]["labels"]["trainer.kubeflow.org/trainjob-ancestor-step"] == "trainer"
+    (container,) = node["template"]["spec"]["template"]["spec"]["containers"]
+    assert container["name"] == "node"
+    fields = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"] if "valueFrom" in e}
+    assert fields == {"JOBSET_NAME": "metadata.annotations['jobset.sigs.k8s.io/jobset-name']",
+                      "REPLICATED_JOB_NAME": "metadata.annotations['jobset.sigs.k8s.io/replicatedjob-name']"}
+    port = next(e["value"] for e in container["env"] if e["name"] == "FLOWERPIPE_TF_PORT")
+    assert container["ports"][0]["containerPort"] == int(port)
+    trainer = job["spec"]["trainer"]
+    nodes = trainer["numNodes"]
+    env = {e["name"]: e["value"] for e in trainer["env"] if "value" in e}
+    assert int(env["FLOWERPIPE_NUM_NODES"]) == nodes == runtime["spec"]["mlPolicy"]["numNodes"]
+    assert trainer["command"] == ["python", "-m", "flowerpipe.scale.tf_config", "--"]
+    assert "dvc repro train" in trainer["args"][-1] and "dvc push train" in trainer["args"][-1]
+
+    # What each pod's command does with the environment Kubernetes gives it: the TF_CONFIG of its index.
+    name = job["metadata"]["name"]
+    hosts = [f"{name}-node-0-{i}.{name}:{port}" for i in range(nodes)]
+    pod_env = {"JOBSET_NAME": name, "REPLICATED_JOB_NAME": "node", "FLOWERPIPE_TF_PORT": port, **env}
+    code = ("import os; from flowerpipe.training.strategy import tf_config, tf_config_workers; "
+            "print(tf_config_workers(), tf_config()['task']['index'], tf_config()['cluster']['worker'])")
+    for i in range(nodes):
+        proc = _run_tf_config({**pod_env, "JOB_COMPLETION_INDEX": str(i)}, sys.executable, "-c", code)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == f"{nodes} {i} {hosts}"
+    proc = _run_tf_config({**pod_env, "JOB_COMPLETION_INDEX": "0", "JOBSET_NAME": ""}, "true")
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        "error: TF_CONFIG from the pod's index needs JOBSET_NAME (see deploy/kubeflow-trainjob.yaml)")
+    with pytest.raises(UserError, match="outside the 2 nodes"):
+        tf_config(2, 2, name)
+
+
+def test_sweep_indexed_job_runs_one_entry_per_index_of_the_example_sweep():
+    job = _manifests("sweep-indexed-job.yaml")["Job"]
+    assert job["apiVersion"] == "batch/v1"
+    spec = job["spec"]
+    runs, targets = sweep.load(ROOT / "deploy" / "sweep.example.yaml")
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"] == len(runs) == 4
+    assert targets == ["train"] and [r.name for r in runs] == ["lr-0", "lr-1", "lr-2", "lr-3"]
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"  # backoffLimitPerIndex needs it
+    (container,) = pod["containers"]
+    script = container["args"][-1]
+    assert "python -m flowerpipe.scale.sweep sweep.yaml --git-remote origin" in script  # what test_sweep runs
+    env = {e["name"] for e in container["env"]}
+    assert {"GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"} <= env
