@@ -44,6 +44,15 @@ class Paths(Section):
     reports: str = "reports"
     ship: str = "models/ship"
 
+    @field_validator("*")
+    @classmethod
+    def _local(cls, v: str) -> str:
+        if "://" in v:
+            raise ValueError("stages read and write local paths; TensorFlow 2.21 reads s3:// only through "
+                             "tensorflow-io, which has no release for it: keep data and models in a DVC remote on "
+                             "S3 and `dvc pull` them (docs/scale-out.md)")
+        return v
+
 
 class Data(Section):
     """Where the photos come from."""

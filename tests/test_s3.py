@@ -151,3 +151,14 @@ def test_dvc_push_and_pull_round_trip_data_and_models_through_a_local_s3_server(
     assert code == 1 and len(line.splitlines()) == 1, line
     assert line == (f"error: DVC remote 'store' (s3://no-such-bucket/flowerpipe): bucket 'no-such-bucket' does "
                     f"not exist at {s3_server.endpoint}; create it or fix the remote's url"), line
+
+
+def test_an_s3_path_in_params_is_one_line_that_says_to_dvc_pull():
+    from flowerpipe.params import ParamsError, parse
+
+    with pytest.raises(ParamsError) as err:
+        parse({"paths": {"tfrecords": "s3://flowers/tfrecords"}})
+    assert str(err.value) == (
+        "params.yaml: paths.tfrecords: stages read and write local paths; TensorFlow 2.21 reads s3:// only through "
+        "tensorflow-io, which has no release for it: keep data and models in a DVC remote on S3 and `dvc pull` them "
+        "(docs/scale-out.md) (got 's3://flowers/tfrecords')")
