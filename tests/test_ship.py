@@ -40,7 +40,7 @@ def reference(images: np.ndarray, seed: int) -> np.ndarray:
 
 
 def colour_onnx(path: Path, seed: int = 0) -> Path:
-    """A real ONNX model, 'image' [N, 8, 8, 3] float32 -> 'probabilities' [N, 5], as the pipeline's are named."""
+    """A real ONNX model, 'image' [N, 71, 71, 3] float32 -> 'probabilities' [N, 5], as the pipeline's are named."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -60,11 +60,14 @@ def colour_onnx(path: Path, seed: int = 0) -> Path:
 
 
 def openvino_ir(onnx_path: Path, out: Path) -> Path:
-    """The same model as OpenVINO IR (model.xml + model.bin), converted by OpenVINO itself."""
+    """The same model as OpenVINO IR (model.xml + model.bin), converted by OpenVINO itself, its output named
+    output_0 as the pipeline's IR (converted from the SavedModel) names it."""
     import openvino as ov
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    ov.save_model(ov.convert_model(str(onnx_path)), str(out), compress_to_fp16=False)
+    model = ov.convert_model(str(onnx_path))
+    model.outputs[0].get_tensor().set_names({"output_0"})
+    ov.save_model(model, str(out), compress_to_fp16=False)
     (out.parent / "labels.txt").write_text("\n".join(CLASSES) + "\n")
     return out
 
@@ -173,6 +176,16 @@ def test_openvino_config_parses_with_tritons_model_config_proto(tmp_path):
     assert [(o.name, o.data_type) for o in c.output] == [("probabilities", pb.TYPE_FP32)]
     params = {k: v.string_value for k, v in c.parameters.items()}
     assert params == {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": "2"}
+    # the shipped IR answers as 'probabilities' (Triton and flowerpipe alike), with the built IR's numbers
+    import openvino as ov
+
+    from flowerpipe.serving.artifacts import load_artifact
+
+    assert ov.Core().read_model(str(s.folder / "1" / "model.xml")).outputs[0].get_names() == {"probabilities"}
+    model = load_artifact(s.folder / "1", classes=s.classes, fmt=s.format)
+    x = np.random.default_rng(4).integers(0, 256, (2, SIZE, SIZE, 3)).astype(np.float32)
+    np.testing.assert_allclose(model.predict(x), reference(x, 0), atol=1e-5)
+    assert model.format == "openvino-float32"
 
 
 def test_a_config_with_an_unknown_field_does_not_parse():

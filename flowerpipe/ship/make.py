@@ -68,10 +68,11 @@ def ship(p) -> Shipped:
     env = bench.get("environment", {})
     t, target, why, kept = tuning_from(serve, env, fmt, p.serve.max_batch, p.serve.batch_window_ms)
     try:
-        backend, default_file = triton.backend_for(variant.family)
-        inputs, outputs = triton.tensors(variant.family, variant.path)
-        config = triton.render(p.model.name, variant.family, inputs, outputs, t)
+        backend, _ = triton.backend_for(variant.family)
         triton_record = {"backend": backend, "config": triton.CONFIG}
+
+        def config(model_file: Path) -> str:  # from the tensors of the file shipped (names as it has them)
+            return triton.render(p.model.name, variant.family, *triton.tensors(variant.family, model_file), t)
     except ValueError as exc:
         config, triton_record = None, {"served": False, "reason": str(exc)}
     manifest = {

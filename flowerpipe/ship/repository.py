@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +58,24 @@ def version_files(family: str, source: Path) -> dict[str, Path]:
     raise FormatError(f"{family} models cannot be shipped as a model repository")
 
 
+OUTPUT = "probabilities"  # the output's name in the ONNX model, the SavedModel signature and flowerpipe's V2 API
+
+
+def name_openvino_output(xml: Path) -> None:
+    """Name a one-output IR's output `probabilities` (OpenVINO's converter leaves the SavedModel's `output_0`), so that
+    Triton's openvino backend and flowerpipe serve answer with the same tensor name; weights are kept as they are."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(xml))
+    if len(model.outputs) != 1 or OUTPUT in model.outputs[0].get_names():
+        return
+    model.outputs[0].get_tensor().set_names({OUTPUT})
+    tmp = xml.with_name(".renamed.xml")
+    ov.save_model(model, str(tmp), compress_to_fp16=False)
+    tmp.replace(xml)
+    tmp.with_suffix(".bin").replace(xml.with_suffix(".bin"))
+
+
 def write_version(folder: Path, family: str, source: Path, version: int) -> Path:
     """Copy a built model into <folder>/<version>/ under the names Triton's backends expect (atomic: a temp name
     renamed, so a watching server never loads half a version)."""
@@ -68,6 +87,8 @@ def write_version(folder: Path, family: str, source: Path, version: int) -> Path
             raise FormatError(f"{src}: not built (run dvc repro)")
         (tmp / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, tmp / name)
+    if family == "openvino":
+        name_openvino_output(tmp / "model.xml")
     if final.exists():
         shutil.rmtree(final)
     tmp.replace(final)
@@ -75,16 +96,17 @@ def write_version(folder: Path, family: str, source: Path, version: int) -> Path
 
 
 def write(repository: Path, name: str, fmt: str, family: str, source: Path, version: int, classes: list[str],
-          image_size: int, manifest: dict, config: str | None) -> Shipped:
-    """Write one model's folder of a repository (replacing what was there): version, labels, config, manifest."""
+          image_size: int, manifest: dict, config: Callable[[Path], str] | None) -> Shipped:
+    """Write one model's folder of a repository (replacing what was there): version, labels, manifest, and
+    config(the version's model file) as config.pbtxt."""
     folder = Path(repository) / name
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    write_version(folder, family, source, version)
+    written = write_version(folder, family, source, version)
     (folder / LABELS).write_text("\n".join(classes) + "\n")
     if config is not None:
-        (folder / "config.pbtxt").write_text(config)
+        (folder / "config.pbtxt").write_text(config(written / next(iter(version_files(family, source)))))
     record = {"schema": SCHEMA, "name": name, "format": fmt, "family": family, "version": version,
               "image_size": image_size, "labels": LABELS, **manifest}
     (folder / MANIFEST).write_text(json.dumps(record, indent=2) + "\n")
