@@ -102,6 +102,10 @@ def test_the_slim_serving_profile_declares_what_serving_imports():
     # registry imports every format module, so theirs count too.
     everything = sorted(closure(code / "serving" / "command.py"))
     assert imported_distributions(everything, skip=("",)) - served == set()
+    # `flowerpipe client` too (it lists image files with infer.list_images): the slim install ships it
+    client = sorted(set().union(*(closure(code / f) for f in ("infer.py", "serving/client.py",
+                                                              "serving/grpc_client.py"))))
+    assert imported_distributions(client, skip=("",)) - served == set()
     files = [*(code / "serving").glob("*.py"), code / "params.py", code / "errors.py", code / "jsonio.py",
              code / "quiet.py", code / "argtypes.py", code / "data" / "images.py", code / "formats" / "base.py",
              code / "formats" / "registry.py", code / "formats" / "onnx_format.py",

@@ -12,11 +12,11 @@ from urllib.parse import unquote, urlparse
 from flowerpipe.data import archive
 from flowerpipe.data.archive import Caps
 from flowerpipe.data.http import CHUNK, DownloadError, Limits, download
+from flowerpipe.data.images import IMAGE_SUFFIXES
 from flowerpipe.outputs import clean_stale, replace_dir
 
 __all__ = ["DownloadError", "Caps", "Limits", "Source", "ExtractReport", "fetch", "extract", "find_class_root",
            "local_path", "sha256_file", "IMAGE_SUFFIXES"]
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 @dataclass
