@@ -100,8 +100,12 @@ def ship(p) -> Shipped:
             p.model.name, f"{p.ship.storage_uri.rstrip('/')}/{p.model.name}", kserve.tensorflow_version(), cores,
             kserve.memory(peak_rss(bench, fmt)), p.ship.max_replicas)}
     for name, doc in services.items():
+        mode = doc["metadata"]["annotations"][kserve.MODE]
+        how = (f"Knative mode, REST: scaleTarget {target} ({why})" if mode == "Knative" else
+               f"{mode} mode: one service carrying REST and gRPC, scaled on CPU (its autoscaler has no concurrency "
+               "metric)")
         (manifests / name).write_text(kserve.dump([doc], kserve.HEADER.format(what="the ship stage") +
-                                                  f"# {fmt} from {p.ship.storage_uri}; scaleTarget: {why}\n"))
+                                                  f"# {fmt} from {p.ship.storage_uri}; {how}\n"))
     if out.exists():
         shutil.rmtree(out)
     tmp.replace(out)
