@@ -485,3 +485,22 @@ def test_the_check_command_times_the_runtime_then_loads_the_server_and_finds_no_
     assert record["runtime_batch2"]["images_per_s"] > 0
     for key in ("grpc_v2_c2", "rest_jpeg_c2"):
         assert record[key]["errors"] == 0 and record[key]["mismatches"] == 0 and record[key]["requests"] == 8
+
+
+def test_a_savedmodel_ships_in_tf_servings_layout_with_the_exporting_tensorflow_pinned(tmp_path):
+    p = make_run(tmp_path, "onnx")
+    base = tmp_path / "models" / "serving" / "flowers" / "1"
+    (base / "variables").mkdir(parents=True)
+    (base / "saved_model.pb").write_bytes(b"copied, not opened")
+    (base / "variables" / "variables.index").write_bytes(b"")
+    (base / "assets").mkdir()
+    (base / "assets" / "labels.txt").write_text("\n".join(CLASSES) + "\n")
+    record = json.loads((tmp_path / "reports" / "serve.json").read_text())
+    (tmp_path / "reports" / "serve.json").write_text(json.dumps({**record, "format": "savedmodel"}))
+    s = ship(p)
+    assert (s.folder / "1" / "saved_model.pb").exists() and (s.folder / "1" / "variables" / "variables.index").exists()
+    assert not (s.folder / "config.pbtxt").exists() and "25.03" in s.manifest["triton"]["reason"]
+    isvc, = manifests(s.repository.parent / "kserve" / "inferenceservice.yaml")
+    parsed(isvc)
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["runtimeVersion"] == kserve.tensorflow_version() and model["storageUri"] == "gs://bucket/flowers-run/flowers"
