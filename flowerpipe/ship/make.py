@@ -13,7 +13,7 @@ from pathlib import Path
 
 from flowerpipe.errors import FormatError
 from flowerpipe.ship import kserve, triton
-from flowerpipe.ship.repository import Shipped, write
+from flowerpipe.ship.repository import Shipped, read, write
 
 REPOSITORY, KSERVE = "repository", "kserve"
 
@@ -24,7 +24,8 @@ def tuning_from(serve: dict, bench_env: dict, fmt: str, default_batch: int, defa
 
     best = serve.get("tuning", {}).get("best", {})
     target, why = kserve.scale_target(best)
-    kept = best.get(f"c{target}", {}) if "none" not in best.get(f"c{target}", {"none": ""}) else {}
+    kept = best.get(f"c{target}", {})
+    kept = {} if "none" in kept else kept  # nothing within the budget: the serve params' own setting
     threads = int(bench_env.get("threads") or os.cpu_count() or 1)
     t = triton.Tuning(max_batch=int(kept.get("max_batch", default_batch)),
                       window_ms=float(kept.get("batch_window_ms", default_window)), threads=threads,
@@ -109,6 +110,4 @@ def ship(p) -> Shipped:
     if out.exists():
         shutil.rmtree(out)
     tmp.replace(out)
-    from flowerpipe.ship.repository import read
-
     return read(out / REPOSITORY / shipped.folder.name)
