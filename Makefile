@@ -19,7 +19,7 @@ PROFILE ?= cpu
 endif
 TESTED := $(if $(filter cpu,$(PROFILE)),$(BIN)/.installed-dev,$(BIN)/.installed-$(PROFILE) $(BIN)/.tools)
 
-.PHONY: env run test lint bench clean locks smoke dvc.yaml protos
+.PHONY: env run test lint bench clean locks smoke dvc.yaml protos mutation
 
 $(BIN)/.installed-%: locks/%.txt pyproject.toml
 	@test -x $(BIN)/python || test -n "$(PYTHON)" || { echo "error: no Python 3.11, 3.12 or 3.13 found on the PATH;\
@@ -61,6 +61,11 @@ protos: $(TESTED)  ## regenerate flowerpipe/serving/protos/descriptors.py from t
 
 test: $(TESTED) lint  ## lint, then the test suite (with the smoke run on another Python beside it)
 	$(BIN)/python -m pytest -q -ra --durations=15
+
+# The suite's strength, measured (minutes; not part of make test): mutmut mutates the functions that compute what is
+# reported or decided and the request validation, runs their fast tests, prints the score and the survivors.
+mutation: $(TESTED)  ## mutation score of the tests that pin what is reported or decided (docs/testing.md)
+	nice -n 10 $(BIN)/python tools/mutation.py
 
 bench: env  ## data-pipeline throughput on a folder of photos: make bench PHOTOS=path
 	$(BIN)/python benchmarks/data_throughput.py $(PHOTOS)
