@@ -48,3 +48,16 @@ def test_each_base_image_runs_a_python_the_locks_support(profile):
     minors = [m.group(1) if m.groups() else fixed for pattern, fixed in BASE_PYTHON.items()
               if (m := re.search(pattern, base))]
     assert minors and 11 <= int(minors[0]) <= 13, f"{base}: no supported Python known for this base image"
+
+
+def test_the_kserve_runtime_runs_what_the_serve_image_installs():
+    """KServe's ServingRuntime sets `args` and no `command`: with no ENTRYPOINT in Dockerfile.serve, args replace its
+    CMD whole, so they must start with the program the CMD runs."""
+    import yaml
+
+    steps = instructions(ROOT / "deploy" / "Dockerfile.serve")
+    assert not [args for op, args in steps if op == "ENTRYPOINT"]
+    cmd = shlex.split(re.sub(r'[\[\],]', " ", next(args for op, args in steps if op == "CMD")))
+    for runtime in yaml.safe_load_all((ROOT / "deploy" / "kserve-servingruntime.yaml").read_text()):
+        container, = runtime["spec"]["containers"]
+        assert "command" not in container and container["args"][:2] == cmd[:2] == ["flowerpipe", "serve"]
