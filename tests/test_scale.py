@@ -60,7 +60,7 @@ def test_ray_train_two_workers_on_a_local_ray_save_identical_models(tmp_path):
     sh(["dvc", "commit", "--force", "--with-deps", "tfrecords"], repo, env)
     token = f"FLOWERPIPE_TEST_RUN={uuid.uuid4().hex}"
     ray_tmp = tempfile.mkdtemp(prefix="fpray", dir="/tmp")  # short: Ray's unix socket paths must fit 107 bytes
-    run_env = {**env, "RAY_TMPDIR": ray_tmp, token.split("=")[0]: token.split("=")[1]}
+    run_env = {**env, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0", token.split("=")[0]: token.split("=")[1]}
     run_env.pop("RAY_ADDRESS", None)
     started = time.perf_counter()
     try:

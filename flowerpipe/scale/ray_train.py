@@ -25,8 +25,10 @@ def _worker(config: dict) -> None:
     """One Ray Train worker: TF_CONFIG is set (Ray's TensorflowConfig backend); train and save; report the record."""
     import ray.train
 
+    from flowerpipe.quiet import quiet_tensorflow
     from flowerpipe.train import Outputs, train_and_save
 
+    quiet_tensorflow()  # as the stage's own process does: TensorFlow's log noise off, real errors shown
     os.chdir(config["cwd"])
     rank = ray.train.get_context().get_world_rank()
     p: Params = config["params"]
@@ -39,6 +41,7 @@ def start_local_ray(workers: int) -> None:
     """A Ray on this machine for the run: one logical CPU per worker at least, no dashboard, a small object store."""
     import ray
 
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a run's own Ray reports nowhere unless asked to
     ray.init(num_cpus=max(workers, os.cpu_count() or 1), include_dashboard=False,
              object_store_memory=OBJECT_STORE_BYTES, log_to_driver=True)
 
