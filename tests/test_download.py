@@ -1,5 +1,6 @@
 import hashlib
 import io
+import os
 import tarfile
 import threading
 import zipfile
@@ -207,3 +208,98 @@ def test_source_record_for_archive(photos, tmp_path):
     archive = make_tgz(photos, tmp_path / "f.tgz")
     src = fetch(str(archive), tmp_path / "c")
     assert isinstance(src, Source) and src.kind == "archive" and src.size == archive.stat().st_size
+
+
+# ---------------------------------------------------------------- what an archive is: its leading bytes
+
+
+def tar_ending_with_a_zip(photos: Path, other: Path, out: Path, mode: str) -> Path:
+    """A tar of photos whose last member is a zip of other photos (stored: its central directory ends the tar's
+    data verbatim, also under gzip at level 0, so that zipfile.is_zipfile sees a zip at the end of the file)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for p in sorted(other.rglob("*.jpg")):
+            zf.write(p, f"other_{p.relative_to(other).as_posix()}")
+    data = buf.getvalue()
+    with tarfile.open(out, mode, **({"compresslevel": 0} if mode == "w:gz" else {})) as tar:
+        tar.add(photos, arcname="flower_photos")
+        info = tarfile.TarInfo("flower_photos/extra.zip")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    assert zipfile.is_zipfile(out)  # what the old check asked first
+    return out
+
+
+@pytest.mark.parametrize("name, mode", [("f.tar", "w"), ("f.tgz", "w:gz")])
+def test_a_tar_whose_last_member_is_a_zip_is_a_tar(photos, tmp_path, name, mode):
+    archive = tar_ending_with_a_zip(photos, make_photos(tmp_path / "other", per_class=2), tmp_path / name, mode)
+    report = extract(fetch(str(archive), tmp_path / "c"), tmp_path / "raw")
+    assert report.classes == CLASSES  # the tar's own class folders, not the inner zip's
+    assert report.refused == [{"path": "flower_photos/extra.zip",
+                               "reason": "archives inside the archive are not extracted"}]
+
+
+def test_archives_with_two_readings_or_none_are_one_line(photos, tmp_path):
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w") as zf:
+        for p in sorted(photos.rglob("*.jpg")):
+            zf.write(p, p.relative_to(photos).as_posix())
+    # a tar whose first member's name begins with a zip signature: both formats' leading bytes
+    both = tmp_path / "both.tar"
+    with tarfile.open(both, "w") as tar:
+        info = tarfile.TarInfo("PK\x03\x04" + "x" * 20)
+        tar.addfile(info, io.BytesIO(b""))
+    # a zip with another zip appended: the central directory read is the second one's
+    twice = tmp_path / "twice.zip"
+    twice.write_bytes(zipped.getvalue() + zipped.getvalue())
+    # data before a zip (a self-extractor): zipfile reads it, its first bytes say nothing
+    prefixed = tmp_path / "setup.zip"
+    prefixed.write_bytes(b"MZ" + bytes(510) + zipped.getvalue())
+    for path, pattern in ((both, r"both\.tar: its leading bytes say both tar .* and zip"),
+                          (twice, r"twice\.zip: .*before the zip's first member.*"),
+                          (prefixed, r"setup\.zip is not a \.tgz, \.tar or \.zip archive \(it begins with 4d 5a 00")):
+        with pytest.raises(DownloadError, match=pattern) as err:
+            fetch(str(path), tmp_path / "c")
+        assert "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------- class folders whose names are not UTF-8
+
+LATIN1 = "ros\udce9s"  # the bytes b"ros\xe9s" as Python names them on Linux (surrogateescape)
+
+
+def zip_with_raw_names(photos: Path, out: Path, raw: bytes) -> Path:
+    """A zip whose roses folder is named with the raw bytes `raw` and without the UTF-8 flag, as Info-ZIP writes
+    names on Linux (Python's ZipFile writes non-ASCII names only as flagged UTF-8, so the bytes are patched)."""
+    placeholder = b"R" * len(raw)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for p in sorted(photos.rglob("*.jpg")):
+            rel = p.relative_to(photos).as_posix().replace("roses/", placeholder.decode() + "/")
+            zf.write(p, f"flowers/{rel}")
+    out.write_bytes(buf.getvalue().replace(b"flowers/" + placeholder + b"/", b"flowers/" + raw + b"/"))
+    return out
+
+
+def test_a_zip_without_the_utf8_flag_keeps_utf8_names(photos, tmp_path):
+    archive = zip_with_raw_names(photos, tmp_path / "f.zip", "rosés".encode())
+    report = extract(fetch(str(archive), tmp_path / "c"), tmp_path / "raw")
+    assert "rosés" in report.classes and len(list((tmp_path / "raw" / "rosés").iterdir())) == 8  # not 'ros├⌐s'
+
+
+def test_a_class_folder_whose_name_is_not_utf8_is_one_line_naming_it(photos, tmp_path):
+    folder = Path(os.fsdecode(os.fsencode(photos) + b"/ros\xe9s"))
+    (photos / "roses").rename(folder)
+    latin_tar = tmp_path / "latin1.tar"
+    with tarfile.open(latin_tar, "w", format=tarfile.GNU_FORMAT, encoding="utf-8") as tar:
+        tar.add(photos, arcname="flower_photos")  # the name's bytes as they are on disk
+    sources = {"folder": photos, "tar": latin_tar,
+               "zip": zip_with_raw_names(make_photos(tmp_path / "p2"), tmp_path / "f.zip", b"ros\xe9s")}
+    for kind, source in sources.items():
+        out = tmp_path / f"raw-{kind}"
+        with pytest.raises(DownloadError) as err:
+            extract(fetch(str(source), tmp_path / "c"), out)
+        line = str(err.value)
+        assert "\n" not in line and line.startswith(f"{source}: class folder 'ros\\xe9s' (8 files): its name is not "
+                                                    "valid UTF-8"), (kind, line)
+        assert not out.exists()  # nothing half-made, nothing renamed

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from flowerpipe.data.archive import NOT_UTF8, bad_class_folder, shown
 from flowerpipe.data.download import find_class_root
-from flowerpipe.data.images import Checked, ImageCaps, check_image
+from flowerpipe.data.images import IMAGE_SUFFIXES, Checked, ImageCaps, check_image
 from flowerpipe.data.split import SPLITS, stratified_split
 from flowerpipe.data.tfrecord import Manifest, atomic_dir, write_shards
 from flowerpipe.errors import UserError
@@ -48,12 +49,17 @@ def scan(raw: Path) -> tuple[list[str], list[list[str]], int, list[dict[str, str
     """Class names, each class's files (sorted, relative to raw), hidden entries ignored, and files refused.
 
     Hidden files and folders (a leading dot) are ignored and counted; symbolic links are never followed;
-    names that are not UTF-8 are refused (they cannot be recorded in the manifest).
+    file names that are not UTF-8 are refused (they cannot be recorded in the manifest), and a class folder so
+    named stops the stage with one line naming it (a class is never dropped or renamed silently).
     """
     root = find_class_root(raw)
     classes, files, hidden, refused = [], [], 0, []
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()
                     and not p.name.startswith((".", "__"))):
+        if not utf8(d.name):
+            photos = [p for p in d.rglob("*") if p.is_file()]
+            if any(p.suffix.lower() in IMAGE_SUFFIXES for p in photos):
+                bad_class_folder(d.name, str(raw), len(photos))
         found = []
         for folder, dirs, names in os.walk(d):  # os.walk does not follow links to folders
             hidden += sum(1 for n in dirs + names if n.startswith("."))
@@ -66,8 +72,7 @@ def scan(raw: Path) -> tuple[list[str], list[list[str]], int, list[dict[str, str
                 if utf8(rel):
                     found.append(rel)
                 else:
-                    refused.append({"path": rel.encode("utf-8", "backslashreplace").decode(),
-                                    "reason": "file name is not valid UTF-8"})
+                    refused.append({"path": shown(rel), "reason": NOT_UTF8})
         if found and utf8(d.name):
             classes.append(d.name)
             files.append(sorted(found))

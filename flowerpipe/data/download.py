@@ -6,7 +6,7 @@ import hashlib
 import os
 import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
 
 from flowerpipe.data import archive
@@ -140,6 +140,20 @@ def find_class_root(root: Path) -> Path:
     raise DownloadError(f"no class folders with images found in {root} (expected <class>/<image> folders)")
 
 
+def _check_class_names(refused: list[dict[str, str]], top: tuple[str, ...], where: str) -> None:
+    """Stop with one line when photos were refused because their class folder's own name is not UTF-8 (a file so
+    named inside a class is refused and listed); drop the names kept for this check."""
+    bad: dict[str, list[str]] = {}
+    for r in refused:
+        parts = PurePosixPath(r.pop("_name", "")).parts
+        if len(parts) > len(top) + 1 and parts[:len(top)] == top \
+                and archive.refusal(parts[len(top)], True) == archive.NOT_UTF8:
+            bad.setdefault(parts[len(top)], []).append(parts[-1])
+    for name, files in sorted(bad.items()):
+        if any(PurePosixPath(f).suffix.lower() in IMAGE_SUFFIXES for f in files):
+            archive.bad_class_folder(name, where, len(files))
+
+
 def extract(source: Source, out: Path, caps: Caps | None = None) -> ExtractReport:
     """Extract or copy source's class folders into out: staged beside it, then swapped in (never a mix)."""
     caps = caps or Caps()
@@ -159,6 +173,7 @@ def extract(source: Source, out: Path, caps: Caps | None = None) -> ExtractRepor
             left_out = "; ".join(f"{r['path']} ({r['reason']})" for r in refused[:3])
             raise DownloadError(f"no class folders with images found in {source.path} (expected <class>/<image> "
                                 "folders)" + (f"; not extracted: {left_out}" if left_out else "")) from None
+        _check_class_names(refused, root.relative_to(unpacked).parts, str(source.path))
         staged = Path(tmp) / "staged"
         staged.mkdir()
         classes = []
