@@ -183,6 +183,7 @@ class Train(Section):
     scratch_minutes: Annotated[float, Field(ge=0)] = 30.0
     scratch_patience: NonNegInt = 0
     scratch_crop_area: Annotated[float, Field(gt=0, le=1)] = 0.25
+    scratch_crop_max_upsample: Annotated[float, Field(ge=1, le=8)] = 1.5
     scratch_mixup: Annotated[float, Field(ge=0, le=10)] = 0.0
     scratch_cutmix: Annotated[float, Field(ge=0, le=10)] = 0.0
     scratch_randaugment: Annotated[float, Field(ge=0, le=1)] = 0.0
