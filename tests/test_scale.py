@@ -63,18 +63,30 @@ def test_ray_train_two_workers_on_a_local_ray_save_identical_models(tmp_path):
     run_env = {**env, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0", token.split("=")[0]: token.split("=")[1]}
     run_env.pop("RAY_ADDRESS", None)
     started = time.perf_counter()
+    seen = 0  # the most processes of this run alive at once: dvc, the stage, Ray's GCS, raylet, workers, ...
+    log = tmp_path / "repro.log"
     try:
-        proc = subprocess.run(["dvc", "repro", "train"], cwd=repo, env=run_env, capture_output=True, text=True,
-                              timeout=900)
+        with log.open("w") as out:
+            proc = subprocess.Popen(["dvc", "repro", "train"], cwd=repo, env=run_env, stdout=out,
+                                    stderr=subprocess.STDOUT)
+            while proc.poll() is None and time.perf_counter() - started < 900:
+                seen = max(seen, len(_processes_with(token)))
+                time.sleep(0.5)
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=60)
         wall = time.perf_counter() - started
-        print(f"dvc repro train on 2 Ray workers: {wall:.1f} s wall")
-        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+        print(f"dvc repro train on 2 Ray workers: {wall:.1f} s wall; {seen} processes of the run at most")
+        assert proc.returncode == 0, log.read_text()[-6000:]
     finally:
         left = _wait_gone(token)
         for pid in left:  # only processes this run started carry the token
             os.kill(pid, 9)
         subprocess.run(["rm", "-rf", ray_tmp], check=False)
     assert not left, f"Ray processes left running after the stage: {left}"
+    assert seen >= 6, seen  # a real Ray: more than dvc, the stage and two workers
+    text = log.read_text()
+    assert "(RayTrainWorker pid=" in text and "Ray Train: 2 workers" in text, text[-3000:]
     worker1 = repo / "models" / "train" / "workers" / "1"
     records = [json.loads(p.read_text()) for p in (repo / "reports" / "train.json", worker1 / "reports" / "train.json")]
     for r in records:
