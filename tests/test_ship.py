@@ -346,6 +346,10 @@ K8S = {
     "V1HTTPGetAction": ({"host", "httpHeaders", "path", "port", "scheme"}, {}),
 }
 SCALARS = {"str": str, "int": int, "bool": bool, "float": (int, float), "object": object}
+# Values KServe accepts where the SDK's models take any string: the CRD's enum for scaleMetric, and the deployment
+# modes pkg/constants names (Knative and Standard; Serverless and RawDeployment are their deprecated names).
+ENUMS = {("V1beta1PredictorSpec", "scaleMetric"): {"cpu", "memory", "concurrency", "rps"}}
+MODES = {"Knative", "Standard", "Serverless", "RawDeployment"}
 
 
 def strict(data, type_name: str, where: str = ""):
@@ -374,6 +378,8 @@ def strict(data, type_name: str, where: str = ""):
     by_json = {j: a for a, j in cls.attribute_map.items()}
     unknown = sorted(set(data) - set(by_json))
     assert not unknown, f"{where or type_name}: unknown field {unknown} (not in the pinned SDK's {type_name})"
+    for (owner, key), allowed in ENUMS.items():
+        assert owner != type_name or key not in data or data[key] in allowed, f"{where}.{key}: {data[key]!r}"
     kwargs = {by_json[k]: strict(v, cls.openapi_types[by_json[k]], f"{where}.{k}") for k, v in data.items()}
     return cls(**kwargs)  # the SDK's own checks (client_side_validation) run here
 
@@ -387,6 +393,8 @@ def manifests(path: Path) -> list[dict]:
 
 def parsed(doc: dict):
     assert doc["apiVersion"] in ("serving.kserve.io/v1beta1", "serving.kserve.io/v1alpha1")
+    mode = doc["metadata"].get("annotations", {}).get(kserve.MODE)
+    assert mode is None or mode in MODES, f"deploymentMode {mode!r}"
     return strict(doc, KINDS[doc["kind"]], doc["kind"])
 
 
@@ -406,6 +414,10 @@ def test_the_sdk_reads_every_manifest_and_refuses_an_unknown_field(shipped):
     bad = copy.deepcopy(doc)
     bad["spec"]["predictor"]["model"]["resources"]["request"] = {"cpu": "1"}
     with pytest.raises(AssertionError, match="request"):
+        parsed(bad)
+    bad = copy.deepcopy(doc)
+    bad["spec"]["predictor"]["scaleMetric"] = "inflight"
+    with pytest.raises(AssertionError, match="inflight"):
         parsed(bad)
 
 
