@@ -449,22 +449,52 @@ def test_training_flops_are_counted_from_the_layers():
 
 
 def test_scratch_crops_are_reproducible_and_mixes_keep_one_unit_of_label_per_image(tiny_records):
-    from flowerpipe.data import tfrecord
-    from flowerpipe.training.loops import mixer
+    from flowerpipe.params import Train
+    from flowerpipe.training.loops import _datasets, mixer
 
     _prepare(tiny_records, "default")
     folder = tiny_records / "data" / "tfrecords"
 
-    def first(crop_area: float) -> np.ndarray:
-        ds = tfrecord.dataset(folder, "train", 71, 4, shuffle=True, seed=3, repeat=True, crop_area=crop_area)
+    def first(crop_area: float, seed: int = 3) -> np.ndarray:
+        ds, _ = _datasets(folder, 71, 4, Train(seed=seed, scratch_crop_area=crop_area), True, 5, scratch=True)
         return np.stack([x.numpy() for x, _ in ds.take(3)])
 
     cropped = first(0.25)
     assert cropped.shape == (3, 4, 71, 71, 3) and np.array_equal(cropped, first(0.25))  # same seed, same crops
     assert not np.array_equal(cropped, first(1.0))  # the same photos in the same order, cropped
+    assert not np.array_equal(cropped, first(0.25, seed=4))  # another seed, other batches
     x = np.stack([np.full((71, 71, 3), 50.0 * i, np.float32) for i in range(4)])
     y = np.eye(5, dtype=np.float32)[[0, 1, 2, 3]]
     for mixup, cutmix in ((1.0, 0.0), (0.0, 1.0), (1.0, 1.0)):
         mixed_x, mixed_y = (t.numpy() for t in mixer(0, mixup, cutmix)(x, y))
         assert mixed_x.shape == x.shape and np.allclose(mixed_y.sum(1), 1.0)  # one unit of label per image
         assert mixed_y.max() < 1.0 or not np.array_equal(mixed_x, x)  # something was mixed
+
+
+def test_training_input_decodes_once_and_never_upsamples_a_crop_past_its_cap(tiny_records):
+    import tensorflow as tf
+
+    from flowerpipe.data import tfrecord
+    from flowerpipe.training.input import Augment, build_cache, cache_side, crop_boxes, train_dataset
+
+    _prepare(tiny_records, "default")
+    folder = tiny_records / "data" / "tfrecords"
+    # decoded once, as evaluation decodes (rounded to uint8); augment off: each photo once an epoch, as it is
+    x, y = tfrecord.arrays(folder, "train", 71)
+    cache = build_cache(folder, "train", 71)
+    assert cache.images.shape == (len(y), 71, 71, 3) and cache.images.dtype == np.uint8
+    assert np.array_equal(cache.labels, y) and np.abs(cache.images - x).max() <= 0.5 + 1e-3
+    assert (cache.sizes >= 64).all() and (cache.sizes < 88).all()  # each photo's own size (make_photos: 64-87 px)
+    epoch = np.concatenate([b.numpy() for b, _ in train_dataset(cache, Augment(71, zoom=False, flip=False), 4, 0)
+                            .take(len(y) // 4)])
+    assert sorted(map(bytes, epoch.astype(np.uint8))) == sorted(map(bytes, cache.images))
+    assert cache_side(128, 0.25) == 256 and cache_side(128, 0.05) == 256 and cache_side(128, 1.0) == 128
+    # crops: at least crop_area of the photo, inside it, and no side upsampled past max_upsample (then milder)
+    sizes = tf.constant([[32, 32], [71, 71], [300, 400], [1000, 1000]] * 256)
+    bw, bh, cx, cy = (t.numpy() for t in crop_boxes(Augment(71, crop_area=0.25, max_upsample=1.5), sizes,
+                                                     tf.constant([1, 2], tf.int64)))
+    h, w = sizes.numpy().T
+    assert (bw * bh >= 0.25 - 1e-6).all() and (cx - bw / 2 >= -1e-6).all() and (cx + bw / 2 <= 1 + 1e-6).all()
+    assert (bw * w >= np.minimum(w, 71 / 1.5) - 1e-3).all() and (bh * h >= np.minimum(h, 71 / 1.5) - 1e-3).all()
+    assert (bw[0::4] == 1).all() and (bh[0::4] == 1).all()  # a 32 px photo is never cropped: 71 / 1.5 > 32
+    assert bw[3::4].min() < 0.6 and bw[1::4].min() >= 1 / 1.5 - 1e-6  # 1000 px: strong crops; 71 px: mild ones

@@ -108,20 +108,6 @@ def decode_resize(encoded, image_size: int):
     return tf.clip_by_value(img, 0.0, 255.0)
 
 
-def decode_crop_resize(encoded, image_size: int, min_area: float, seed):
-    """Decode, then a random crop (at least min_area of the image, aspect 3:4 to 4:3; Inception's random resized
-    crop, from a stateless seed) resized to a float32 0-255 square tensor."""
-    import tensorflow as tf
-
-    img = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(img), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed, min_object_covered=0.0,
-        aspect_ratio_range=(3 / 4, 4 / 3), area_range=(min_area, 1.0), max_attempts=10,
-        use_image_if_no_bounding_boxes=True)
-    img = tf.image.resize(tf.slice(img, begin, size), (image_size, image_size), method="bilinear", antialias=True)
-    return tf.ensure_shape(tf.clip_by_value(img, 0.0, 255.0), (image_size, image_size, 3))
-
-
 def load_image(source: Path | bytes, image_size: int):
     """Read one image file or bytes of any supported format into a float32 (size, size, 3) array."""
     import numpy as np

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flowerpipe.data.images import Checked, decode_crop_resize, decode_resize
+from flowerpipe.data.images import Checked, decode_resize
 from flowerpipe.outputs import replace_dir
 
 MANIFEST = "manifest.json"
@@ -99,7 +99,7 @@ def atomic_dir(out: Path):
     return tmp, commit, abort
 
 
-def _parse(serialized, image_size: int, crop_area: float = 1.0, seed=None):
+def _parse(serialized, image_size: int):
     import tensorflow as tf
 
     spec = {
@@ -107,20 +107,13 @@ def _parse(serialized, image_size: int, crop_area: float = 1.0, seed=None):
         "image/class/label": tf.io.FixedLenFeature([], tf.int64),
     }
     ex = tf.io.parse_single_example(serialized, spec)
-    label = tf.cast(ex["image/class/label"], tf.int32)
-    if crop_area < 1.0:
-        return decode_crop_resize(ex["image/encoded"], image_size, crop_area, seed), label
-    return decode_resize(ex["image/encoded"], image_size), label
+    return decode_resize(ex["image/encoded"], image_size), tf.cast(ex["image/class/label"], tf.int32)
 
 
 def dataset(folder: str | Path, split: str, image_size: int, batch_size: int, *, shuffle: bool = False,
-            seed: int = 0, repeat: bool = False, drop_remainder: bool = False, limit: int = 0,
-            crop_area: float = 1.0):
-    """A tf.data pipeline of (float32 0-255 images, int labels) batches for one split.
-
-    crop_area < 1: each image is a random crop of the original (that fraction of its area or more, aspect 3:4 to
-    4:3) resized to image_size, from a stateless seed per (seed, image index): reproducible, new every epoch.
-    """
+            seed: int = 0, repeat: bool = False, drop_remainder: bool = False, limit: int = 0):
+    """A tf.data pipeline of (float32 0-255 images, int labels) batches for one split, each photo decoded and
+    resized to image_size as every stage sees it (training decodes its split once: flowerpipe.training.input)."""
     import tensorflow as tf
 
     folder = Path(folder)
@@ -137,11 +130,7 @@ def dataset(folder: str | Path, split: str, image_size: int, batch_size: int, *,
         ds = ds.shuffle(2048, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    if crop_area < 1.0:
-        ds = ds.enumerate().map(lambda i, s: _parse(s, image_size, crop_area, tf.stack([tf.cast(seed, tf.int64), i])),
-                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    else:
-        ds = ds.map(lambda s: _parse(s, image_size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(lambda s: _parse(s, image_size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
 

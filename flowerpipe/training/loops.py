@@ -14,6 +14,7 @@ from flowerpipe.model import OUTPUT_NAME, batch_norm_layers, feature_extractor
 from flowerpipe.params import Model, Train
 from flowerpipe.training.checkpoints import Checkpoints
 from flowerpipe.training.epochs import EpochLog, Result
+from flowerpipe.training.input import Augment, Cache, build_cache, cache_side, train_dataset
 from flowerpipe.training.schedule import (
     EpochBudget,
     TimeBudget,
@@ -25,21 +26,6 @@ from flowerpipe.training.schedule import (
 from flowerpipe.training.throughput import training_flops
 
 log = logging.getLogger(__name__)
-
-
-def augmenter(seed: int, strength: float = 1.0, zoom: bool = True, randaugment: float = 0.0):
-    """Augmentation for flowers: flips; rotations, zoom (unless crops zoom already) and contrast scaled by
-    strength (1: light); then Keras's RandAugment at magnitude `randaugment` (0: none)."""
-    import keras
-
-    layers = [keras.layers.RandomFlip("horizontal", seed=seed),
-              keras.layers.RandomRotation(0.08 * strength, seed=seed)]
-    if zoom:
-        layers.append(keras.layers.RandomZoom(0.15 * strength, seed=seed))
-    layers.append(keras.layers.RandomContrast(0.15 * strength, seed=seed))
-    if randaugment:
-        layers.append(keras.layers.RandAugment(value_range=(0, 255), num_ops=2, factor=randaugment, seed=seed))
-    return keras.Sequential(layers, name="augment")
 
 
 def mixer(seed: int, mixup: float, cutmix: float):
@@ -68,26 +54,38 @@ def mixer(seed: int, mixup: float, cutmix: float):
     return mix
 
 
+def augmentation(train: Train, image_size: int, augment: bool, scratch: bool) -> Augment:
+    """What the train.* params ask of each training image in a phase: from scratch, random resized crops (the
+    scratch_* params) replace the zoom; flips, rotations and contrast whenever train.augment is on."""
+    crop = train.scratch_crop_area if scratch and augment else 1.0
+    return Augment(image_size, crop_area=crop, max_upsample=train.scratch_crop_max_upsample,
+                   strength=train.augment_strength, zoom=augment and crop == 1.0, flip=augment)
+
+
 def _datasets(data_dir: Path, image_size: int, global_batch: int, train: Train, augment: bool, num_classes: int,
-              replicas: int = 1, n_val: int = 0, scratch: bool = False):
+              replicas: int = 1, n_val: int = 0, scratch: bool = False, cache: Cache | None = None):
     """Train and val datasets with one-hot labels (for label smoothing), sharded by data for multi-worker.
 
-    From scratch, augmentation adds the scratch_* regularizers: random resized crops, RandAugment, MixUp/CutMix.
-    With several replicas every batch must split evenly (keras-team/keras#19246), so the last partial
-    validation batch is dropped there.
+    The train split is decoded once into an in-memory cache (flowerpipe.training.input; pass `cache` to reuse one
+    built at the same side) and augmented a batch at a time. From scratch, augmentation adds the scratch_*
+    regularizers: random resized crops, RandAugment, MixUp/CutMix. With several replicas every batch must split
+    evenly (keras-team/keras#19246), so the last partial validation batch is dropped there.
     """
+    import keras
     import tensorflow as tf
 
     def onehot(x, y):
         return x, tf.one_hot(y, num_classes)
 
-    crop = train.scratch_crop_area if scratch and augment else 1.0
-    train_ds = tfrecord.dataset(data_dir, "train", image_size, global_batch, shuffle=True, seed=train.seed,
-                                repeat=True, drop_remainder=True, crop_area=crop)
-    if augment:
-        aug = augmenter(train.seed, train.augment_strength, zoom=crop == 1.0,
-                        randaugment=train.scratch_randaugment if scratch else 0.0)
-        train_ds = train_ds.map(lambda x, y: (aug(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+    aug = augmentation(train, image_size, augment, scratch)
+    side = cache_side(image_size, aug.crop_area)
+    if cache is None or cache.images.shape[1] != side:
+        cache = build_cache(data_dir, "train", side)
+    train_ds = train_dataset(cache, aug, global_batch, train.seed)
+    if augment and scratch and train.scratch_randaugment:
+        rand = keras.layers.RandAugment(value_range=(0, 255), num_ops=2, factor=train.scratch_randaugment,
+                                        seed=train.seed)
+        train_ds = train_ds.map(lambda x, y: (rand(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
     train_ds = train_ds.map(onehot)
     if augment and scratch and (train.scratch_mixup or train.scratch_cutmix):
         train_ds = train_ds.map(mixer(train.seed, train.scratch_mixup, train.scratch_cutmix),
@@ -100,7 +98,7 @@ def _datasets(data_dir: Path, image_size: int, global_batch: int, train: Train, 
     opts = tf.data.Options()
     opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return (train_ds.prefetch(tf.data.AUTOTUNE).with_options(opts),
-            val_ds.map(onehot).with_options(opts))
+            val_ds.cache().map(onehot).with_options(opts))  # val decoded once too, in its first epoch
 
 
 def optimizer_for(learning_rate, weight_decay: float = 0.0, ema: float = 0.0):
