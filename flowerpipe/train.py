@@ -103,10 +103,12 @@ class Outputs:
         return Outputs(base / self.model.name, base, base / "dvclive", base / "reports")
 
 
-def train_and_save(p: Params, strategy: str | None = None, out: Outputs | None = None) -> dict:
+def train_and_save(p: Params, strategy: str | None = None, out: Outputs | None = None,
+                   extra: dict | None = None) -> dict:
     """The train stage's work in one call: fit, save the float32 inference copy, log and record; return the record.
 
-    strategy overrides train.strategy (Ray Train's workers run this with "multi_worker"); out, where to write.
+    strategy overrides train.strategy (Ray Train's workers run this with "multi_worker"); out, where to write;
+    extra, more keys for the record (how the run was launched).
     """
     from dvclive import Live
 
@@ -150,6 +152,7 @@ def train_and_save(p: Params, strategy: str | None = None, out: Outputs | None =
         "replicas": result.replicas, "strategy": result.strategy, "precision": result.precision,
         "head_features": result.features, "resumed_from": result.resumed_from, "history": result.history,
     }
+    record.update(extra or {})
     write_json(out.reports / "train.json", record)
     ckpt.clear()
     print(f"val accuracy of the saved model {val_accuracy:.4f} after {result.epochs_run} epochs -> {out.model}")

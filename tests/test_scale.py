@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,19 @@ def _wait_gone(token: str, seconds: float = 60) -> list[int]:
     while (left := _processes_with(token)) and time.monotonic() < deadline:
         time.sleep(0.2)
     return left
+
+
+def test_a_failed_ray_run_is_one_line_with_the_first_failed_workers_error():
+    from ray.train import WorkerGroupError
+
+    from flowerpipe.scale.ray_train import failure
+
+    err = WorkerGroupError("Training failed due to worker errors:", {
+        1: RuntimeError("Traceback (most recent call last):\n  File x\nOSError: disk full"),
+        0: FileNotFoundError("Traceback ...\nFileNotFoundError: data/tfrecords/manifest.json: dataset manifest "
+                             "not found")})
+    assert failure(err) == "worker 0: FileNotFoundError: data/tfrecords/manifest.json: dataset manifest not found"
+    assert failure(RuntimeError("\nno cluster at ray://x\nmore")) == "no cluster at ray://x"
 
 
 def test_ray_is_not_a_strategy_inside_one_process():
@@ -86,11 +100,15 @@ def test_ray_train_two_workers_on_a_local_ray_save_identical_models(tmp_path):
     assert not left, f"Ray processes left running after the stage: {left}"
     assert seen >= 6, seen  # a real Ray: more than dvc, the stage and two workers
     text = log.read_text()
-    assert "(RayTrainWorker pid=" in text and "Ray Train: 2 workers" in text, text[-3000:]
+    assert "(RayTrainWorker pid=" in text, text[-3000:]
+    # the run's own Ray stays on loopback, and so does the TF_CONFIG Ray Train wrote for the workers
+    loopback = r"Ray Train: 2 workers \(TF_CONFIG workers 127\.0\.0\.1:\d+, 127\.0\.0\.1:\d+\)"
+    assert re.search(loopback, text), text[-3000:]
     worker1 = repo / "models" / "train" / "workers" / "1"
     records = [json.loads(p.read_text()) for p in (repo / "reports" / "train.json", worker1 / "reports" / "train.json")]
     for r in records:
         assert (r["replicas"], r["strategy"], r["epochs_run"], r["budget_epochs"]) == (2, "multi_worker", 4, 4)
+        assert r["launcher"] == "ray" and r["tf_config_workers"] == records[0]["tf_config_workers"]
         losses = [h["loss"] for h in r["history"]]
         assert losses[-1] < losses[0], losses
     assert records[0]["history"][-1]["loss"] == records[1]["history"][-1]["loss"]  # one all-reduced run

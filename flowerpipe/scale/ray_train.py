@@ -9,11 +9,13 @@ cluster of several machines, a checkout of the same commit at the same path on e
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
 
 from flowerpipe.errors import UserError
+from flowerpipe.jsonio import read_json
 from flowerpipe.params import Params
 
 log = logging.getLogger(__name__)
@@ -32,13 +34,15 @@ def _worker(config: dict) -> None:
     os.chdir(config["cwd"])
     rank = ray.train.get_context().get_world_rank()
     p: Params = config["params"]
-    record = train_and_save(p, "multi_worker", Outputs.of(p).for_worker(rank))
-    # Every worker reports (a barrier in Ray Train V2); the trainer's result holds worker 0's.
-    ray.train.report({k: v for k, v in record.items() if k != "history"} | {"worker": rank})
+    cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {}).get("worker", [])
+    record = train_and_save(p, "multi_worker", Outputs.of(p).for_worker(rank),
+                            {"launcher": "ray", "tf_config_workers": cluster})
+    ray.train.report({k: v for k, v in record.items() if k != "history"} | {"worker": rank})  # a barrier in Train V2
 
 
 def start_local_ray(workers: int) -> None:
-    """A Ray on this machine for the run: one logical CPU per worker at least, no dashboard, a small object store."""
+    """A Ray on this machine for the run: one logical CPU per worker at least, no dashboard, a small object store
+    (on loopback when RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set before ray was imported, as train_on_ray does)."""
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a run's own Ray reports nowhere unless asked to
@@ -47,18 +51,24 @@ def start_local_ray(workers: int) -> None:
 
 
 def train_on_ray(p: Params, cwd: Path | None = None) -> dict:
-    """Run training on train.ray_workers Ray Train workers; return worker 0's record (without its history).
+    """Run training on train.ray_workers Ray Train workers; return worker 0's record (reports/train.json).
 
     Connects to the Ray cluster at RAY_ADDRESS when it is set (`ray start --head` on one machine, `ray start
     --address=...` on the others), else starts a Ray on this machine for the run and stops it after.
     """
+    local = not os.environ.get("RAY_ADDRESS")
+    if local:
+        # A Ray of this run's own, on this machine: every Ray process, and so each worker's TF_CONFIG address, on
+        # loopback (127.0.0.1), as Ray runs its single-machine clusters on macOS and Windows; read when ray is
+        # imported, here and by every process it starts.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
     workers = p.train.ray_workers
     storage = Path(p.paths.train_dir).resolve() / "ray"  # Ray Train's run records; removed after a success
-    started = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
+    started = local and not ray.is_initialized()
     if started:
         start_local_ray(workers)
     elif not ray.is_initialized():
@@ -70,10 +80,9 @@ def train_on_ray(p: Params, cwd: Path | None = None) -> dict:
             run_config=RunConfig(name="train", storage_path=os.environ.get("FLOWERPIPE_RAY_STORAGE", str(storage)),
                                  failure_config=FailureConfig(max_failures=0)))
         try:
-            result = trainer.fit()
-        except Exception as exc:  # ray.train.TrainingFailedError: a worker's traceback is printed above it
-            raise UserError(f"train.strategy ray: training on {workers} Ray workers failed: "
-                            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from exc
+            trainer.fit()
+        except Exception as exc:  # ray.train.TrainingFailedError: the workers' tracebacks are printed above it
+            raise UserError(f"train.strategy ray: training on {workers} Ray workers failed: {failure(exc)}") from exc
     finally:
         if started:
             ray.shutdown()
@@ -81,6 +90,17 @@ def train_on_ray(p: Params, cwd: Path | None = None) -> dict:
         import shutil
 
         shutil.rmtree(storage)
-    metrics = dict(result.metrics or {})
-    log.info("Ray Train: %d workers, worker 0's saved model %s", workers, p.paths.model)
-    return metrics
+    record = read_json(Path(p.paths.reports) / "train.json")  # worker 0's
+    log.info("Ray Train: %d workers (TF_CONFIG workers %s), worker 0's saved model %s", workers,
+             ", ".join(record.get("tf_config_workers", [])), p.paths.model)
+    return record
+
+
+def failure(exc: BaseException) -> str:
+    """What went wrong, in one line: the first failed worker's own error (its last traceback line), else Ray's."""
+    failures = getattr(exc, "worker_failures", None) or {}
+    for rank in sorted(failures):
+        lines = [line.strip() for line in str(failures[rank]).splitlines() if line.strip()]
+        return f"worker {rank}: {lines[-1] if lines else type(failures[rank]).__name__}"
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
