@@ -101,6 +101,9 @@ def test_ray_train_two_workers_on_a_local_ray_save_identical_models(tmp_path):
     assert seen >= 6, seen  # a real Ray: more than dvc, the stage and two workers
     text = log.read_text()
     assert "(RayTrainWorker pid=" in text, text[-3000:]
+    assert "State API" not in text  # the placement-group cleaner is left out on a Ray of the run's own
+    saved = [line for line in text.splitlines() if "val accuracy of the saved model" in line]
+    assert len(saved) == 2, saved  # one line per worker: Ray Train's print patch is off
     # the run's own Ray stays on loopback, and so does the TF_CONFIG Ray Train wrote for the workers
     loopback = r"Ray Train: 2 workers \(TF_CONFIG workers 127\.0\.0\.1:\d+, 127\.0\.0\.1:\d+\)"
     assert re.search(loopback, text), text[-3000:]

@@ -40,6 +40,24 @@ def _worker(config: dict) -> None:
     ray.train.report({k: v for k, v in record.items() if k != "history"} | {"worker": rank})  # a barrier in Train V2
 
 
+def trainer_class(local: bool):
+    """Ray Train's TensorflowTrainer; on a Ray this run starts and stops itself, without its placement-group
+    cleaner, whose one job (removing the run's placement group if the controller dies) ends with that Ray anyway,
+    and which warns every few seconds there that the State API does not answer (the dashboard serves that API,
+    and ray[train] installs none)."""
+    from ray.train.tensorflow import TensorflowTrainer
+
+    if not local:
+        return TensorflowTrainer
+
+    class LocalTensorflowTrainer(TensorflowTrainer):
+        def _create_default_callbacks(self):
+            callbacks = super()._create_default_callbacks()
+            return [c for c in callbacks if type(c).__name__ != "PlacementGroupCleanerCallback"]
+
+    return LocalTensorflowTrainer
+
+
 def start_local_ray(workers: int) -> None:
     """A Ray on this machine for the run: one logical CPU per worker at least, no dashboard, a small object store
     (on loopback when RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set before ray was imported, as train_on_ray does)."""
@@ -62,9 +80,10 @@ def train_on_ray(p: Params, cwd: Path | None = None) -> dict:
         # loopback (127.0.0.1), as Ray runs its single-machine clusters on macOS and Windows; read when ray is
         # imported, here and by every process it starts.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # The workers' prints once each (Ray Train V2 otherwise logs each print and also tees it to the redirected stdout).
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.tensorflow import TensorflowTrainer
 
     workers = p.train.ray_workers
     storage = Path(p.paths.train_dir).resolve() / "ray"  # Ray Train's run records; removed after a success
@@ -74,7 +93,7 @@ def train_on_ray(p: Params, cwd: Path | None = None) -> dict:
     elif not ray.is_initialized():
         ray.init()  # the cluster at RAY_ADDRESS
     try:
-        trainer = TensorflowTrainer(
+        trainer = trainer_class(started)(
             _worker, train_loop_config={"cwd": str((cwd or Path.cwd()).resolve()), "params": p},
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": 1}),
             run_config=RunConfig(name="train", storage_path=os.environ.get("FLOWERPIPE_RAY_STORAGE", str(storage)),
