@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import TINY, call_stage, git_project, make_photos, sh
+from conftest import TINY, call_stage, dvc_env, git_project, make_photos, sh
 
 from flowerpipe.loadtest import free_port
 from flowerpipe.scale.remote import s3_client
@@ -162,3 +162,16 @@ def test_an_s3_path_in_params_is_one_line_that_says_to_dvc_pull():
         "params.yaml: paths.tfrecords: stages read and write local paths; TensorFlow 2.21 reads s3:// only through "
         "tensorflow-io, which has no release for it: keep data and models in a DVC remote on S3 and `dvc pull` them "
         "(docs/scale-out.md) (got 's3://flowers/tfrecords')")
+
+
+def test_the_remote_check_outside_a_project_or_without_a_remote_is_one_line(tmp_path, monkeypatch, capsys):
+    from flowerpipe.scale import remote
+
+    monkeypatch.chdir(tmp_path)
+    assert remote.main([]) == 1
+    assert capsys.readouterr().err == f"error: {tmp_path}: not a DVC project (run this where .dvc/ is)\n"
+    sh(["git", "init", "-q"], tmp_path, dvc_env())
+    sh(["dvc", "init", "-q"], tmp_path, dvc_env())
+    assert remote.main([]) == 1
+    assert capsys.readouterr().err == (f"error: {tmp_path}: no DVC remote named and no default one "
+                                       "(dvc remote add -d NAME URL)\n")

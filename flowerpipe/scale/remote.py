@@ -16,15 +16,21 @@ from flowerpipe.errors import UserError
 
 def remote_config(repo: str | Path = ".", name: str | None = None) -> tuple[str, dict]:
     """(name, settings) of a DVC remote of the project at repo: the one named, else the default (core.remote)."""
+    from dvc.exceptions import NotDvcRepoError
     from dvc.repo import Repo
 
-    with Repo(str(repo)) as project:
+    try:
+        project = Repo(str(repo))
+    except NotDvcRepoError:
+        raise UserError(f"{Path(repo).resolve()}: not a DVC project (run this where .dvc/ is)") from None
+    with project:
         config = project.config
         name = name or config["core"].get("remote")
         if not name:
-            raise UserError(f"{repo}: no DVC remote named and no default one (dvc remote add -d NAME URL)")
+            raise UserError(f"{Path(repo).resolve()}: no DVC remote named and no default one "
+                            "(dvc remote add -d NAME URL)")
         if name not in config["remote"]:
-            raise UserError(f"{repo}: no DVC remote named {name!r} (dvc remote list shows the others)")
+            raise UserError(f"{Path(repo).resolve()}: no DVC remote named {name!r} (dvc remote list shows the others)")
         return name, dict(config["remote"][name])
 
 
