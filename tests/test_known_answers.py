@@ -449,3 +449,106 @@ def test_decide_skips_devices_with_nothing_timed_and_render_says_so():
     empty = decide(ev, {"results": {}})
     assert empty["devices"] == {} and "nothing timed yet above the floors" in render(empty)
     assert "?" in render(decide({"formats": {}}, {"results": {}}))  # no trained-model accuracy: a question mark
+
+
+# ---------------------------------------------------------------- the digits each figure is reported to
+
+def test_each_figure_is_rounded_to_its_stated_places():
+    # a row summing to 1.0012345678: its error 0.0012345678 is reported to 6 places
+    row = np.array([[0.5, 0.5012345678]])
+    assert agreement(row, row)["max_sum_error"] == 0.001235
+    # labels 0 0 1, predicted 0 0 0: class 0's precision 2/3 to 4 places; class 1 never predicted: 0, no error
+    s = score(one_hot(np.array([0, 0, 0]), 2), np.array([0, 0, 1]), ["a", "b"])
+    assert s["per_class"]["a"]["precision"] == 0.6667 and s["per_class"]["b"]["precision"] == 0.0
+    assert predict_batches(None, np.zeros((0, 4)), 2).dtype == np.float32
+    # calls of 1, 2 and 4.1234567 ms at batch 3: mean 7.1234567 / 3 = 2.37448557 -> 2.3745 ms;
+    # 9 images / 0.0071234567 s = 1263.4319... -> 1263.432 images/s; p90 at index 1.8: 2 + 0.8 x 2.1234567 = 3.6988
+    assert summarize([0.001, 0.002, 0.0041234567], 3) == {
+        "iterations": 3, "latency_ms_median": 2.0, "latency_ms_mean": 2.3745, "latency_ms_p90": 3.6988,
+        "latency_ms_p99": 4.081, "throughput_ips": 1263.432}
+    # 100 images in 3 s: 33.333 images/s; 4.12345 s reported as 4.123
+    result = Result()
+    log = EpochLog(Live(), result, Ckpt())
+    log.epoch("head", {}, images=100, seconds=3.0)
+    log.epoch("head", {}, images=100, seconds=4.12345)
+    assert [(h["seconds"], h["images_per_second"]) for h in result.history] == [(3.0, 33.333), (4.123, 24.252)]
+
+
+def test_an_epoch_of_unknown_steps_counts_whole_and_never_more_than_whole():
+    result = Result()
+    cb = EpochLog(Live(), result, Ckpt()).callback("head", images_per_epoch=100)
+    cb.params = {}  # no step count given and no step run: the whole epoch's images, not a division by zero
+    cb.on_epoch_begin(0)
+    cb.on_epoch_end(0, {"loss": 2.0})
+    cb.params = {"steps": 10}  # 12 steps of a 10-step epoch: still 100 images, not 120
+    cb.on_epoch_begin(1)
+    for b in range(12):
+        cb.on_train_batch_end(b)
+    cb.on_epoch_end(1, None)
+    assert result.images_seen == 200 and [h.get("loss") for h in result.history] == [2.0, None]
+    assert all(0 <= h["seconds"] < 60 for h in result.history)  # this epoch's own time, from its start
+    log = EpochLog(Live(), result, Ckpt())
+    log.replay([{"phase": "scratch"}])  # a replayed epoch without a time: 0 s, under its own phase
+    assert result.history[-1]["phase"] == "scratch" and result.history[-1]["seconds"] == 0.0
+
+
+def test_a_nested_backbone_is_opened_so_its_frozen_layers_count_once():
+    """A backbone of Dense 3 -> 4 (frozen, 24 FLOPs) and Dense 4 -> 5 (40 FLOPs) inside a model: forward 64;
+    a step 64 + 2 x 40 = 144 (the backbone counted as one trainable layer would give 64 + 2 x 64 = 192)."""
+    import keras
+
+    backbone = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), keras.layers.Dense(5)])
+    backbone.layers[0].trainable = False
+    model = keras.Sequential([keras.Input((3,)), backbone])
+    assert training_flops(model) == {"forward": 64, "train_step": 144}
+
+
+# ---------------------------------------------------------------- merging rounds and deciding: the edges
+
+def test_rounds_that_miss_a_batch_or_skip_first_merge_what_there_is():
+    skipped_a, skipped_b = {"status": "skipped", "reason": "a"}, {"status": "skipped", "reason": "b"}
+    merged = merge_rounds([{"8": skipped_a, "1": cell(10.0, 100.0), "4": skipped_a},
+                           {"1": cell(12.0, 90.0), "4": skipped_b}])  # the second round has no batch 8
+    assert list(merged) == ["8", "1", "4"] and merged["8"] == skipped_a and merged["4"] == skipped_a
+    assert merged["1"]["rounds"] == 2 and merged["1"]["latency_ms_median"] == 10.0
+
+
+def test_decide_on_missing_records_and_formats_timed_but_never_evaluated():
+    empty = decide({}, {})
+    assert empty["devices"] == {} and empty["formats"] == {} and empty["floors"]["latency_budget_ms"] == 100.0
+    ev = evaluated()
+    bench = {"results": {"openvino-int8": {"cpu": {"b1": timed(1.0, [1.0], 900.0, [900.0])}},
+                         "onnx": {"cpu": {"b1": timed(2.0, [2.0], 500.0, [500.0], p99=100.5)}}}}
+    d = decide(ev, bench)  # the default budget: p99 100 ms
+    assert d["formats"]["openvino-int8"] == {"status": "excluded", "reason": "not scored by evaluate"}
+    assert d["formats"]["onnx"] == {"status": "ok"}  # float32, never evaluated: may ship
+    assert d["devices"]["cpu"]["latency"]["format"] == "onnx" and d["size"]["ranking"] == ["keras"]
+    assert d["devices"]["cpu"]["budget"] == {"none": "no format answers within p99 100 ms on the cpu"}
+
+
+def test_the_budget_goal_takes_the_most_images_per_second_and_ties_on_its_rounds():
+    """Within the budget, batch 4 (300 img/s) beats the larger batch 8 (250); onnx's best budget cell's rounds
+    (290-310) overlap openvino's (280-291): a tie; the margin 300 / 285 = 1.053."""
+    ev, _ = two_formats(None, None)
+    bench = {"results": {
+        "onnx": {"cpu": {"b4": timed(13.0, [13.0], 300.0, [290.0, 300.0, 310.0], p99=20.0),
+                         "b8": timed(32.0, [32.0], 250.0, [250.0], p99=40.0)}},
+        "openvino-float32": {"cpu": {"b4": timed(14.0, [14.0], 285.0, [280.0, 285.0, 291.0], p99=20.0)}}}}
+    budget = decide(ev, bench, budget_ms=50.0)["devices"]["cpu"]["budget"]
+    assert (budget["format"], budget["batch_size"], budget["img_s"]) == ("onnx", 4, 300.0)
+    assert budget["tie"] and budget["tied_with"] == ["openvino-float32"] and budget["margin"] == 1.053
+
+
+def test_margins_to_3_places_and_the_accuracy_floor_to_the_last_bit():
+    c = _choice([{"format": "a", "ms": 30.0}, {"format": "b", "ms": 35.0}], "ms", True, {})
+    assert c["margin"] == 1.167  # 35 / 30 = 1.1666...
+    floor = 0.99 * 0.80 - 1e-12  # the floor less its float tolerance: still not under it
+    assert floor_reason("onnx", evaluated(onnx={"status": "ok", "accuracy": floor, "top1_agreement": 1.0})["formats"],
+                        Floors(0.99, 0.995)) == ""
+
+
+def test_the_headline_rounds_each_figure_to_its_places():
+    ev = evaluated(onnx={"status": "ok", "accuracy": 0.80, "top1_agreement": 1.0, "size_mb": 12.345})
+    bench = {"results": {"onnx": {"cpu": {"b1": timed(4.444, [4.444], 300.06, [300.06], p99=5.0)}}}}
+    d = decide(ev, bench)
+    assert headline(d) == {"ship_b1_ms": 4.44, "ship_img_s": 300.1, "ship_budget_img_s": 300.1, "ship_mb": 12.35}

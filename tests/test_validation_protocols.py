@@ -34,6 +34,13 @@ def with_value(value: float) -> list:
     return img
 
 
+def with_int(value: int) -> list:
+    """One image of integer pixels (100) whose first value is `value`: a JSON array of integers, as for uint8."""
+    img = [[[100, 100, 100] for _ in range(SIZE)] for _ in range(SIZE)]
+    img[0][0][0] = value
+    return img
+
+
 def flat(value: float) -> list[float]:
     return [value] + [100.0] * (N - 1)
 
@@ -45,7 +52,9 @@ def rest_tfs(body: dict | bytes) -> tuple[str, bytes, dict]:
     return "/v1/models/flowers:predict", body if isinstance(body, bytes) else json.dumps(body).encode(), {}
 
 
-def rest_v2(inputs: list | None = None, binary: bytes | None = None, **extra) -> tuple[str, bytes, dict]:
+def rest_v2(inputs: list | bytes | None = None, binary: bytes | None = None, **extra) -> tuple[str, bytes, dict]:
+    if isinstance(inputs, bytes):
+        return "/v2/models/flowers/infer", inputs, {}
     head = json.dumps({**({"inputs": inputs} if inputs is not None else {}), **extra}).encode()
     if binary is None:
         return "/v2/models/flowers/infer", head, {}
@@ -77,6 +86,12 @@ def grpc_tfs(signature="", key="image", dtype=DT_FLOAT, shape=(1, SIZE, SIZE, 3)
     t.string_val.extend(strings or [])
     if content is None and floats is None and ints is None and strings is None:
         t.tensor_content = np.full(shape, 100, "<f4").tobytes()
+    return "Predict", req
+
+
+def grpc_tfs_empty():
+    req = protos.message("tensorflow.serving.PredictRequest")()
+    req.model_spec.name = "flowers"
     return "Predict", req
 
 
@@ -122,10 +137,10 @@ TABLE = [
      grpc_tfs(floats=flat(-math.inf)), "finite", "finite"),
     ("tfs nan pixel in a named input", rest_tfs({"inputs": {"image": [with_value(math.nan)]}}),
      grpc_tfs(floats=flat(math.nan)), "finite", "finite"),
-    ("tfs uint8 over 255", rest_tfs({"signature_name": "serving_uint8", "instances": [with_value(300)]}),
-     grpc_tfs(signature="serving_uint8", dtype=DT_UINT8, ints=[300] * N), "integers 0-255",
+    ("tfs uint8 over 255", rest_tfs({"signature_name": "serving_uint8", "instances": [with_int(256)]}),
+     grpc_tfs(signature="serving_uint8", dtype=DT_UINT8, ints=[256] * N), "integers 0-255",
      "out of range for DT_UINT8"),
-    ("tfs uint8 under 0", rest_tfs({"signature_name": "serving_uint8", "instances": [with_value(-1)]}),
+    ("tfs uint8 under 0", rest_tfs({"signature_name": "serving_uint8", "instances": [with_int(-1)]}),
      grpc_tfs(signature="serving_uint8", dtype=DT_UINT8, ints=[-1] * N), "integers 0-255", "out of range for DT_UINT8"),
     ("tfs fractions for uint8", rest_tfs({"signature_name": "serving_uint8", "instances": [with_value(0.5)]}),
      grpc_tfs(signature="serving_uint8", dtype=DT_FLOAT), "integers 0-255", "expects image as DT_UINT8 but DT_FLOAT"),
@@ -156,12 +171,24 @@ TABLE = [
      "a PredictRequest has one inputs map", "exactly one of", None),
     ("tfs malformed body", rest_tfs(b"{not json"), "a message that does not parse: test_grpc's raw bytes case",
      "malformed JSON", None),
+    ("tfs body not an object", rest_tfs(b"[1]"), "a PredictRequest is always a message", "JSON object", None),
+    ("tfs no input", rest_tfs({"inputs": {}}), grpc_tfs_empty(), "single input", "none given"),
+    ("tfs a scalar", rest_tfs({"instances": 5}), grpc_tfs(shape=(), floats=[1.0]), "non-empty list",
+     "batch of 0 images"),
+    ("tfs too many encoded images", rest_tfs({"signature_name": "serving_bytes",
+                                              "instances": [{"b64": b64(NOT_AN_IMAGE)}] * (MAX + 1)}),
+     grpc_tfs(signature="serving_bytes", key="image_bytes", dtype=DT_STRING, shape=(MAX + 1,),
+              strings=[NOT_AN_IMAGE] * (MAX + 1)), "too many images", "at most 16"),
+    ("tfs b64 beside other keys", rest_tfs({"instances": [{"b64": b64(NOT_AN_IMAGE), "x": 1}]}),
+     "a DT_STRING element is bytes, with no keys", "expected {\"b64\"", None),
     # KServe V2: ModelInferRequest over gRPC, /infer over REST
     ("v2 no input", rest_v2([]), grpc_v2(inputs=0), "exactly one tensor", "exactly one tensor"),
     ("v2 two inputs", rest_v2([v2_tensor(data=[0] * N)] * 2), grpc_v2(inputs=2, fp32=[0.0] * N),
      "exactly one tensor", "exactly one tensor"),
     ("v2 negative shape", rest_v2([v2_tensor(shape=(1, SIZE, -SIZE, 3), data=[0] * N)]),
      grpc_v2(shape=(1, SIZE, -SIZE, 3), fp32=[0.0] * N), "non-negative", "non-negative"),
+    ("v2 scalar shape", rest_v2([v2_tensor(shape=(), data=[0])]), grpc_v2(shape=(), fp32=[0.0]),
+     "batch of 0 images", "batch of 0 images"),
     ("v2 no images", rest_v2([v2_tensor(shape=(0, SIZE, SIZE, 3), data=[])]),
      grpc_v2(shape=(0, SIZE, SIZE, 3), raw=[b""]), "batch of 0 images", "batch of 0 images"),
     ("v2 too many images", rest_v2([v2_tensor(shape=(MAX + 1, SIZE, SIZE, 3), data=[0])]),
@@ -180,6 +207,8 @@ TABLE = [
      grpc_v2(raw=[f32(flat(-math.inf))]), "finite", "finite"),
     ("v2 uint8 over 255", rest_v2([v2_tensor(datatype="UINT8", data=flat(300))]),
      grpc_v2(datatype="UINT8", uints=[300] * N), "0-255", "0-255"),
+    ("v2 uint8 256", rest_v2([v2_tensor(datatype="UINT8", data=[256] + [0] * (N - 1))]),
+     grpc_v2(datatype="UINT8", uints=[256] + [0] * (N - 1)), "0-255", "0-255"),
     ("v2 uint8 fraction", rest_v2([v2_tensor(datatype="UINT8", data=flat(0.5))]),
      "uint_contents holds integers only", "0-255", None),
     ("v2 unknown input", rest_v2([v2_tensor(name="x", data=[0] * N)]), grpc_v2(name="x", fp32=[0.0] * N),
@@ -197,6 +226,13 @@ TABLE = [
     ("v2 BYTES element past the end", rest_v2([v2_tensor(name="image_bytes", datatype="BYTES", shape=(1,), nbin=7)],
                                               binary=b"\xff\0\0\0abc"),
      grpc_v2(name="image_bytes", datatype="BYTES", shape=(1,), raw=[b"\xff\0\0\0abc"]), "runs past", "runs past"),
+    ("v2 BYTES length cut short", rest_v2([v2_tensor(name="image_bytes", datatype="BYTES", shape=(1,), nbin=2)],
+                                          binary=b"\x01\x00"),
+     grpc_v2(name="image_bytes", datatype="BYTES", shape=(1,), raw=[b"\x01\x00"]), "truncated", "truncated"),
+    ("v2 BYTES length of 2**32 - 1", rest_v2([v2_tensor(name="image_bytes", datatype="BYTES", shape=(1,), nbin=5)],
+                                             binary=b"\xff\xff\xff\xffa"),
+     grpc_v2(name="image_bytes", datatype="BYTES", shape=(1,), raw=[b"\xff\xff\xff\xffa"]), "4294967295 bytes",
+     "4294967295 bytes"),
     ("v2 not an image", rest_v2([v2_tensor(name="image_bytes", datatype="BYTES", shape=(1,),
                                            data=[b64(NOT_AN_IMAGE)])]),
      grpc_v2(name="image_bytes", datatype="BYTES", shape=(1,), raw=[struct.pack("<I", 12) + NOT_AN_IMAGE]),
@@ -209,6 +245,10 @@ TABLE = [
      grpc_v2(fp32=[0.0] * N, raw=[b"", b""]), "no input declares binary_data_size", "raw_input_contents has 2"),
     ("v2 binary size that lies", rest_v2([v2_tensor(nbin=N * 4 + 1)], binary=f32([0] * N)),
      "a raw_input_contents entry is its tensor's bytes, no declared size", "binary_data_size", None),
+    ("v2 binary size not a number", rest_v2([v2_tensor(nbin=True)], binary=b"\0"),
+     "a raw_input_contents entry is its tensor's bytes, no declared size", "binary_data_size True", None),
+    ("v2 body not an object", rest_v2(b"[]"), "a ModelInferRequest is always a message", "JSON object with 'inputs'",
+     None),
     ("v2 header length past the body", ("/v2/models/flowers/infer", b"{}", {v2.HEADER: "99"}),
      "a protobuf message has no JSON header", "must be a byte count", None),
     ("v2 bad base64", rest_v2([v2_tensor(name="image_bytes", datatype="BYTES", shape=(1,), data=["%%%"])]),
@@ -223,6 +263,203 @@ TABLE = [
      "an InferInputTensor's parameters are a typed map", "parameters must be an object", None),
 ]
 IDS = [row[0] for row in TABLE]
+
+# The whole one-line message each protocol answers with, what a client reads: (REST, gRPC); None where no form.
+MESSAGES = {
+    'tfs unknown signature': (
+        ("unknown signature_name 'classify'; expected one of ['serving_default', 'serving_uint8', "
+         "'serving_bytes']"),
+        ("unknown signature_name 'classify'; expected one of ['serving_default', 'serving_uint8', "
+         "'serving_bytes']")),
+    'tfs no images': (
+        "no images: 'instances'/'inputs' must be a non-empty list",
+        "input 'image': batch of 0 images; this server takes 1 to 16"),
+    'tfs too many images': (
+        'too many images in one request: 17 > 16',
+        "input 'image': shape [17, 8, 8, 3] holds 3264 values; this server takes at most 3072"),
+    'tfs wrong image shape': (
+        'wrong shape: expected [N, 8, 8, 3], got [1, 4, 4, 3]',
+        'wrong shape: expected [N, 8, 8, 3], got [1, 4, 4, 3]'),
+    'tfs nan pixel': (
+        'wrong values: pixel values must be finite numbers',
+        'wrong values: pixel values must be finite numbers'),
+    'tfs infinite pixel': (
+        'wrong values: pixel values must be finite numbers',
+        'wrong values: pixel values must be finite numbers'),
+    'tfs nan pixel in a named input': (
+        'wrong values: pixel values must be finite numbers',
+        'wrong values: pixel values must be finite numbers'),
+    'tfs uint8 over 255': (
+        'wrong dtype: serving_uint8 takes integers 0-255',
+        "input 'image': values out of range for DT_UINT8"),
+    'tfs uint8 under 0': (
+        'wrong dtype: serving_uint8 takes integers 0-255',
+        "input 'image': values out of range for DT_UINT8"),
+    'tfs fractions for uint8': (
+        'wrong dtype: serving_uint8 takes integers 0-255',
+        'serving_uint8 expects image as DT_UINT8 but DT_FLOAT is provided'),
+    'tfs strings for pixels': (
+        "wrong dtype: pixel values must be numbers (0-255), got 'U' values",
+        'serving_default expects image as DT_FLOAT but DT_STRING is provided'),
+    'tfs unknown input name': (
+        "input tensor alias not found in signature: ['pixels']; this model takes 'image' or 'image_bytes'",
+        "input tensor alias not found in signature: ['pixels']; serving_default takes exactly {image}"),
+    'tfs unknown input name in a row': (
+        "input tensor alias not found in signature: ['pixels']; this model takes 'image' or 'image_bytes'",
+        "input tensor alias not found in signature: ['pixels']; serving_default takes exactly {image}"),
+    'tfs not an image': (
+        'instance 0: not a JPEG, PNG, GIF, BMP or WebP image',
+        'image_bytes 0: not a JPEG, PNG, GIF, BMP or WebP image'),
+    'tfs pixels for serving_bytes': (
+        'serving_bytes takes only {"b64": ...} images',
+        'serving_bytes expects image_bytes as DT_STRING but DT_FLOAT is provided'),
+    'tfs encoded images not a vector': (
+        'wrong shape or dtype: images must be equal-sized nested lists of numbers',
+        "input 'image_bytes': encoded images must be a vector [N], got shape [1, 1]"),
+    'tfs bad base64': (
+        'instance 0: b64 is not valid base64',
+        None),
+    'tfs values fewer than the shape': (
+        None,
+        "input 'image': tensor_content holds 10 bytes; shape [1, 8, 8, 3] of DT_FLOAT needs 768"),
+    'tfs ragged images': (
+        'wrong shape: images are ragged; each must be [height][width][3] numbers',
+        "input 'image': shape [1, 8, 8, 3] needs 192 values, the tensor holds 3"),
+    'tfs negative dimension': (
+        None,
+        "input 'image': shape [1, -8, 8, 3] has a negative dimension"),
+    'tfs both instances and inputs': (
+        "give exactly one of 'instances' (row format) or 'inputs' (columnar format)",
+        None),
+    'tfs malformed body': (
+        'malformed JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)',
+        None),
+    'tfs body not an object': (
+        "request body must be a JSON object with 'instances' or 'inputs'",
+        None),
+    'tfs no input': (
+        "this model has a single input ('image' or 'image_bytes')",
+        'input tensor alias not found in signature: none given; serving_default takes exactly {image}'),
+    'tfs a scalar': (
+        "no images: 'instances'/'inputs' must be a non-empty list",
+        "input 'image': batch of 0 images; this server takes 1 to 16"),
+    'tfs too many encoded images': (
+        'too many images in one request: 17 > 16',
+        "input 'image_bytes': shape [17] holds 17 values; this server takes at most 16"),
+    'tfs b64 beside other keys': (
+        'instance 0: expected {"b64": "<base64 JPEG or PNG>"}',
+        None),
+    'v2 no input': (
+        "'inputs' must list exactly one tensor: 'image' (FP32 or UINT8) or 'image_bytes' (BYTES)",
+        "'inputs' must list exactly one tensor: 'image' (FP32 or UINT8) or 'image_bytes' (BYTES)"),
+    'v2 two inputs': (
+        "'inputs' must list exactly one tensor: 'image' (FP32 or UINT8) or 'image_bytes' (BYTES)",
+        "'inputs' must list exactly one tensor: 'image' (FP32 or UINT8) or 'image_bytes' (BYTES)"),
+    'v2 negative shape': (
+        "input 'image': shape must be a list of non-negative integers",
+        "input 'image': shape must be non-negative integers, got [1, 8, -8, 3]"),
+    'v2 scalar shape': (
+        "input 'image': batch of 0 images; this server takes 1 to 16",
+        "input 'image': batch of 0 images; this server takes 1 to 16"),
+    'v2 no images': (
+        "input 'image': batch of 0 images; this server takes 1 to 16",
+        "input 'image': batch of 0 images; this server takes 1 to 16"),
+    'v2 too many images': (
+        "input 'image': batch of 17 images; this server takes 1 to 16",
+        "input 'image': batch of 17 images; this server takes 1 to 16"),
+    'v2 wrong datatype': (
+        "input 'image': datatype must be FP32 or UINT8, got 'FP64'",
+        "input 'image': datatype must be FP32 or UINT8, got 'FP64'"),
+    'v2 wrong image shape': (
+        "input 'image': shape must be [N, 8, 8, 3], got [1, 4, 4, 3]",
+        "input 'image': shape must be [N, 8, 8, 3], got [1, 4, 4, 3]"),
+    'v2 fewer values than the shape': (
+        "input 'image': shape [1, 8, 8, 3] needs 192 values, 'data' has 191",
+        "input 'image': shape [1, 8, 8, 3] needs 192 values, 'data' has 191"),
+    'v2 no data': (
+        "input 'image': no 'data'",
+        "input 'image': shape [1, 8, 8, 3] needs 192 values, 'data' has 0"),
+    'v2 raw bytes short': (
+        "input 'image': 100 bytes for 192 FP32 values",
+        "input 'image': 100 bytes for 192 FP32 values"),
+    'v2 nan pixel': (
+        "input 'image': values must be finite",
+        "input 'image': values must be finite"),
+    'v2 infinite raw pixel': (
+        "input 'image': values must be finite",
+        "input 'image': values must be finite"),
+    'v2 uint8 over 255': (
+        "input 'image': UINT8 values must be integers 0-255",
+        "input 'image': UINT8 values must be integers 0-255"),
+    'v2 uint8 256': (
+        "input 'image': UINT8 values must be integers 0-255",
+        "input 'image': UINT8 values must be integers 0-255"),
+    'v2 uint8 fraction': (
+        "input 'image': UINT8 values must be integers 0-255",
+        None),
+    'v2 unknown input': (
+        ("unknown input 'x'; this model takes 'image' (FP32 or UINT8 [N, 8, 8, 3]) or "
+         "'image_bytes' (BYTES [N], encoded JPEG/PNG)"),
+        ("unknown input 'x'; this model takes 'image' (FP32 or UINT8 [N, 8, 8, 3]) or "
+         "'image_bytes' (BYTES [N], encoded JPEG/PNG)")),
+    'v2 image_bytes not BYTES': (
+        "input 'image_bytes' must be BYTES of shape [N], got FP32 [1]",
+        "input 'image_bytes' must be BYTES of shape [N], got FP32 [1]"),
+    'v2 image_bytes of two dimensions': (
+        "input 'image_bytes' must be BYTES of shape [N], got BYTES [1, 1]",
+        "input 'image_bytes' must be BYTES of shape [N], got BYTES [1, 1]"),
+    'v2 fewer encoded images than the shape': (
+        "input 'image_bytes': 'data' must list 2 base64 strings",
+        "input 'image_bytes': shape says 2 elements, contents hold 1"),
+    'v2 BYTES element past the end': (
+        "input 'image_bytes': BYTES element of 255 bytes runs past the tensor's data",
+        "input 'image_bytes': BYTES element of 255 bytes runs past the tensor's data"),
+    'v2 BYTES length cut short': (
+        "input 'image_bytes': truncated BYTES element length",
+        "input 'image_bytes': truncated BYTES element length"),
+    'v2 BYTES length of 2**32 - 1': (
+        "input 'image_bytes': BYTES element of 4294967295 bytes runs past the tensor's data",
+        "input 'image_bytes': BYTES element of 4294967295 bytes runs past the tensor's data"),
+    'v2 not an image': (
+        'image_bytes 0: not a JPEG, PNG, GIF, BMP or WebP image',
+        'image_bytes 0: not a JPEG, PNG, GIF, BMP or WebP image'),
+    'v2 unknown output': (
+        "unknown output 'logits'; this model has ['probabilities', 'class_index', 'class_name']",
+        "unknown output 'logits'; this model has ['probabilities', 'class_index', 'class_name']"),
+    'v2 data and binary both': (
+        "input 'image': give 'data' or binary_data_size, not both",
+        "input 'image': give contents or raw_input_contents, not both"),
+    'v2 binary data nobody declared': (
+        '8 bytes follow the JSON but no input declares binary_data_size',
+        'raw_input_contents has 2 entries for 1 input'),
+    'v2 binary size that lies': (
+        "input 'image': binary_data_size 769 but 768 bytes follow the JSON",
+        None),
+    'v2 binary size not a number': (
+        "input 'image': binary_data_size True but 1 bytes follow the JSON",
+        None),
+    'v2 body not an object': (
+        "request body must be a JSON object with 'inputs'",
+        None),
+    'v2 header length past the body': (
+        "Inference-Header-Content-Length must be a byte count within the body, got '99'",
+        None),
+    'v2 bad base64': (
+        'image_bytes[0]: b64 is not valid base64',
+        None),
+    'v2 id not a string': (
+        "'id' must be a string",
+        None),
+    'v2 outputs not a list of names': (
+        "'outputs' must be a list of objects with a 'name'",
+        None),
+    'v2 parameters not an object': (
+        "'parameters' must be an object",
+        None),
+    'v2 tensor parameters not an object': (
+        "input 'image': parameters must be an object",
+        None),
+}
 
 
 def test_every_check_has_its_twin_or_says_why_not():
@@ -269,6 +506,17 @@ def test_each_check_refuses_on_grpc(case, rest, grpc_req, rest_words, grpc_words
     with pytest.raises(RequestError) as err:
         parse_grpc(*grpc_req)
     assert err.value.status == 400 and grpc_words in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("case", IDS)
+def test_each_refusal_is_one_line_that_names_the_fault(case):
+    _, rest, grpc_req, rest_words, grpc_words = TABLE[IDS.index(case)]
+    for form, parse, want in ((rest, parse_rest, MESSAGES[case][0]), (grpc_req, parse_grpc, MESSAGES[case][1])):
+        if want is None:
+            continue
+        with pytest.raises(RequestError) as err:
+            parse(*form)
+        assert str(err.value) == want
 
 
 def good_requests():
@@ -358,3 +606,107 @@ def test_each_check_refuses_over_the_wire_and_the_server_keeps_serving(both, cas
             assert err.value.code().name == code and grpc_words in err.value.details(), err.value.details()
         method, req = grpc_v2(raw=[np.zeros(N, "<f4").tobytes()])
         assert len(protos.stub(channel, protos.INFERENCE_SERVICE, method)(req, timeout=30).raw_output_contents) == 3
+
+
+# ---------------------------------------------------------------- well-formed encoded images, on every form
+
+
+def encoded(fmt: str, side: int) -> tuple[bytes, np.ndarray]:
+    """A striped side x side image as PNG or JPEG bytes, and the pixels the server must make of it: as is at the
+    model's size; else Pillow's DCT-scaled JPEG decode at 2x the size or more, then bilinear without reducing gap."""
+    import io
+
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:side, 0:side]
+    pixels = np.stack([(xx * 37 + yy * 11) % 256, (yy * 53) % 256, (xx * yy) % 256], -1).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    raw = buf.getvalue()
+    with Image.open(io.BytesIO(raw)) as im:
+        if fmt == "JPEG":
+            im.draft("RGB", (2 * SIZE, 2 * SIZE))
+        im = im.convert("RGB")
+        if im.size != (SIZE, SIZE):
+            im = im.resize((SIZE, SIZE), Image.Resampling.BILINEAR, reducing_gap=None)
+        want = np.asarray(im, dtype=np.float32)
+    return raw, want
+
+
+def test_encoded_images_parse_alike_on_every_form_of_both_protocols():
+    (png, png_px), (big, big_px), (jpg, jpg_px) = encoded("PNG", SIZE), encoded("PNG", 3 * SIZE), encoded("JPEG", 64)
+    assert np.array_equal(png_px[..., 0], np.asarray([[(x * 37 + y * 11) % 256 for x in range(SIZE)]
+                                                      for y in range(SIZE)], np.float32))  # as sent: no resize
+    items, want = [png, big, jpg], np.stack([png_px, big_px, jpg_px])
+    blob = v2.bytes_blob(items)
+    forms = [
+        parse_rest(*rest_tfs({"signature_name": "serving_bytes", "instances": [{"b64": b64(x)} for x in items]}))[0],
+        parse_rest(*rest_tfs({"instances": [{"image_bytes": {"b64": b64(x)}} for x in items]}))[0],
+        parse_rest(*rest_tfs({"inputs": {"image_bytes": [{"b64": b64(x)} for x in items]}}))[0],
+        parse_rest(*rest_v2([v2_tensor("image_bytes", "BYTES", (3,), data=[b64(x) for x in items])])).images,
+        parse_rest(*rest_v2([v2_tensor("image_bytes", "BYTES", (3,), nbin=len(blob))], binary=blob)).images,
+        parse_grpc(*grpc_tfs(signature="serving_bytes", key="image_bytes", dtype=DT_STRING, shape=(3,),
+                             strings=items)),
+        parse_grpc(*grpc_v2("image_bytes", "BYTES", (3,), strings=items))[0],
+        parse_grpc(*grpc_v2("image_bytes", "BYTES", (3,), raw=[blob]))[0]]
+    for images in forms:
+        assert images.dtype == np.float32 and images.shape == (3, SIZE, SIZE, 3)
+        assert np.array_equal(images, want)
+    # one encoded image filling a shape of 3 (TF's convention for one value), on gRPC's TF Serving API
+    splat = parse_grpc(*grpc_tfs(signature="serving_bytes", key="image_bytes", dtype=DT_STRING, shape=(3,),
+                                 strings=[png]))
+    assert np.array_equal(splat, np.stack([png_px] * 3))
+    assert v2.bytes_elements(v2.bytes_blob([b"", b"ab"]), 2, "w") == [b"", b"ab"]  # an empty element, exactly
+    assert v2.bytes_elements(b"", 0, "w") == []
+
+
+def test_one_value_fills_the_shape_and_outputs_are_sent_as_asked():
+    req = grpc_tfs(shape=(2, SIZE, SIZE, 3), floats=[7.0])[1]
+    assert np.array_equal(parse_grpc("Predict", req), np.full((2, SIZE, SIZE, 3), 7.0, np.float32))
+    req = grpc_tfs(signature="serving_uint8", dtype=DT_UINT8, shape=(1, SIZE, SIZE, 3), ints=[255])[1]
+    assert np.array_equal(parse_grpc("Predict", req), np.full((1, SIZE, SIZE, 3), 255.0, np.float32))
+    ones = [v2_tensor(data=[1] * N)]
+    assert parse_rest(*rest_v2(ones)).outputs == {"probabilities": False, "class_index": False, "class_name": False}
+    assert parse_rest(*rest_v2(ones, parameters={"binary_data_output": True})).outputs == dict.fromkeys(
+        v2.OUTPUTS, True)
+    asked = parse_rest(*rest_v2(ones, parameters={"binary_data_output": True}, outputs=[
+        {"name": "class_name", "parameters": {"binary_data": False}}, {"name": "probabilities"}])).outputs
+    assert asked == {"class_name": False, "probabilities": True}
+    asked = parse_rest(*rest_v2(ones, outputs=[{"name": "class_index", "parameters": {"binary_data": True}},
+                                               {"name": "class_name"}])).outputs
+    assert asked == {"class_index": True, "class_name": False}
+    assert parse_rest(*rest_v2(ones, id="r1")).id == "r1" and parse_rest(*rest_v2(ones)).id is None
+    path, body, _ = rest_v2(ones)  # a header naming the whole body as JSON: no binary part
+    assert np.array_equal(v2.parse_infer(body, str(len(body)), SIZE, MAX).images, np.ones((1, SIZE, SIZE, 3)))
+    x = np.arange(N, dtype=np.float32).reshape(1, SIZE, SIZE, 3) % 256
+    nested = parse_rest(*rest_v2([v2_tensor(shape=x.shape, data=x.tolist())])).images  # nested lists, row-major
+    assert np.array_equal(nested, x) and nested.dtype == np.float32
+
+
+def test_base64_in_either_alphabet_and_the_pixel_limit(monkeypatch):
+    from PIL import Image
+
+    from flowerpipe.serving import decode
+
+    assert decode.b64_bytes("-_8=", "w") == b"\xfb\xff" == decode.b64_bytes("+/8=", "w")  # web-safe, standard
+    assert decode.b64_bytes("-A==", "w") == b"\xf8" and decode.b64_bytes("_A==", "w") == b"\xfc"
+    with pytest.raises(RequestError, match="^w: b64 must be a string$"):
+        decode.b64_bytes(None, "w")
+    png, px = encoded("PNG", SIZE)
+    monkeypatch.setattr(decode, "MAX_PIXELS", SIZE * SIZE)  # at the limit: decoded
+    assert np.array_equal(decode.decode_image(png, SIZE, "w"), px)
+    monkeypatch.setattr(decode, "MAX_PIXELS", SIZE * SIZE - 1)  # one over it: refused before decoding
+    with pytest.raises(RequestError) as err:
+        decode.decode_image(png, SIZE, "w")
+    assert str(err.value) == f"w: {SIZE}x{SIZE} pixels is over the {SIZE * SIZE - 1} limit"
+    monkeypatch.setattr(decode, "MAX_PIXELS", 10**9)
+    with pytest.raises(RequestError) as err:
+        decode.decode_all([png, b""], SIZE)
+    assert str(err.value) == "image 1: empty image"
+    with pytest.raises(RequestError) as err:
+        decode.decode_image(png[:60], SIZE, "w")  # a truncated PNG
+    assert str(err.value).startswith("w: image could not be decoded (")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", SIZE * SIZE // 2 + 1)  # Pillow's bomb warning, made an error
+    with pytest.raises(RequestError) as err:
+        decode.decode_image(png, SIZE, "w")
+    assert str(err.value) == "w: image is over the 1000000000 pixel limit"
