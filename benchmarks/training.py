@@ -1,8 +1,12 @@
-"""Print training images/s: float32 and bfloat16, the train stage's input pipeline against in-memory data, each
-as a share of the measured matmul peak; then the frozen-phase speed-up of cached backbone features.
+"""Print training images/s: float32 and bfloat16 on in-memory batches, the train stage's own input against them
+(same network, same policy, same machine), each as a share of the measured matmul peak; then the frozen-phase
+speed-up of cached backbone features.
 
 Random weights (speed does not depend on them). The cases run in interleaved rounds and the median is printed,
 because this machine's speed drifts between runs. bfloat16 runs where the CPU has it (or with --bf16, emulated).
+With --records, the stage's input (its split decoded once into the uint8 cache, then augmented per batch: the
+from-scratch crops and the fine-tuning zoom) is timed under the policy the stage would use here, and its rate is
+printed as a share of the in-memory rate (issue 37's target: at least 95%).
 Usage: python benchmarks/training.py [--size 128] [--batch 32] [--width 1.0] [--middle-blocks 8]
                                      [--records data/tfrecords] [--rounds 3] [--steps 6] [--bf16]
 """
@@ -19,10 +23,30 @@ from flowerpipe.quiet import quiet_tensorflow
 
 
 def images_per_second(model, data, batch: int, steps: int) -> float:
-    """Training throughput of model.fit over `steps` batches of a repeating dataset (already warmed up)."""
+    """Steady-state training throughput inside one model.fit, as the stage runs (one input iterator per phase): from
+    the end of its first step to the end of step steps + 1, so the iterator's start-up is left out for every input
+    alike."""
+    import keras
+
+    ends: list[float] = []
+
+    class Clock(keras.callbacks.Callback):
+        def on_train_batch_end(self, step, logs=None):
+            """When this step ended."""
+            ends.append(time.perf_counter())
+
+    model.fit(data, steps_per_epoch=steps + 1, epochs=1, verbose=0, callbacks=[Clock()])
+    return steps * batch / (ends[-1] - ends[0])
+
+
+def input_rate(data, batch: int, batches: int) -> float:
+    """Images/s the input pipeline alone delivers (after one warm-up batch)."""
+    it = iter(data)
+    next(it)
     t = time.perf_counter()
-    model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
-    return steps * batch / (time.perf_counter() - t)
+    for _ in range(batches):
+        next(it)
+    return batches * batch / (time.perf_counter() - t)
 
 
 def build(args, policy: str):
@@ -74,10 +98,20 @@ def main() -> None:
         cases[label] = (build(args, "mixed_bfloat16"), memory, "bfloat16")
     else:
         print(f"mixed_bfloat16: not timed: {reason} (--bf16 times it emulated)")
+    stage_policy = "mixed_bfloat16" if "bfloat16" in {c[2] for c in cases.values()} else "float32"
+    in_memory = next(name for name, c in cases.items() if c[2] == ("bfloat16" if stage_policy != "float32"
+                                                                   else "float32"))
+    stage_cases = {}
     if args.records:
-        stage_data, _ = _datasets(args.records, size, batch, Train(), True, 5)
-        cases["float32, train stage's pipeline (TFRecords, decode, augment)"] = (build(args, "float32"), stage_data,
-                                                                               "float32")
+        train = Train()
+        for phase, scratch in (("from scratch: crops", True), ("fine-tuning: zoom", False)):
+            t = time.perf_counter()
+            data, _ = _datasets(args.records, size, batch, train, True, 5, scratch=scratch)
+            cache = time.perf_counter() - t
+            alone = input_rate(data, batch, 4 * args.steps)
+            name = f"{stage_policy}, train stage's input ({phase})"
+            cases[name] = (build(args, stage_policy), data, cases[in_memory][2])
+            stage_cases[name] = (cache, alone)
     flops = training_flops(next(iter(cases.values()))[0])["train_step"]
     measured = peak_lib.measure("cpu", peak_lib.needed(("cpu", c[2]) for c in cases.values())["cpu"])
     peaks = {dtype: peak_lib.peak_for(measured, "cpu", dtype)[0] for dtype in {c[2] for c in cases.values()}}
@@ -94,6 +128,10 @@ def main() -> None:
         ips, rounds = statistics.median(rates[name]), ", ".join(f"{r:.2f}" for r in rates[name])
         print(f"  {name:62s} {ips:7.2f} images/s  {ips * flops / 1e9:6.1f} GFLOP/s = "
               f"{ips * flops / 1e9 / peaks[dtype]:4.0%} of peak  (rounds: {rounds})")
+    reference = statistics.median(rates[in_memory])
+    for name, (cache, alone) in stage_cases.items():
+        print(f"  {name}: {statistics.median(rates[name]) / reference:.1%} of the in-memory rate ({in_memory}; "
+              f"target >= 95%); its input alone {alone:.0f} images/s; split decoded once in {cache:.1f} s")
     frozen_phase(args, rng)
 
 
