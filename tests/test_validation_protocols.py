@@ -620,6 +620,8 @@ def encoded(fmt: str, side: int) -> tuple[bytes, np.ndarray]:
 
     yy, xx = np.mgrid[0:side, 0:side]
     pixels = np.stack([(xx * 37 + yy * 11) % 256, (yy * 53) % 256, (xx * yy) % 256], -1).astype(np.uint8)
+    if fmt == "BMP":
+        pixels[0] = 0  # a BMP stores its rows bottom-up: the file ends in the top row's bytes, here zeros
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
     raw = buf.getvalue()
@@ -635,27 +637,29 @@ def encoded(fmt: str, side: int) -> tuple[bytes, np.ndarray]:
 
 def test_encoded_images_parse_alike_on_every_form_of_both_protocols():
     (png, png_px), (big, big_px), (jpg, jpg_px) = encoded("PNG", SIZE), encoded("PNG", 3 * SIZE), encoded("JPEG", 64)
+    bmp, bmp_px = encoded("BMP", SIZE)
+    assert bmp.endswith(b"\0" * 3 * SIZE)  # (a bytes element must keep its trailing zeros: not a numpy bytes_)
     assert np.array_equal(png_px[..., 0], np.asarray([[(x * 37 + y * 11) % 256 for x in range(SIZE)]
                                                       for y in range(SIZE)], np.float32))  # as sent: no resize
-    items, want = [png, big, jpg], np.stack([png_px, big_px, jpg_px])
+    items, want = [png, big, jpg, bmp], np.stack([png_px, big_px, jpg_px, bmp_px])
     blob = v2.bytes_blob(items)
     forms = [
         parse_rest(*rest_tfs({"signature_name": "serving_bytes", "instances": [{"b64": b64(x)} for x in items]}))[0],
         parse_rest(*rest_tfs({"instances": [{"image_bytes": {"b64": b64(x)}} for x in items]}))[0],
         parse_rest(*rest_tfs({"inputs": {"image_bytes": [{"b64": b64(x)} for x in items]}}))[0],
-        parse_rest(*rest_v2([v2_tensor("image_bytes", "BYTES", (3,), data=[b64(x) for x in items])])).images,
-        parse_rest(*rest_v2([v2_tensor("image_bytes", "BYTES", (3,), nbin=len(blob))], binary=blob)).images,
-        parse_grpc(*grpc_tfs(signature="serving_bytes", key="image_bytes", dtype=DT_STRING, shape=(3,),
+        parse_rest(*rest_v2([v2_tensor("image_bytes", "BYTES", (4,), data=[b64(x) for x in items])])).images,
+        parse_rest(*rest_v2([v2_tensor("image_bytes", "BYTES", (4,), nbin=len(blob))], binary=blob)).images,
+        parse_grpc(*grpc_tfs(signature="serving_bytes", key="image_bytes", dtype=DT_STRING, shape=(4,),
                              strings=items)),
-        parse_grpc(*grpc_v2("image_bytes", "BYTES", (3,), strings=items))[0],
-        parse_grpc(*grpc_v2("image_bytes", "BYTES", (3,), raw=[blob]))[0]]
+        parse_grpc(*grpc_v2("image_bytes", "BYTES", (4,), strings=items))[0],
+        parse_grpc(*grpc_v2("image_bytes", "BYTES", (4,), raw=[blob]))[0]]
     for images in forms:
-        assert images.dtype == np.float32 and images.shape == (3, SIZE, SIZE, 3)
+        assert images.dtype == np.float32 and images.shape == (4, SIZE, SIZE, 3)
         assert np.array_equal(images, want)
     # one encoded image filling a shape of 3 (TF's convention for one value), on gRPC's TF Serving API
     splat = parse_grpc(*grpc_tfs(signature="serving_bytes", key="image_bytes", dtype=DT_STRING, shape=(3,),
-                                 strings=[png]))
-    assert np.array_equal(splat, np.stack([png_px] * 3))
+                                 strings=[bmp]))
+    assert np.array_equal(splat, np.stack([bmp_px] * 3))
     assert v2.bytes_elements(v2.bytes_blob([b"", b"ab"]), 2, "w") == [b"", b"ab"]  # an empty element, exactly
     assert v2.bytes_elements(b"", 0, "w") == []
 

@@ -52,8 +52,8 @@ def tensor_array(t, where: str, max_values: int) -> np.ndarray:
         values, size = wide.astype(np_type), wide.size
     else:
         raise RequestError(f"{where}: {dtype_name(t.dtype)} tensors are not supported")
-    if size == 1 and count != 1:
-        values = np.full(count, values[0], dtype=object if t.dtype == DT_STRING else values.dtype)
+    if size == 1 and count != 1:  # (np.full would pass bytes through numpy's bytes_, which drops trailing NULs)
+        values = [values[0]] * count if t.dtype == DT_STRING else np.full(count, values[0], dtype=values.dtype)
     elif size != count:
         raise RequestError(f"{where}: shape {shape} needs {count} values, the tensor holds {size}")
     return np.asarray(values, dtype=object if t.dtype == DT_STRING else None).reshape(shape)
