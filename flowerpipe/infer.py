@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import UnidentifiedImageError
 
-from flowerpipe.data.images import IMAGE_SUFFIXES, load_image
+from flowerpipe.data import IMAGE_SUFFIXES
+from flowerpipe.data.images import load_image
 from flowerpipe.evaluate import predict_batches
 
 log = logging.getLogger(__name__)

@@ -9,10 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
 
-from flowerpipe.data import archive
+from flowerpipe.data import IMAGE_SUFFIXES, archive
 from flowerpipe.data.archive import Caps
 from flowerpipe.data.http import CHUNK, DownloadError, Limits, download
-from flowerpipe.data.images import IMAGE_SUFFIXES
 from flowerpipe.outputs import clean_stale, replace_dir
 
 __all__ = ["DownloadError", "Caps", "Limits", "Source", "ExtractReport", "fetch", "extract", "find_class_root",

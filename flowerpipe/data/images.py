@@ -10,7 +10,6 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}  # what counts as a photo file
 # Formats and 8-bit modes whose original bytes tf.io.decode_image turns into the pixels a viewer shows; anything
 # else (BMP variants TensorFlow misreads, TIFF, WebP, 16-bit, palette with transparency...) is stored as 8-bit PNG.
 TF_DECODABLE = {"JPEG", "PNG", "GIF"}
