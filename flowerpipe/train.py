@@ -95,10 +95,8 @@ class Outputs:
         return cls(Path(p.paths.model), Path(p.paths.train_dir), Path(p.paths.live), Path(p.paths.reports))
 
     def for_worker(self, rank: int) -> Outputs:
-        """Worker 0 writes the declared outputs; worker r > 0 the same files under <train_dir>/workers/<r>/
-        (on one machine the workers share a checkout, and each needs checkpoints of its own)."""
-        if rank == 0:
-            return self
+        """Worker `rank`'s copy of the outputs: the same files under <train_dir>/workers/<rank>/ (workers on one
+        machine share a checkout, and each needs checkpoints of its own)."""
         base = self.train_dir / "workers" / str(rank)
         return Outputs(base / self.model.name, base, base / "dvclive", base / "reports")
 

@@ -2,7 +2,8 @@
 runs the train stage's own work (flowerpipe.train.train_and_save) under MultiWorkerMirroredStrategy, that is
 flowerpipe's custom multi-worker loop (Keras 3's fit() fails there, keras-team/keras#20585).
 
-Worker 0 writes the stage's declared outputs; worker r > 0 writes the same files under paths.train_dir/workers/<r>/.
+The first worker on the driver's machine (worker 0 on one machine) writes the stage's declared outputs there; every
+other worker r writes the same files under paths.train_dir/workers/<r>/ in its own checkout.
 Every worker reads the project from the same folder: on one machine the checkout the driver runs in; on a Ray
 cluster of several machines, a checkout of the same commit at the same path on each (`dvc pull` there).
 """
@@ -32,11 +33,14 @@ def _worker(config: dict) -> None:
 
     quiet_tensorflow()  # as the stage's own process does: TensorFlow's log noise off, real errors shown
     os.chdir(config["cwd"])
-    rank = ray.train.get_context().get_world_rank()
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
     p: Params = config["params"]
+    # Ray Train groups a node's workers under consecutive ranks, but the driver's node need not hold rank 0.
+    declared = ray.get_runtime_context().get_node_id() == config["driver_node"] and context.get_local_rank() == 0
     cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {}).get("worker", [])
-    record = train_and_save(p, "multi_worker", Outputs.of(p).for_worker(rank),
-                            {"launcher": "ray", "tf_config_workers": cluster})
+    out = Outputs.of(p) if declared else Outputs.of(p).for_worker(rank)
+    record = train_and_save(p, "multi_worker", out, {"launcher": "ray", "tf_config_workers": cluster, "rank": rank})
     ray.train.report({k: v for k, v in record.items() if k != "history"} | {"worker": rank})  # a barrier in Train V2
 
 
@@ -69,7 +73,8 @@ def start_local_ray(workers: int) -> None:
 
 
 def train_on_ray(p: Params, cwd: Path | None = None) -> dict:
-    """Run training on train.ray_workers Ray Train workers; return worker 0's record (reports/train.json).
+    """Run training on train.ray_workers Ray Train workers; return the record of the one that wrote the declared
+    outputs (reports/train.json).
 
     Connects to the Ray cluster at RAY_ADDRESS when it is set (`ray start --head` on one machine, `ray start
     --address=...` on the others), else starts a Ray on this machine for the run and stops it after.
@@ -87,6 +92,8 @@ def train_on_ray(p: Params, cwd: Path | None = None) -> dict:
 
     workers = p.train.ray_workers
     storage = Path(p.paths.train_dir).resolve() / "ray"  # Ray Train's run records; removed after a success
+    record_path = Path(p.paths.reports) / "train.json"
+    record_path.unlink(missing_ok=True)  # a declared output: only this run's record may be read back below
     started = local and not ray.is_initialized()
     if started:
         start_local_ray(workers)
@@ -94,7 +101,8 @@ def train_on_ray(p: Params, cwd: Path | None = None) -> dict:
         ray.init()  # the cluster at RAY_ADDRESS
     try:
         trainer = trainer_class(started)(
-            _worker, train_loop_config={"cwd": str((cwd or Path.cwd()).resolve()), "params": p},
+            _worker, train_loop_config={"cwd": str((cwd or Path.cwd()).resolve()), "params": p,
+                                        "driver_node": ray.get_runtime_context().get_node_id()},
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": 1}),
             run_config=RunConfig(name="train", storage_path=os.environ.get("FLOWERPIPE_RAY_STORAGE", str(storage)),
                                  failure_config=FailureConfig(max_failures=0)))
@@ -109,9 +117,12 @@ def train_on_ray(p: Params, cwd: Path | None = None) -> dict:
         import shutil
 
         shutil.rmtree(storage)
-    record = read_json(Path(p.paths.reports) / "train.json")  # worker 0's
-    log.info("Ray Train: %d workers (TF_CONFIG workers %s), worker 0's saved model %s", workers,
-             ", ".join(record.get("tf_config_workers", [])), p.paths.model)
+    record = read_json(record_path)  # written by the first worker on this machine
+    if not record or record.get("launcher") != "ray":
+        raise UserError(f"train.strategy ray: no Ray worker ran on this machine, so its outputs ({p.paths.model}) "
+                        "are in the checkouts of the others; give this node a CPU for Ray, or run the stage there")
+    log.info("Ray Train: %d workers (TF_CONFIG workers %s), worker %d's saved model %s", workers,
+             ", ".join(record.get("tf_config_workers", [])), record.get("rank", 0), p.paths.model)
     return record
 
 
