@@ -158,10 +158,10 @@ def load(path: Path, option: str = "", device: str = "cpu", threads: int = 0) ->
     return keras_format.load(link, option, device, threads)
 
 
-FORMAT = Format("kcopy", ("",), lambda p, option: Path(p.paths.converted) / "kcopy" / "model.kcopy", {"": "float32"},
-                {"cpu": "", "gpu": ""}, "tensorflow_kcopy", suffixes=(".kcopy",), stage="convert_kcopy",
-                outs=("${paths.converted}/kcopy",), stage_deps=("${paths.model}", "${paths.tfrecords}/manifest.json"),
-                stage_params=())
+FORMAT = Format(family="kcopy", options=("",), path=lambda p, option: Path(p.paths.converted) / "kcopy" / "model.kcopy",
+                precision={"": "float32"}, devices={"cpu": "", "gpu": ""}, platform="tensorflow_kcopy",
+                suffixes=(".kcopy",), stage="convert_kcopy", outs=("${paths.converted}/kcopy",),
+                stage_deps=("${paths.model}", "${paths.tfrecords}/manifest.json"), stage_params=())
 '''
 KCOPY_STAGE = '''
 """convert_kcopy stage: the test-only kcopy format."""

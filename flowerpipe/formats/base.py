@@ -37,10 +37,10 @@ def _fixed(path: Path) -> str:
     return ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Format:
-    """What a format module declares as its module-level FORMAT; the registry, params checks, dvc.yaml, the server
-    and the report read only this, so a new format is one module (with its conversion stage).
+    """What a format module declares as its module-level FORMAT, by keyword; the registry, params checks, dvc.yaml,
+    the server and the report read only this, so a new format is one module (with its conversion stage).
 
     `path(p, option)` and `wanted(p)` take the pipeline's Params; `wanted` reads only the keys in `wanted_params`.
     """

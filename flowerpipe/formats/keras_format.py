@@ -37,9 +37,11 @@ class KerasRunner(Runner):
 
 DEVICES = {"cpu": "", "gpu": ""}  # device -> "" (may run there) or why it never can
 # The trained model itself: the train stage makes it, and every other variant is scored against it.
-FORMAT = Format("keras", ("",), lambda p, option: Path(p.paths.model), {"": "float32"}, DEVICES,
-                "tensorflow_keras", suffixes=(".keras",), order=0, serve_rank=4, stage="train", convert_stage=False,
-                outs=("${paths.model}",))
+FORMAT = Format(
+    family="keras", options=("",), path=lambda p, option: Path(p.paths.model), precision={"": "float32"},
+    devices=DEVICES, platform="tensorflow_keras", suffixes=(".keras",), order=0, serve_rank=4, stage="train",
+    convert_stage=False, outs=("${paths.model}",),
+)
 
 
 def load(path: Path, option: str = "", device: str = "cpu", threads: int = 0) -> Runner:

@@ -177,8 +177,10 @@ def _option(path: Path) -> str:
     return next((o for o, f in FILES.items() if f == path.name), "int8" if "int8" in path.stem else "float32")
 
 
-FORMAT = Format("onnx", tuple(FILES), lambda p, option: Path(p.paths.converted) / "onnx" / FILES[option],
-                {"float32": "float32", "int8": "int8", "float16": "float16", "int8-symmetric": "int8"}, DEVICES,
-                "onnxruntime_onnx", suffixes=(".onnx",), plain="float32", order=3, serve_rank=1, stage="convert_onnx",
-                outs=("${paths.converted}/onnx",), section="onnx", settings=Settings, wanted=_wanted,
-                wanted_params=("onnx.int8", "onnx.float16", "onnx.int8_symmetric"), option_of=_option)
+FORMAT = Format(
+    family="onnx", options=tuple(FILES), path=lambda p, option: Path(p.paths.converted) / "onnx" / FILES[option],
+    precision={"float32": "float32", "int8": "int8", "float16": "float16", "int8-symmetric": "int8"}, devices=DEVICES,
+    platform="onnxruntime_onnx", suffixes=(".onnx",), plain="float32", order=3, serve_rank=1, stage="convert_onnx",
+    outs=("${paths.converted}/onnx",), section="onnx", settings=Settings, wanted=_wanted,
+    wanted_params=("onnx.int8", "onnx.float16", "onnx.int8_symmetric"), option_of=_option,
+)

@@ -125,10 +125,13 @@ def load(path: Path, option: str = "float32", device: str = "cpu", threads: int 
     return OpenVINORunner(path, option, device, threads)
 
 
-FORMAT = Format("openvino", VARIANTS, lambda p, option: Path(p.paths.converted) / "openvino" / filename(option),
-                {"float32": "float32", "bfloat16": "bfloat16", "int8": "int8"}, DEVICES, "openvino_ir",
-                suffixes=(".xml",), order=4, serve_rank=0, stage="convert_openvino",
-                outs=("${paths.converted}/openvino",), section="openvino", settings=Settings,
-                wanted=lambda p: list(FORMAT.settings_of(p).variants), wanted_params=("openvino.variants",),
-                option_of=lambda path: path.parent.name if path.parent.name in VARIANTS else "float32",
-                fallback={"bfloat16": "float32"})  # the bfloat16 folder holds the float32 IR
+FORMAT = Format(
+    family="openvino", options=VARIANTS,
+    path=lambda p, option: Path(p.paths.converted) / "openvino" / filename(option),
+    precision={"float32": "float32", "bfloat16": "bfloat16", "int8": "int8"}, devices=DEVICES, platform="openvino_ir",
+    suffixes=(".xml",), order=4, serve_rank=0, stage="convert_openvino", outs=("${paths.converted}/openvino",),
+    section="openvino", settings=Settings, wanted=lambda p: list(FORMAT.settings_of(p).variants),
+    wanted_params=("openvino.variants",),
+    option_of=lambda path: path.parent.name if path.parent.name in VARIANTS else "float32",
+    fallback={"bfloat16": "float32"},
+)  # the bfloat16 folder holds the float32 IR

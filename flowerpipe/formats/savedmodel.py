@@ -121,9 +121,11 @@ def version_dir(p) -> Path:
 
 
 # Made by the export stage (its own entry in dvc.yaml); a folder holding saved_model.pb, found as such by the server.
-FORMAT = Format("savedmodel", ("",), lambda p, option: version_dir(p), {"": "float32"}, DEVICES,
-                "tensorflow_savedmodel", order=1, serve_rank=3, stage="export", convert_stage=False,
-                outs=("${paths.serving}",))
+FORMAT = Format(
+    family="savedmodel", options=("",), path=lambda p, option: version_dir(p), precision={"": "float32"},
+    devices=DEVICES, platform="tensorflow_savedmodel", order=1, serve_rank=3, stage="export", convert_stage=False,
+    outs=("${paths.serving}",),
+)
 
 
 def load(path: Path, option: str = "", device: str = "cpu", threads: int = 0) -> Runner:

@@ -337,11 +337,12 @@ def load(path: Path, option: str = "fp32", device: str = "gpu", threads: int = 0
     return TFTRTRunner(path) if Path(path).is_dir() else EngineRunner(path)
 
 
-FORMAT = Format("tensorrt", PRECISIONS, built_path, {"fp32": "float32", "fp16": "float16", "int8": "int8"}, DEVICES,
-                "tensorrt_plan", suffixes=(".plan", ".engine"), order=5, stage="convert_trt",
-                outs=("${paths.converted}/tensorrt",),
-                stage_deps=("${paths.model}", "${paths.tfrecords}", "${paths.converted}/onnx"),
-                stage_params=("model.image_size", "onnx.float16", "onnx.int8_symmetric"), section="trt",
-                settings=Settings,
-                wanted=lambda p: list(FORMAT.settings_of(p).precisions), wanted_params=("trt.precisions",),
-                option_of=lambda path: path.stem.rsplit("_", 1)[-1])
+FORMAT = Format(
+    family="tensorrt", options=PRECISIONS, path=built_path,
+    precision={"fp32": "float32", "fp16": "float16", "int8": "int8"}, devices=DEVICES, platform="tensorrt_plan",
+    suffixes=(".plan", ".engine"), order=5, stage="convert_trt", outs=("${paths.converted}/tensorrt",),
+    stage_deps=("${paths.model}", "${paths.tfrecords}", "${paths.converted}/onnx"),
+    stage_params=("model.image_size", "onnx.float16", "onnx.int8_symmetric"), section="trt", settings=Settings,
+    wanted=lambda p: list(FORMAT.settings_of(p).precisions), wanted_params=("trt.precisions",),
+    option_of=lambda path: path.stem.rsplit("_", 1)[-1],
+)

@@ -127,9 +127,10 @@ def _option(path: Path) -> str:
     return option if option in VARIANTS else "float32"
 
 
-FORMAT = Format("tflite", VARIANTS, lambda p, option: Path(p.paths.converted) / "tflite" / filename(option),
-                {"float32": "float32", "float16": "float16", "dynamic": "int8", "int8": "int8"}, DEVICES,
-                "tensorflow_tflite", suffixes=(".tflite",), order=2, serve_rank=2, stage="convert_tflite",
-                outs=("${paths.converted}/tflite",), section="tflite", settings=Settings,
-                wanted=lambda p: list(FORMAT.settings_of(p).variants), wanted_params=("tflite.variants",),
-                option_of=_option)
+FORMAT = Format(
+    family="tflite", options=VARIANTS, path=lambda p, option: Path(p.paths.converted) / "tflite" / filename(option),
+    precision={"float32": "float32", "float16": "float16", "dynamic": "int8", "int8": "int8"}, devices=DEVICES,
+    platform="tensorflow_tflite", suffixes=(".tflite",), order=2, serve_rank=2, stage="convert_tflite",
+    outs=("${paths.converted}/tflite",), section="tflite", settings=Settings,
+    wanted=lambda p: list(FORMAT.settings_of(p).variants), wanted_params=("tflite.variants",), option_of=_option,
+)
