@@ -149,3 +149,22 @@ def test_the_command_refuses_a_params_file_that_is_not_there(tmp_path, capsys):
     assert exit_.value.code == 2  # it used the defaults silently before
     last = capsys.readouterr().err.splitlines()[-1]
     assert last == f"flowerpipe: error: --params {tmp_path / 'nope.yaml'}: no such file"
+
+
+def test_params_yaml_and_params_py_give_the_same_defaults():
+    """One source per default: the shipped params.yaml, validated, is exactly the defaults params.py declares (every
+    section, the formats' own included), so neither can change alone."""
+    import yaml
+    from conftest import ROOT
+
+    from flowerpipe.formats.registry import formats
+    from flowerpipe.params import Params
+
+    shipped = parse(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    defaults = Params()
+    for name in Params.model_fields:
+        assert getattr(shipped, name).model_dump() == getattr(defaults, name).model_dump(), name
+    for f in formats():
+        if f.section:
+            assert f.settings_of(shipped).model_dump() == f.settings().model_dump(), f.section
+    assert set(shipped.model_extra or {}) == {f.section for f in formats() if f.section}
