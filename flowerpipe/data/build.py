@@ -12,7 +12,8 @@ from tqdm import tqdm
 
 from flowerpipe.data.archive import NOT_UTF8, bad_class_folder, shown
 from flowerpipe.data.download import find_class_root
-from flowerpipe.data.images import IMAGE_SUFFIXES, Checked, ImageCaps, check_image
+from flowerpipe.data import IMAGE_SUFFIXES
+from flowerpipe.data.images import Checked, ImageCaps, check_image
 from flowerpipe.data.split import SPLITS, stratified_split
 from flowerpipe.data.tfrecord import Manifest, atomic_dir, write_shards
 from flowerpipe.errors import UserError
