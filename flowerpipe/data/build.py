@@ -10,9 +10,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from flowerpipe.data import IMAGE_SUFFIXES
 from flowerpipe.data.archive import NOT_UTF8, bad_class_folder, shown
 from flowerpipe.data.download import find_class_root
-from flowerpipe.data import IMAGE_SUFFIXES
 from flowerpipe.data.images import Checked, ImageCaps, check_image
 from flowerpipe.data.split import SPLITS, stratified_split
 from flowerpipe.data.tfrecord import Manifest, atomic_dir, write_shards
