@@ -39,14 +39,15 @@ def images_per_second(model, data, batch: int, steps: int) -> float:
     return steps * batch / (ends[-1] - ends[0])
 
 
-def input_rate(data, batch: int, batches: int) -> float:
-    """Images/s the input pipeline alone delivers (after one warm-up batch)."""
+def input_rate(data, batch: int, batches: int) -> tuple[float, float]:
+    """Images/s the input pipeline alone delivers (after one warm-up batch), and its CPU time per image in ms (all
+    threads; unlike wall time, barely moved by other processes sharing the cores)."""
     it = iter(data)
     next(it)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     for _ in range(batches):
         next(it)
-    return batches * batch / (time.perf_counter() - t)
+    return batches * batch / (time.perf_counter() - t), (time.process_time() - cpu) * 1e3 / (batches * batch)
 
 
 def build(args, policy: str):
@@ -108,10 +109,10 @@ def main() -> None:
             t = time.perf_counter()
             data, _ = _datasets(args.records, size, batch, train, True, 5, scratch=scratch)
             cache = time.perf_counter() - t
-            alone = input_rate(data, batch, 4 * args.steps)
+            alone, cpu_ms = input_rate(data, batch, 4 * args.steps)
             name = f"{stage_policy}, train stage's input ({phase})"
             cases[name] = (build(args, stage_policy), data, cases[in_memory][2])
-            stage_cases[name] = (cache, alone)
+            stage_cases[name] = (cache, alone, cpu_ms)
     flops = training_flops(next(iter(cases.values()))[0])["train_step"]
     measured = peak_lib.measure("cpu", peak_lib.needed(("cpu", c[2]) for c in cases.values())["cpu"])
     peaks = {dtype: peak_lib.peak_for(measured, "cpu", dtype)[0] for dtype in {c[2] for c in cases.values()}}
@@ -129,9 +130,10 @@ def main() -> None:
         print(f"  {name:62s} {ips:7.2f} images/s  {ips * flops / 1e9:6.1f} GFLOP/s = "
               f"{ips * flops / 1e9 / peaks[dtype]:4.0%} of peak  (rounds: {rounds})")
     reference = statistics.median(rates[in_memory])
-    for name, (cache, alone) in stage_cases.items():
+    for name, (cache, alone, cpu_ms) in stage_cases.items():
         print(f"  {name}: {statistics.median(rates[name]) / reference:.1%} of the in-memory rate ({in_memory}; "
-              f"target >= 95%); its input alone {alone:.0f} images/s; split decoded once in {cache:.1f} s")
+              f"target >= 95%); its input alone {alone:.0f} images/s, {cpu_ms:.1f} CPU ms per image (a training "
+              f"step: {2e3 / reference:.0f} core-ms per image on 2 cores); split decoded once in {cache:.1f} s")
     frozen_phase(args, rng)
 
 
