@@ -95,6 +95,12 @@ def grpc_tfs_empty():
     return "Predict", req
 
 
+def grpc_unknown_rank():
+    method, req = grpc_tfs()
+    req.inputs["image"].tensor_shape.unknown_rank = True
+    return method, req
+
+
 def grpc_v2(name="image", datatype="FP32", shape=(1, SIZE, SIZE, 3), raw=None, fp32=None, uints=None, strings=None,
             outputs=(), inputs=1, version=""):
     req = protos.message("inference.ModelInferRequest")(model_name="flowers", model_version=version)
@@ -179,6 +185,9 @@ TABLE = [
                                               "instances": [{"b64": b64(NOT_AN_IMAGE)}] * (MAX + 1)}),
      grpc_tfs(signature="serving_bytes", key="image_bytes", dtype=DT_STRING, shape=(MAX + 1,),
               strings=[NOT_AN_IMAGE] * (MAX + 1)), "too many images", "at most 16"),
+    ("tfs too many small images", rest_tfs({"instances": [[[[1, 2, 3]] * 4] * 4] * (MAX + 1)}),
+     grpc_tfs(shape=(MAX + 1, 4, 4, 3), content=f32([1] * 48 * (MAX + 1))), "too many images", "batch of 17 images"),
+    ("tfs unknown rank", "the nesting of a JSON list is its shape", grpc_unknown_rank(), None, "must be known"),
     ("tfs b64 beside other keys", rest_tfs({"instances": [{"b64": b64(NOT_AN_IMAGE), "x": 1}]}),
      "a DT_STRING element is bytes, with no keys", "expected {\"b64\"", None),
     # KServe V2: ModelInferRequest over gRPC, /infer over REST
@@ -209,6 +218,8 @@ TABLE = [
      grpc_v2(datatype="UINT8", uints=[300] * N), "0-255", "0-255"),
     ("v2 uint8 256", rest_v2([v2_tensor(datatype="UINT8", data=[256] + [0] * (N - 1))]),
      grpc_v2(datatype="UINT8", uints=[256] + [0] * (N - 1)), "0-255", "0-255"),
+    ("v2 data not numbers", rest_v2([v2_tensor(data=["a"] * N)]), "fp32_contents holds numbers only",
+     "must be numbers", None),
     ("v2 uint8 fraction", rest_v2([v2_tensor(datatype="UINT8", data=flat(0.5))]),
      "uint_contents holds integers only", "0-255", None),
     ("v2 unknown input", rest_v2([v2_tensor(name="x", data=[0] * N)]), grpc_v2(name="x", fp32=[0.0] * N),
@@ -346,6 +357,12 @@ MESSAGES = {
     'tfs too many encoded images': (
         'too many images in one request: 17 > 16',
         "input 'image_bytes': shape [17] holds 17 values; this server takes at most 16"),
+    'tfs too many small images': (
+        'too many images in one request: 17 > 16',
+        "input 'image': batch of 17 images; this server takes 1 to 16"),
+    'tfs unknown rank': (
+        None,
+        "input 'image': the tensor's shape must be known"),
     'tfs b64 beside other keys': (
         'instance 0: expected {"b64": "<base64 JPEG or PNG>"}',
         None),
@@ -394,6 +411,9 @@ MESSAGES = {
     'v2 uint8 256': (
         "input 'image': UINT8 values must be integers 0-255",
         "input 'image': UINT8 values must be integers 0-255"),
+    'v2 data not numbers': (
+        "input 'image': 'data' must be numbers (flat or nested, row-major)",
+        None),
     'v2 uint8 fraction': (
         "input 'image': UINT8 values must be integers 0-255",
         None),
@@ -611,14 +631,15 @@ def test_each_check_refuses_over_the_wire_and_the_server_keeps_serving(both, cas
 # ---------------------------------------------------------------- well-formed encoded images, on every form
 
 
-def encoded(fmt: str, side: int) -> tuple[bytes, np.ndarray]:
-    """A striped side x side image as PNG or JPEG bytes, and the pixels the server must make of it: as is at the
-    model's size; else Pillow's DCT-scaled JPEG decode at 2x the size or more, then bilinear without reducing gap."""
+def encoded(fmt: str, side: int, height: int | None = None) -> tuple[bytes, np.ndarray]:
+    """A striped side x height (default side) image as PNG, JPEG or BMP bytes, and the pixels the server must make
+    of it: as is at the model's size; else Pillow's DCT-scaled JPEG decode at 2x the size or more, then bilinear
+    without reducing gap."""
     import io
 
     from PIL import Image
 
-    yy, xx = np.mgrid[0:side, 0:side]
+    yy, xx = np.mgrid[0:height or side, 0:side]
     pixels = np.stack([(xx * 37 + yy * 11) % 256, (yy * 53) % 256, (xx * yy) % 256], -1).astype(np.uint8)
     if fmt == "BMP":
         pixels[0] = 0  # a BMP stores its rows bottom-up: the file ends in the top row's bytes, here zeros
@@ -638,30 +659,44 @@ def encoded(fmt: str, side: int) -> tuple[bytes, np.ndarray]:
 def test_encoded_images_parse_alike_on_every_form_of_both_protocols():
     (png, png_px), (big, big_px), (jpg, jpg_px) = encoded("PNG", SIZE), encoded("PNG", 3 * SIZE), encoded("JPEG", 64)
     bmp, bmp_px = encoded("BMP", SIZE)
+    (tall, tall_px), (wide, wide_px) = encoded("JPEG", 64, 128), encoded("JPEG", 128, 64)  # DCT-scaled by 4, not 8
     assert bmp.endswith(b"\0" * 3 * SIZE)  # (a bytes element must keep its trailing zeros: not a numpy bytes_)
     assert np.array_equal(png_px[..., 0], np.asarray([[(x * 37 + y * 11) % 256 for x in range(SIZE)]
                                                       for y in range(SIZE)], np.float32))  # as sent: no resize
-    items, want = [png, big, jpg, bmp], np.stack([png_px, big_px, jpg_px, bmp_px])
+    items, want = [png, big, jpg, bmp, tall, wide], np.stack([png_px, big_px, jpg_px, bmp_px, tall_px, wide_px])
     blob = v2.bytes_blob(items)
     forms = [
         parse_rest(*rest_tfs({"signature_name": "serving_bytes", "instances": [{"b64": b64(x)} for x in items]}))[0],
         parse_rest(*rest_tfs({"instances": [{"image_bytes": {"b64": b64(x)}} for x in items]}))[0],
         parse_rest(*rest_tfs({"inputs": {"image_bytes": [{"b64": b64(x)} for x in items]}}))[0],
-        parse_rest(*rest_v2([v2_tensor("image_bytes", "BYTES", (4,), data=[b64(x) for x in items])])).images,
-        parse_rest(*rest_v2([v2_tensor("image_bytes", "BYTES", (4,), nbin=len(blob))], binary=blob)).images,
-        parse_grpc(*grpc_tfs(signature="serving_bytes", key="image_bytes", dtype=DT_STRING, shape=(4,),
+        parse_rest(*rest_v2([v2_tensor("image_bytes", "BYTES", (6,), data=[b64(x) for x in items])])).images,
+        parse_rest(*rest_v2([v2_tensor("image_bytes", "BYTES", (6,), nbin=len(blob))], binary=blob)).images,
+        parse_grpc(*grpc_tfs(signature="serving_bytes", key="image_bytes", dtype=DT_STRING, shape=(6,),
                              strings=items)),
-        parse_grpc(*grpc_v2("image_bytes", "BYTES", (4,), strings=items))[0],
-        parse_grpc(*grpc_v2("image_bytes", "BYTES", (4,), raw=[blob]))[0]]
+        parse_grpc(*grpc_v2("image_bytes", "BYTES", (6,), strings=items))[0],
+        parse_grpc(*grpc_v2("image_bytes", "BYTES", (6,), raw=[blob]))[0]]
     for images in forms:
-        assert images.dtype == np.float32 and images.shape == (4, SIZE, SIZE, 3)
+        assert images.dtype == np.float32 and images.shape == (6, SIZE, SIZE, 3)
         assert np.array_equal(images, want)
     # one encoded image filling a shape of 3 (TF's convention for one value), on gRPC's TF Serving API
     splat = parse_grpc(*grpc_tfs(signature="serving_bytes", key="image_bytes", dtype=DT_STRING, shape=(3,),
                                  strings=[bmp]))
     assert np.array_equal(splat, np.stack([bmp_px] * 3))
+    two = parse_grpc(*grpc_tfs(signature="serving_bytes", key="image_bytes", dtype=DT_STRING, shape=(2,),
+                               strings=[png]))
+    assert np.array_equal(two, np.stack([png_px] * 2))
     assert v2.bytes_elements(v2.bytes_blob([b"", b"ab"]), 2, "w") == [b"", b"ab"]  # an empty element, exactly
+    assert v2.bytes_elements(v2.bytes_blob([b"ab", b""]), 2, "w") == [b"ab", b""]  # last, its length the last bytes
     assert v2.bytes_elements(b"", 0, "w") == []
+    for raw, count, message in ((b"\x05\0\0\0abc", 1, "w: BYTES element of 5 bytes runs past the tensor's data"),
+                                (v2.bytes_blob([b"a"]), 2, "w: shape says 2 elements, data holds 1")):
+        with pytest.raises(RequestError) as err:
+            v2.bytes_elements(raw, count, "w")
+        assert str(err.value) == message
+    bools = protos.message("tensorflow.TensorProto")(dtype=10, bool_val=[True])  # DT_BOOL
+    with pytest.raises(RequestError) as err:
+        tensors.tensor_array(bools, "w", 10)
+    assert str(err.value) == "w: DT_BOOL tensors are not supported"
 
 
 def test_one_value_fills_the_shape_and_outputs_are_sent_as_asked():
