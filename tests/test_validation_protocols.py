@@ -592,7 +592,10 @@ def both(tmp_path_factory):
     base = tmp_path_factory.mktemp("protocols") / "flowers"
     write_version(base, 1, seed=1)
     running = Both(base)
-    yield running
+    # one HTTP client and one gRPC channel for every row: the rows measure the server, not connection set-up
+    with httpx.Client(base_url=running.url, timeout=30) as running.http, \
+            grpc.insecure_channel(running.target) as running.channel:
+        yield running
     running.stop()
 
 
@@ -613,19 +616,17 @@ def test_each_check_refuses_over_the_wire_and_the_server_keeps_serving(both, cas
     status = 404 if rest_words == "Servable not found" else 400
     if rest_words is not None:
         path, body, headers = rest
-        r = httpx.post(f"{both.url}{path}", content=body, headers={"content-type": "application/json", **headers},
-                       timeout=30)
+        r = both.http.post(path, content=body, headers={"content-type": "application/json", **headers})
         assert r.status_code == status and rest_words in r.json()["error"], r.text
-    with grpc.insecure_channel(both.target) as channel:
-        if grpc_words is not None:
-            method, req = grpc_req
-            service = protos.PREDICTION_SERVICE if method == "Predict" else protos.INFERENCE_SERVICE
-            with pytest.raises(grpc.RpcError) as err:
-                protos.stub(channel, service, method)(req, timeout=30)
-            code = "NOT_FOUND" if status == 404 else "INVALID_ARGUMENT"
-            assert err.value.code().name == code and grpc_words in err.value.details(), err.value.details()
-        method, req = grpc_v2(raw=[np.zeros(N, "<f4").tobytes()])
-        assert len(protos.stub(channel, protos.INFERENCE_SERVICE, method)(req, timeout=30).raw_output_contents) == 3
+    if grpc_words is not None:
+        method, req = grpc_req
+        service = protos.PREDICTION_SERVICE if method == "Predict" else protos.INFERENCE_SERVICE
+        with pytest.raises(grpc.RpcError) as err:
+            protos.stub(both.channel, service, method)(req, timeout=30)
+        code = "NOT_FOUND" if status == 404 else "INVALID_ARGUMENT"
+        assert err.value.code().name == code and grpc_words in err.value.details(), err.value.details()
+    method, req = grpc_v2(raw=[np.zeros(N, "<f4").tobytes()])
+    assert len(protos.stub(both.channel, protos.INFERENCE_SERVICE, method)(req, timeout=30).raw_output_contents) == 3
 
 
 # ---------------------------------------------------------------- well-formed encoded images, on every form
