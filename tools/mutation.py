@@ -37,7 +37,51 @@ SCOPE = {
 }
 
 # Surviving mutants no test can kill, each with why (mutmut's names: they change when the function's code does).
-EQUIVALENT: dict[str, str] = {}
+_SPLIT = ("another split of the weight's path: each keeps a suffix ending in the path's last segment, so endswith("
+          "'kernel') is the path's own endswith either way")
+_KIND = "a numpy dtype kind is one letter, never 'X'"
+_DRAFT = ("draft's mode only picks libjpeg's output colour space and to_rgb converts after it: L, RGB and CMYK JPEGs "
+          "decode to the same pixels either way (checked)")
+EQUIVALENT: dict[str, str] = {
+    "flowerpipe.evaluate.x_score__mutmut_15": "zero_division=0 dropped: scikit-learn's default ('warn') also scores "
+                                              "an undefined precision or recall 0, with a warning",
+    "flowerpipe.recommend.x__choice__mutmut_77": "(v,) * 3 for (v,) * 2: the tuple is indexed at 0 and 1 only",
+    "flowerpipe.recommend.x__choice__mutmut_87": "(v,) * 3 for (v,) * 2: the tuple is indexed at 0 and 1 only",
+    "flowerpipe.recommend.x_decide__mutmut_185": "lower_is_better None for False: only its truth is used",
+    "flowerpipe.recommend.x_decide__mutmut_201": "lower_is_better None for False: only its truth is used",
+    "flowerpipe.bench.x_summarize__mutmut_3": "dtype float64 dropped: latencies are Python floats, float64 anyway",
+    "flowerpipe.bench.x_summarize__mutmut_5": "dtype float64 dropped: latencies are Python floats, float64 anyway",
+    "flowerpipe.training.throughput.x_layer_flops__mutmut_3": _SPLIT,
+    "flowerpipe.training.throughput.x_layer_flops__mutmut_6": _SPLIT,
+    "flowerpipe.training.throughput.x_layer_flops__mutmut_7": _SPLIT,
+    "flowerpipe.training.throughput.x_layer_flops__mutmut_8": _SPLIT,
+    "flowerpipe.training.throughput.x_layer_flops__mutmut_9": _SPLIT,
+    "flowerpipe.training.throughput.x_layer_flops__mutmut_10": "[+1] for [-1] of rsplit('/', 1): a Keras 3 weight "
+                                                               "path always holds a '/', so there are two parts",
+    "flowerpipe.serving.tfs.x_pixels__mutmut_11": _KIND,
+    "flowerpipe.serving.tensors.x_tensor_array__mutmut_44": _KIND,
+    "flowerpipe.serving.tensors.x_tensor_array__mutmut_29": "dtype dropped: protobuf gives Python floats and ints, "
+                                                            "float64 and int64 anyway (an empty field is not checked)",
+    "flowerpipe.serving.tensors.x_tensor_array__mutmut_31": "dtype dropped: protobuf gives Python floats and ints, "
+                                                            "float64 and int64 anyway (an empty field is not checked)",
+    "flowerpipe.serving.tensors.x_tensor_array__mutmut_37": "float64 for integer fields too: int_val holds int32 "
+                                                            "values, exact in float64; range check and cast agree",
+    "flowerpipe.serving.tensors.x_tensor_array__mutmut_64": "one value filling a shape as a list for numbers too: "
+                                                            "asarray of it is np.full's array",
+    "flowerpipe.serving.tensors.x_tensor_array__mutmut_70": "np.full without a dtype takes the fill value's, a numpy "
+                                                            "scalar of that dtype",
+    "flowerpipe.serving.tensors.x_tensor_array__mutmut_73": "np.full without a dtype takes the fill value's, a numpy "
+                                                            "scalar of that dtype",
+    "flowerpipe.serving.tensors.x_tfs_images__mutmut_59": "pixels() without the signature: it only refuses non-uint8 "
+                                                          "values under serving_uint8, which needs DT_UINT8 already",
+    "flowerpipe.serving.decode.x_decode_image__mutmut_6": "every warning an error, not only the bomb warning: no "
+                                                          "image tried (PNG, palette PNG with transparency, JPEG in L, "
+                                                          "RGB, CMYK, BMP) makes Pillow warn while decoding",
+    "flowerpipe.serving.decode.x_decode_image__mutmut_17": _DRAFT,
+    "flowerpipe.serving.decode.x_decode_image__mutmut_21": _DRAFT,
+    "flowerpipe.serving.decode.x_decode_image__mutmut_22": _DRAFT,
+    "flowerpipe.serving.decode.x_decode_image__mutmut_38": "reducing_gap=None dropped: None is Image.resize's default",
+}
 
 KILLED = {1, 3, 37}  # a test failed (or pytest itself), or the type check caught it
 STATUS = {0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout", 24: "timeout", -24: "timeout",
