@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from flowerpipe.errors import UserError
@@ -60,3 +63,30 @@ def replace_dir(new: Path, out: Path) -> None:
         os.replace(out, old)
     os.replace(new, out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic(out: str | Path) -> Iterator[Path]:
+    """The one write-then-rename: a temp path beside out (a file or a folder, with out's suffix, which some writers
+    read) to write at; it takes out's name when the block ends, a folder through replace_dir so that out is never
+    missing, and is removed when the block raises, so a crash or Ctrl-C leaves the previous out (or none)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}-{secrets.token_hex(3)}.tmp{out.suffix}")
+    _remove(tmp)
+    try:
+        yield tmp
+        if tmp.is_dir() and not tmp.is_symlink():
+            replace_dir(tmp, out)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        _remove(tmp)
+        raise

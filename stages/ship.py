@@ -7,9 +7,15 @@ from flowerpipe.params import Params
 
 def main(p: Params) -> None:
     """Read params, do the work, write the outputs dvc.yaml declares."""
-    from flowerpipe.ship.make import ship
+    from flowerpipe.formats.base import Skipped
+    from flowerpipe.ship.make import ship, skip
 
-    shipped = ship(p)
+    try:
+        shipped = ship(p)
+    except Skipped as exc:  # the served format has no model-repository layout: recorded, and dvc repro goes on
+        skip(p, str(exc))
+        print(f"ship: skipped: {exc}")
+        return
     config = shipped.folder / "config.pbtxt"
     print(f"shipped {shipped.format} as {shipped.folder}/{p.export.version}/ "
           f"({'Triton config ' + str(config) if config.exists() else shipped.manifest['triton']['reason']}); "

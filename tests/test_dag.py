@@ -206,7 +206,10 @@ def test_a_format_added_as_one_module_is_picked_up_everywhere(project, tmp_path)
     sh([sys.executable, "-m", "flowerpipe.cli", "check"], repo, env)
     out = sh(["dvc", "repro"], repo, env)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {"convert_kcopy", "evaluate", "benchmark", "infer", "serve_check", "report"}, out[-3000:]
+    assert ran == {"convert_kcopy", "evaluate", "benchmark", "infer", "serve_check", "report", "ship"}, out[-3000:]
+    # served, but with no model-repository layout: the ship stage records why, and dvc repro goes on
+    shipped = json.loads((repo / "models" / "ship" / "status.json").read_text())
+    assert shipped["status"] == "skipped" and shipped["reason"].startswith("kcopy models cannot be shipped")
     scored = json.loads((repo / "reports/evaluate.json").read_text())["formats"]
     assert scored["kcopy"]["status"] == "ok" and scored["kcopy"]["top1_agreement"] == 1.0
     assert scored["kcopy"]["accuracy"] == scored["keras"]["accuracy"]

@@ -11,6 +11,7 @@ import numpy as np
 from pydantic import Field
 
 from flowerpipe.formats.base import ConvertContext, Format, FormatError, Runner, Skipped, require
+from flowerpipe.outputs import atomic
 from flowerpipe.params import PosInt, Section
 
 INPUT = "image"
@@ -38,10 +39,8 @@ def convert(ctx: ConvertContext, out: Path, opset: int = 17) -> Path:
     model = load_model(ctx.keras_path)
     spec = (tf.TensorSpec((None, ctx.image_size, ctx.image_size, 3), tf.float32, name=INPUT),)
     fn = tf.function(lambda image: {"probabilities": model(image, training=False)})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tf2onnx.convert.from_function(fn, input_signature=spec, opset=opset, output_path=str(tmp))
-    tmp.replace(out)
+    with atomic(out) as tmp:
+        tf2onnx.convert.from_function(fn, input_signature=spec, opset=opset, output_path=str(tmp))
     return out
 
 
@@ -52,9 +51,8 @@ def convert_float16(src: Path, out: Path) -> Path:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = convert_float_to_float16(onnx.load(str(require(src))), keep_io_types=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    onnx.save(model, str(tmp))
-    tmp.replace(out)
+    with atomic(out) as tmp:
+        onnx.save(model, str(tmp))
     return out
 
 
@@ -79,16 +77,18 @@ def quantize_int8(ctx: ConvertContext, src: Path, out: Path, symmetric: bool = F
             self.i += 1
             return {INPUT: calib[self.i - 1:self.i]}
 
-    pre = out.with_name(f".{out.stem}.pre.onnx")
-    tmp = out.with_name(f".{out.name}.tmp")
-    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-    quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True,
-                                   # TensorRT takes int8 Q/DQ only: biases stay float (it fuses them), not int32
-                                   "QuantizeBias": not symmetric})
-    pre.unlink(missing_ok=True)
-    tmp.replace(out)
+    pre = out.with_name(f".{out.stem}.pre.onnx")  # a step, not an output
+    try:
+        with atomic(out) as tmp:
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+            quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+                            weight_type=QuantType.QInt8,
+                            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True,
+                                           # TensorRT takes int8 Q/DQ only: biases stay float (it fuses them)
+                                           "QuantizeBias": not symmetric})
+    finally:
+        pre.unlink(missing_ok=True)
     return out
 
 

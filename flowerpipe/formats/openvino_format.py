@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 from flowerpipe.formats.base import ConvertContext, Format, FormatError, Runner, Skipped, require
+from flowerpipe.outputs import atomic
 from flowerpipe.params import PosInt, Section
 
 VARIANTS = ("float32", "bfloat16", "int8")
@@ -58,13 +58,9 @@ def convert(ctx: ConvertContext, variant: str, out: Path) -> Path:
         model = nncf.quantize(model, dataset, subset_size=len(calib), preset=nncf.QuantizationPreset.MIXED)
     elif variant not in PRECISION_HINTS:  # float32 and bfloat16 share the float32 IR
         raise ValueError(f"openvino.variants: unknown variant {variant!r}; expected one of {VARIANTS}")
-    tmp = out.parent.with_name(f".{out.parent.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    ov.save_model(model, str(tmp / out.name), compress_to_fp16=False)
-    if out.parent.exists():
-        shutil.rmtree(out.parent)
-    tmp.replace(out.parent)
+    with atomic(out.parent) as tmp:
+        tmp.mkdir()
+        ov.save_model(model, str(tmp / out.name), compress_to_fp16=False)
     return out
 
 

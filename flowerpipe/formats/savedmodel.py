@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 
 from flowerpipe.devices import tensorflow_gpu_missing
 from flowerpipe.formats.base import LABELS_FILE, Format, FormatError, Runner, Skipped, require, start_tensorflow
+from flowerpipe.outputs import atomic
 
 
 def build_module(model, classes: list[str], image_size: int):
@@ -58,10 +58,7 @@ def export(model, classes: list[str], image_size: int, out: Path, extra=None) ->
     import tensorflow as tf
 
     module = build_module(model, classes, image_size)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with tempfile.TemporaryDirectory() as scratch:
+    with atomic(out) as tmp, tempfile.TemporaryDirectory() as scratch:
         labels = Path(scratch) / LABELS_FILE
         labels.write_text("\n".join(classes) + "\n")
         module.labels_asset = tf.saved_model.Asset(str(labels))
@@ -70,11 +67,8 @@ def export(model, classes: list[str], image_size: int, out: Path, extra=None) ->
             "serving_uint8": module.serve_uint8,
             "serving_bytes": module.serve_bytes,
         })
-    if extra is not None:
-        extra(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.replace(out)
+        if extra is not None:
+            extra(tmp)
     return out
 
 

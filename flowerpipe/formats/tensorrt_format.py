@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 from flowerpipe.devices import gpu_names
 from flowerpipe.formats.base import ConvertContext, Format, FormatError, Runner, Skipped, require
 from flowerpipe.jsonio import read_json
+from flowerpipe.outputs import atomic
 from flowerpipe.params import PosInt, Section
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -160,12 +160,8 @@ def convert_tftrt(ctx: ConvertContext, precision: str, out: Path, workspace_mb: 
 
     conv.convert(calibration_input_fn=batches if precision == "int8" else None)
     conv.build(input_fn=batches)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    conv.save(str(tmp))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.replace(out)
+    with atomic(out) as tmp:
+        conv.save(str(tmp))
     return out
 
 
@@ -199,9 +195,8 @@ def convert_onnx(onnx_path: Path | None, precision: str, out: Path, image_size: 
     engine = builder.build_serialized_network(network, config)
     if engine is None:
         raise FormatError(f"{onnx_path}: TensorRT failed to build a {precision} engine")
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_bytes(bytes(engine))
-    tmp.replace(out)
+    with atomic(out) as tmp:
+        tmp.write_bytes(bytes(engine))
     return out
 
 

@@ -9,6 +9,7 @@ from typing import Literal
 import numpy as np
 
 from flowerpipe.formats.base import ConvertContext, Format, FormatError, Runner, Skipped, require
+from flowerpipe.outputs import atomic
 from flowerpipe.params import PosInt, Section
 
 VARIANTS = ("float32", "float16", "dynamic", "int8")
@@ -51,10 +52,8 @@ def convert(ctx: ConvertContext, variant: str, out: Path) -> Path:
     elif variant != "float32":
         raise ValueError(f"tflite.variants: unknown variant {variant!r}; expected one of {VARIANTS}")
     data = conv.convert()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(out)
+    with atomic(out) as tmp:
+        tmp.write_bytes(data)
     return out
 
 

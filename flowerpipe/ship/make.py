@@ -8,10 +8,10 @@ latency above the floors), so that every figure the repository carries was measu
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 from flowerpipe.errors import FormatError
+from flowerpipe.outputs import atomic
 from flowerpipe.ship import kserve, triton
 from flowerpipe.ship.repository import Shipped, read, write
 
@@ -50,6 +50,15 @@ def decision_summary(decision: dict, fmt: str) -> dict:
             "cpu": {goal: {k: v for k, v in c.items() if k not in ("spread", "ranking")} for goal, c in cpu.items()}}
 
 
+def skip(p, reason: str) -> None:
+    """The ship stage's output where the served format cannot be shipped: the folder, with why (a skip is data)."""
+    from flowerpipe.jsonio import write_json
+
+    with atomic(Path(p.paths.ship)) as tmp:
+        tmp.mkdir()
+        write_json(tmp / "status.json", {"status": "skipped", "reason": reason})
+
+
 def ship(p) -> Shipped:
     """Write <paths.ship>/repository/<model.name>/ and <paths.ship>/kserve/ from the run's records (atomically)."""
     from flowerpipe.formats.base import read_labels
@@ -85,29 +94,25 @@ def ship(p) -> Shipped:
         "measured_on": {k: env.get(k) for k in ("cpu", "cores", "threads")},
     }
     out = Path(p.paths.ship)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shipped = write(tmp / REPOSITORY, p.model.name, fmt, variant.family, variant.path, p.export.version,
-                    read_labels(variant.path), p.model.image_size, manifest, config)
-    manifests = tmp / KSERVE
-    manifests.mkdir()
-    (manifests / "servingruntime.yaml").write_text(kserve.runtimes_text(p.ship.image))
-    cores = int(env.get("threads") or os.cpu_count() or 1)
-    if variant.family in kserve.SLIM_FORMATS:
-        services = kserve.inference_services(p.model.name, p.ship.storage_uri, cores,
-                                             kserve.memory(peak_rss(bench, fmt)), target, p.ship.max_replicas)
-    else:  # a SavedModel: KServe's TF Serving runtime on the model folder (its version folders)
-        services = {"inferenceservice.yaml": kserve.tfserving_service(
-            p.model.name, f"{p.ship.storage_uri.rstrip('/')}/{p.model.name}", kserve.tensorflow_version(), cores,
-            kserve.memory(peak_rss(bench, fmt)), p.ship.max_replicas)}
-    for name, doc in services.items():
-        mode = doc["metadata"]["annotations"][kserve.MODE]
-        how = (f"Knative mode, REST: scaleTarget {target} ({why})" if mode == "Knative" else
-               f"{mode} mode: one service carrying REST and gRPC, scaled on CPU (its autoscaler has no concurrency "
-               "metric)")
-        (manifests / name).write_text(kserve.dump([doc], kserve.HEADER.format(what="the ship stage") +
-                                                  f"# {fmt} from {p.ship.storage_uri}; {how}\n"))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.replace(out)
+    with atomic(out) as tmp:
+        shipped = write(tmp / REPOSITORY, p.model.name, fmt, variant.family, variant.path, p.export.version,
+                        read_labels(variant.path), p.model.image_size, manifest, config)
+        manifests = tmp / KSERVE
+        manifests.mkdir()
+        (manifests / "servingruntime.yaml").write_text(kserve.runtimes_text(p.ship.image))
+        cores = int(env.get("threads") or os.cpu_count() or 1)
+        if variant.family in kserve.SLIM_FORMATS:
+            services = kserve.inference_services(p.model.name, p.ship.storage_uri, cores,
+                                                 kserve.memory(peak_rss(bench, fmt)), target, p.ship.max_replicas)
+        else:  # a SavedModel: KServe's TF Serving runtime on the model folder (its version folders)
+            services = {"inferenceservice.yaml": kserve.tfserving_service(
+                p.model.name, f"{p.ship.storage_uri.rstrip('/')}/{p.model.name}", kserve.tensorflow_version(), cores,
+                kserve.memory(peak_rss(bench, fmt)), p.ship.max_replicas)}
+        for name, doc in services.items():
+            mode = doc["metadata"]["annotations"][kserve.MODE]
+            how = (f"Knative mode, REST: scaleTarget {target} ({why})" if mode == "Knative" else
+                   f"{mode} mode: one service carrying REST and gRPC, scaled on CPU (its autoscaler has no concurrency "
+                   "metric)")
+            (manifests / name).write_text(kserve.dump([doc], kserve.HEADER.format(what="the ship stage") +
+                                                      f"# {fmt} from {p.ship.storage_uri}; {how}\n"))
     return read(out / REPOSITORY / shipped.folder.name)

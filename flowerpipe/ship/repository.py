@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flowerpipe.errors import FormatError
+from flowerpipe.formats.base import Skipped
+from flowerpipe.outputs import atomic
 
 MANIFEST = "flowerpipe.json"
 LABELS = "labels.txt"
@@ -55,7 +57,8 @@ def version_files(family: str, source: Path) -> dict[str, Path]:
         return {"model.tflite": source}
     if family == "savedmodel":  # the folder is the version folder (TF Serving's layout)
         return {f.relative_to(source).as_posix(): f for f in sorted(source.rglob("*")) if f.is_file()}
-    raise FormatError(f"{family} models cannot be shipped as a model repository")
+    raise Skipped(f"{family} models cannot be shipped as a model repository (Triton's and TF Serving's layouts take "
+                  "onnx, openvino, tflite and savedmodel)")
 
 
 OUTPUT = "probabilities"  # the output's name in the ONNX model, the SavedModel signature and flowerpipe's V2 API
@@ -80,18 +83,14 @@ def write_version(folder: Path, family: str, source: Path, version: int) -> Path
     """Copy a built model into <folder>/<version>/ under the names Triton's backends expect (atomic: a temp name
     renamed, so a watching server never loads half a version)."""
     final = Path(folder) / str(version)
-    tmp = Path(folder) / f".{version}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    for name, src in version_files(family, source).items():
-        if not src.is_file():
-            raise FormatError(f"{src}: not built (run dvc repro)")
-        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, tmp / name)
-    if family == "openvino":
-        name_openvino_output(tmp / "model.xml")
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.replace(final)
+    with atomic(final) as tmp:  # a hidden name until whole: a watching server never loads half a version
+        for name, src in version_files(family, source).items():
+            if not src.is_file():
+                raise FormatError(f"{src}: not built (run dvc repro)")
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, tmp / name)
+        if family == "openvino":
+            name_openvino_output(tmp / "model.xml")
     return final
 
 
