@@ -2,14 +2,22 @@ from pathlib import Path
 
 import pytest
 
-from flowerpipe.params import OFFICIAL_SHA256, OFFICIAL_URL, ParamsError, load, parse
+from flowerpipe.params import (
+    OFFICIAL_SHA256,
+    OFFICIAL_URL,
+    PRETRAINED_NETWORK,
+    SCRATCH_NETWORK,
+    ParamsError,
+    load,
+    parse,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_project_params_are_valid():
     p = load(ROOT / "params.yaml")
-    assert p.model.arch == "xception" and p.model.image_size == 180
+    assert p.model.arch == "xception" and p.model.image_size >= 71  # (the defaults: test_params_yaml_and_params_py...)
     assert p.data.expected_sha256() == OFFICIAL_SHA256
 
 
@@ -18,12 +26,13 @@ def test_weights_none_means_the_scratch_recipes_network_unless_a_key_says_otherw
         m = parse({"model": model}).model
         return m.image_size, m.width, m.middle_blocks
 
-    assert network() == (180, 1.0, 8) == network(image_size="auto", width="auto", middle_blocks="auto")
-    assert network(weights="none") == (128, 0.5, 4)  # README: "From scratch in 30 minutes on 2 cores"
-    assert network(weights="none", image_size=96, width=1.0) == (96, 1.0, 4)  # each key overrides alone
-    assert network(weights="none", arch="mobilenet_v2") == (180, 1.0, 8)  # width and depth scale Xception only
-    p = load(ROOT / "params.yaml")
-    assert p.train.scratch_minutes == 30 and p.train.scratch_patience == 0  # the recipe is the default
+    keys = ("image_size", "width", "middle_blocks")
+    pretrained, scratch = (tuple(n[k] for k in keys) for n in (PRETRAINED_NETWORK, SCRATCH_NETWORK))
+    assert pretrained != scratch
+    assert network() == pretrained == network(image_size="auto", width="auto", middle_blocks="auto")
+    assert network(weights="none") == scratch  # docs/training.md: "From scratch in 30 minutes on 2 cores"
+    assert network(weights="none", image_size=96, width=1.0) == (96, 1.0, scratch[2])  # each key overrides alone
+    assert network(weights="none", arch="mobilenet_v2") == pretrained  # width and depth scale Xception only
 
 
 @pytest.mark.parametrize("raw, key, words", [
@@ -112,7 +121,7 @@ def test_a_stage_reads_only_what_dvc_yaml_declares(tmp_path):
                         "      - model.arch\n      - serve\n")
     assert declared(dvc_yaml, "s") == {"model.image_size", "model.weights", "model.arch", "serve"}
     p = stage_params("s", tmp_path / "none.yaml", dvc_yaml)
-    assert p.model.image_size == 180 and p.serve.port == 8501 and p.paths.model == "models/model.keras"
+    assert p.model.image_size == PRETRAINED_NETWORK["image_size"] and p.serve.port and p.paths.model
     assert p.serve.model_dump_json()
     with pytest.raises(UndeclaredParam, match="stage 's' reads params.yaml key 'model.name'"):
         _ = p.model.name
