@@ -85,10 +85,9 @@ def test_repro_writes_every_output_and_a_second_repro_is_a_noop(project):
         assert config.max_batch_size == tuning["best"]["c2"].get("max_batch", config.max_batch_size)
     isvc = yaml.safe_load((repo / "models" / "ship" / "kserve" / "inferenceservice.yaml").read_text())
     assert isvc["spec"]["predictor"].get("scaleMetric", "concurrency") == "concurrency"
-    t = time.perf_counter()
     out = sh(["dvc", "repro"], repo, env)
     assert "didn't change" in out or "up to date" in out
-    assert time.perf_counter() - t < 30
+    assert "Running stage" not in out  # a no-op: nothing reran (what it costs is a measurement, not a test)
     assert "up to date" in sh(["dvc", "status"], repo, env)  # __pycache__ written by the run is not a change
 
 
