@@ -203,6 +203,9 @@ def test_share_through_a_dvc_remote_and_git(project, tmp_path):
     origin = tmp_path / "origin.git"
     sh(["git", "init", "-q", "--bare", "-b", "main", str(origin)], tmp_path, env)
     sh(["dvc", "remote", "add", "-d", "shared", str(tmp_path / "dvc-store")], repo, env)
+    # The experiments were run before this remote existed, so their commits' .dvc/config names none, and DVC reads
+    # a revision's own config to push or pull its cache: the untracked local config names it for every revision.
+    sh(["dvc", "remote", "add", "--local", "-d", "shared", str(tmp_path / "dvc-store")], repo, env)
     sh(["git", "add", ".dvc/config"], repo, env)
     sh(["git", "commit", "-qm", "DVC remote"], repo, env)
     sh(["git", "remote", "add", "origin", str(origin)], repo, env)
@@ -217,6 +220,7 @@ def test_share_through_a_dvc_remote_and_git(project, tmp_path):
     assert "didn't change" in out or "up to date" in out
     assert "Running stage" not in out
     assert (clone / "models" / "serving" / "flowers" / "1" / "saved_model.pb").exists()
+    sh(["dvc", "remote", "add", "--local", "-d", "shared", str(tmp_path / "dvc-store")], clone, env)  # as above
     sh(["dvc", "exp", "pull", "origin", names[0]], clone, env)
     assert names[0] in sh(["dvc", "exp", "ls", "--all-commits", "--name-only"], clone, env).split()
     sh(["dvc", "exp", "apply", names[0]], clone, env)  # its metrics from git, its outputs from the remote
