@@ -51,7 +51,7 @@ run: env  ## run the whole pipeline (the whole params.yaml is checked first)
 	$(BIN)/dvc repro
 
 dvc.yaml: env  ## regenerate dvc.yaml: code deps from each stage's import closure, one entry per format
-	$(BIN)/python -m flowerpipe.dag
+	$(BIN)/python -m flowerpipe.pipeline.dag
 
 lint: $(TESTED)
 	$(BIN)/ruff check flowerpipe stages tests benchmarks tools

@@ -31,7 +31,7 @@ def random_model_variants(size: int, t: Path) -> tuple[Path, list, dict[str, str
     from flowerpipe.formats import onnx_format, openvino_format, tflite
     from flowerpipe.formats.base import ConvertContext, Skipped, Variant
     from flowerpipe.formats.savedmodel import export_probabilities
-    from flowerpipe.model import build_model
+    from flowerpipe.model.build import build_model
     from flowerpipe.params import Model
 
     keras.utils.set_random_seed(0)
@@ -60,7 +60,7 @@ def project_variants() -> tuple[Path, int, list, dict[str, str], dict[str, dict]
     {not timed: reason}, evaluate's records)."""
     from flowerpipe.formats.registry import conversion_status, unavailable, variants
     from flowerpipe.params import load
-    from flowerpipe.stage import read_json
+    from flowerpipe.pipeline.stage import read_json
 
     p = load("params.yaml")
     status = conversion_status(p)
@@ -86,10 +86,10 @@ def main() -> None:
     if any(n < 1 for n in args.numbers):
         ap.error("image size and batch sizes are positive integers")
     quiet_tensorflow()
-    from flowerpipe import peaks
-    from flowerpipe.bench import Budget, model_flops, overhead, run_isolated, task_for
-    from flowerpipe.exclusive import timing_lock
     from flowerpipe.formats.registry import declaration
+    from flowerpipe.measure import peaks
+    from flowerpipe.measure.harness import Budget, model_flops, overhead, run_isolated, task_for
+    from flowerpipe.measure.timing_lock import timing_lock
     from flowerpipe.params import ParamsError
 
     budget = Budget(**BUDGET)

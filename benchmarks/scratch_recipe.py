@@ -70,7 +70,7 @@ def one_run(data_dir: Path, minutes: float, sets: dict[str, object], work: Path)
     from dvclive import Live
 
     from flowerpipe.quiet import quiet_tensorflow
-    from flowerpipe.train import fit
+    from flowerpipe.training.run import fit
     from flowerpipe.training.saving import accuracy_on
 
     quiet_tensorflow()

@@ -36,7 +36,7 @@ BLOCK = 10  # back-to-back calls per block at concurrency 1
 
 def photos_or_generated(folder: str | None, size: int, n: int = 24) -> list[bytes]:
     """JPEG bytes: real photos when a folder is given, else generated images at 4x the model size."""
-    from flowerpipe.loadtest import jpeg_requests
+    from flowerpipe.measure.loadtest import jpeg_requests
 
     if folder:
         files = sorted(f for f in Path(folder).rglob("*") if f.suffix.lower() in (".jpg", ".jpeg"))
@@ -69,8 +69,8 @@ def main() -> None:
     from flowerpipe.formats import onnx_format, openvino_format
     from flowerpipe.formats.base import ConvertContext, write_labels
     from flowerpipe.formats.savedmodel import export_probabilities
-    from flowerpipe.loadtest import free_ports, load, load_grpc, running_server
-    from flowerpipe.model import build_model
+    from flowerpipe.measure.loadtest import free_ports, load, load_grpc, running_server
+    from flowerpipe.model.build import build_model
     from flowerpipe.params import Model
     from flowerpipe.serving.artifacts import load_artifact
     from flowerpipe.serving.decode import decode_all
@@ -174,7 +174,7 @@ def interleaved_c1(senders: dict, local, decoded: np.ndarray, requests: int, blo
 def interleaved_c8(server, local, jpegs: list[bytes], decoded: np.ndarray, expected: np.ndarray, pixels: np.ndarray,
                    expected_pixels: np.ndarray, rounds: int) -> dict:
     """Per round: three batch-8 calls of the runtime alone, then 48 requests at concurrency 8 by each protocol."""
-    from flowerpipe.loadtest import load, load_grpc
+    from flowerpipe.measure.loadtest import load, load_grpc
 
     x8 = np.resize(decoded, (8, *decoded.shape[1:]))
     loads = {"REST b64 JPEG": lambda: load(server.url, "flowers", jpegs, expected, 8, 48, pid=server.pid),

@@ -54,7 +54,7 @@ def build(args, policy: str):
     """A compiled model under a dtype policy (the policy must be set before the layers are built)."""
     import keras
 
-    from flowerpipe.model import build_model
+    from flowerpipe.model.build import build_model
     from flowerpipe.params import Model
     from flowerpipe.training.loops import optimizer_for
 
@@ -82,8 +82,8 @@ def main() -> None:
     quiet_tensorflow()
     import tensorflow as tf
 
-    from flowerpipe import peaks as peak_lib
-    from flowerpipe.cpu import bf16_missing
+    from flowerpipe.measure import peaks as peak_lib
+    from flowerpipe.measure.cpu import bf16_missing
     from flowerpipe.params import Train
     from flowerpipe.training.loops import _datasets
     from flowerpipe.training.throughput import training_flops
@@ -141,7 +141,7 @@ def frozen_phase(args, rng) -> None:
     """Six frozen-backbone epochs: full forward passes every epoch, features extracted once, features reused."""
     import keras
 
-    from flowerpipe.model import backbone_of, feature_extractor
+    from flowerpipe.model.build import backbone_of, feature_extractor
 
     size, batch, n, epochs = args.size, args.batch, 8 * args.batch, 6
     x = rng.uniform(0, 255, (n, size, size, 3)).astype(np.float32)

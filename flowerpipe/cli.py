@@ -12,7 +12,7 @@ from flowerpipe.serving import command
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from flowerpipe.infer import list_images, predict_files
+    from flowerpipe.predict import list_images, predict_files
 
     if args.model:  # a model file or folder alone: its labels travel with it
         from flowerpipe.serving.artifacts import load_artifact
@@ -51,10 +51,10 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from flowerpipe.declared import sections
     from flowerpipe.formats.registry import check
     from flowerpipe.params import ParamsError
     from flowerpipe.params import load as load_params
+    from flowerpipe.pipeline.guard import sections
 
     p = load_params(args.params)
     check(p)
@@ -66,7 +66,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> int:
-    from flowerpipe.infer import list_images
+    from flowerpipe.predict import list_images
     from flowerpipe.serving.client import client_predict, server_classes
 
     files = list_images(args.paths)
@@ -97,14 +97,14 @@ def _client(args: argparse.Namespace) -> int:
 def _recommend(args: argparse.Namespace) -> int:
     import json
 
+    from flowerpipe.decide.recommend import decide_for
     from flowerpipe.params import load as load_params
-    from flowerpipe.recommend import decide_for
 
     decision = decide_for(load_params(args.params))
     if args.json:
         print(json.dumps(decision, indent=1))
     else:
-        from flowerpipe.recommend import render
+        from flowerpipe.decide.recommend import render
 
         print(render(decision))
     return 0
@@ -113,7 +113,7 @@ def _recommend(args: argparse.Namespace) -> int:
 def _doctor(args: argparse.Namespace) -> int:
     import json
 
-    from flowerpipe import doctor
+    from flowerpipe.measure import doctor
 
     report = doctor.report()
     print(json.dumps(report, indent=1) if args.json else doctor.render(report))

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from flowerpipe.outputs import atomic
+from flowerpipe.pipeline.outputs import atomic
 
 
 def write_json(path: str | Path, obj: Any) -> None:

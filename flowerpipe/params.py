@@ -140,7 +140,7 @@ class Model(Section):
     @field_validator("arch")
     @classmethod
     def _arch(cls, v: str) -> str:
-        from flowerpipe.backbones import BACKBONES
+        from flowerpipe.model.backbones import BACKBONES
 
         if v not in BACKBONES:
             raise ValueError(f"expected one of {sorted(BACKBONES)}")
@@ -148,8 +148,8 @@ class Model(Section):
 
     @model_validator(mode="after")
     def _size(self) -> Model:
-        from flowerpipe.backbones import BACKBONES
-        from flowerpipe.xception import is_standard
+        from flowerpipe.model.backbones import BACKBONES
+        from flowerpipe.model.xception import is_standard
 
         minimum = BACKBONES[self.arch].min_size
         if self.image_size < minimum:

@@ -16,7 +16,7 @@ def log_level(gpu: bool) -> str:
 
 def quiet_tensorflow(preload: bool = True) -> None:
     """Silence TensorFlow's C++ and Python log noise unless FLOWERPIPE_VERBOSE is set."""
-    from flowerpipe.devices import gpu_names
+    from flowerpipe.measure.devices import gpu_names
 
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     if os.environ.get("FLOWERPIPE_VERBOSE"):
@@ -32,7 +32,7 @@ def quiet_tensorflow(preload: bool = True) -> None:
         if gpu:  # an NVIDIA GPU: a CUDA library that fails to load must be seen, so nothing is hidden
             import tensorflow  # noqa: F401
 
-            from flowerpipe.devices import tensorflow_gpu_missing
+            from flowerpipe.measure.devices import tensorflow_gpu_missing
 
             tensorflow_gpu_missing()  # memory growth, before any op touches a GPU
             return

@@ -2,18 +2,27 @@
 
 from pathlib import Path
 
-from flowerpipe import stage
 from flowerpipe.params import Params
+from flowerpipe.pipeline import stage
 
 
 def main(p: Params) -> None:
     """Read params, do the work, write the outputs dvc.yaml declares."""
     import pandas as pd
 
-    from flowerpipe import doctor, headline, peaks
-    from flowerpipe.bench import Budget, environment, merge_rounds, model_flops, overhead, run_isolated, task_for
-    from flowerpipe.exclusive import timing_lock
+    from flowerpipe.decide import headline
     from flowerpipe.formats.registry import check, conversion_status, declaration, runtimes, unavailable
+    from flowerpipe.measure import doctor, peaks
+    from flowerpipe.measure.harness import (
+        Budget,
+        environment,
+        merge_rounds,
+        model_flops,
+        overhead,
+        run_isolated,
+        task_for,
+    )
+    from flowerpipe.measure.timing_lock import timing_lock
 
     check(p)  # a wrong format name or section stops here, listing the valid ones
     b = p.benchmark

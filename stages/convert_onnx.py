@@ -2,14 +2,14 @@
 
 from pathlib import Path
 
-from flowerpipe import stage
 from flowerpipe.params import Params
+from flowerpipe.pipeline import stage
 
 
 def main(p: Params) -> None:
     """Read params, do the work, write the outputs dvc.yaml declares."""
-    from flowerpipe.convert import context, run_all
     from flowerpipe.formats import onnx_format
+    from flowerpipe.formats.convert import context, run_all
 
     fmt, settings = onnx_format.FORMAT, onnx_format.FORMAT.settings_of(p)
     fp32 = fmt.path(p, "float32")

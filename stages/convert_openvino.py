@@ -3,14 +3,14 @@
 from functools import partial
 from pathlib import Path
 
-from flowerpipe import stage
 from flowerpipe.params import Params
+from flowerpipe.pipeline import stage
 
 
 def main(p: Params) -> None:
     """Read params, do the work, write the outputs dvc.yaml declares."""
-    from flowerpipe.convert import context, run_all
     from flowerpipe.formats import openvino_format
+    from flowerpipe.formats.convert import context, run_all
 
     fmt, settings = openvino_format.FORMAT, openvino_format.FORMAT.settings_of(p)
     with context(p, settings.calibration_images) as ctx:

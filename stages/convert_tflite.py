@@ -2,14 +2,14 @@
 
 from pathlib import Path
 
-from flowerpipe import stage
 from flowerpipe.params import Params
+from flowerpipe.pipeline import stage
 
 
 def main(p: Params) -> None:
     """Read params, do the work, write the outputs dvc.yaml declares."""
-    from flowerpipe.convert import context, run_all
     from flowerpipe.formats import tflite
+    from flowerpipe.formats.convert import context, run_all
 
     fmt, settings = tflite.FORMAT, tflite.FORMAT.settings_of(p)
     Path(p.paths.converted, "tflite").mkdir(parents=True, exist_ok=True)

@@ -2,16 +2,16 @@
 
 from pathlib import Path
 
-from flowerpipe import stage
 from flowerpipe.params import Params
+from flowerpipe.pipeline import stage
 
 
 def main(p: Params) -> None:
     """Read params, do the work, write the outputs dvc.yaml declares."""
-    from flowerpipe.convert import context, run_all, skipped
     from flowerpipe.formats import onnx_format
     from flowerpipe.formats import tensorrt_format as trt
     from flowerpipe.formats.base import Skipped
+    from flowerpipe.formats.convert import context, run_all, skipped
 
     settings = trt.FORMAT.settings_of(p)
     out_dir = Path(p.paths.converted) / "tensorrt"

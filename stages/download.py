@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from flowerpipe import stage
 from flowerpipe.params import Params
+from flowerpipe.pipeline import stage
 
 CACHE = "data/.cache"
 
@@ -11,7 +11,7 @@ CACHE = "data/.cache"
 def main(p: Params) -> None:
     """Read params, do the work, write the outputs dvc.yaml declares."""
     from flowerpipe.data.download import Caps, Limits, extract, fetch, local_path
-    from flowerpipe.outputs import check_outputs
+    from flowerpipe.pipeline.outputs import check_outputs
 
     d = p.data
     source_path = local_path(d.url)

@@ -3,19 +3,19 @@
 import time
 from pathlib import Path
 
-from flowerpipe import stage
 from flowerpipe.params import Params
+from flowerpipe.pipeline import stage
 
 
 def main(p: Params) -> None:
     """Read params, do the work, write the outputs dvc.yaml declares."""
     import pandas as pd
 
-    from flowerpipe import headline
     from flowerpipe.data.tfrecord import Manifest, arrays
-    from flowerpipe.evaluate import agreement, predict_batches, score
+    from flowerpipe.decide import headline
     from flowerpipe.formats.base import Skipped, size_mb
     from flowerpipe.formats.registry import check, conversion_status, load, variants
+    from flowerpipe.measure.scores import agreement, predict_batches, score
 
     check(p)
     classes = Manifest.read(p.paths.tfrecords).classes

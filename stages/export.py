@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from flowerpipe import stage
 from flowerpipe.params import Params
+from flowerpipe.pipeline import stage
 
 
 def main(p: Params) -> None:
@@ -11,8 +11,8 @@ def main(p: Params) -> None:
     from flowerpipe.data.tfrecord import Manifest
     from flowerpipe.formats.base import size_mb, timed
     from flowerpipe.formats.savedmodel import export
-    from flowerpipe.model import load_model
-    from flowerpipe.outputs import check_outputs
+    from flowerpipe.model.build import load_model
+    from flowerpipe.pipeline.outputs import check_outputs
     from flowerpipe.serving import warmup
 
     classes = Manifest.read(p.paths.tfrecords).classes

@@ -6,15 +6,15 @@ finds this stage unchanged and trains the head on these, without one pass over t
 
 from pathlib import Path
 
-from flowerpipe import stage
 from flowerpipe.params import Params
+from flowerpipe.pipeline import stage
 
 
 def main(p: Params) -> None:
     """Read params, do the work, write the outputs dvc.yaml declares."""
     from flowerpipe.data.tfrecord import atomic_dir
-    from flowerpipe.model import features_model, resolve_weights
-    from flowerpipe.outputs import check_outputs
+    from flowerpipe.model.build import features_model, resolve_weights
+    from flowerpipe.pipeline.outputs import check_outputs
     from flowerpipe.quiet import quiet_tensorflow
     from flowerpipe.training import features
 

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from flowerpipe import stage
 from flowerpipe.params import Params
+from flowerpipe.pipeline import stage
 
 
 def sample_test_images(p: Params, out: Path, per_class: int = 2) -> Path:
@@ -34,7 +34,7 @@ def main(p: Params) -> None:
 
     from flowerpipe.data.tfrecord import Manifest
     from flowerpipe.formats.registry import find_built, load
-    from flowerpipe.infer import list_images, predict_files
+    from flowerpipe.predict import list_images, predict_files
 
     classes = Manifest.read(p.paths.tfrecords).classes
     runner = load(find_built(p, p.infer.format), "cpu")

@@ -2,14 +2,14 @@
 
 from pathlib import Path
 
-from flowerpipe import stage
 from flowerpipe.params import Params
+from flowerpipe.pipeline import stage
 
 
 def main(p: Params) -> None:
     """Read params, do the work, write the outputs dvc.yaml declares."""
-    from flowerpipe.recommend import decide_for, headline, render
-    from flowerpipe.report import build
+    from flowerpipe.decide.recommend import decide_for, headline, render
+    from flowerpipe.decide.report import build
 
     try:
         decision = decide_for(p)

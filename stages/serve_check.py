@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from flowerpipe import stage
 from flowerpipe.params import Params
+from flowerpipe.pipeline import stage
 
 
 def beside_benchmark(levels: dict[str, dict], cells: dict[str, dict]) -> dict[str, dict]:
@@ -30,11 +30,10 @@ def main(p: Params) -> None:
 
     import numpy as np
 
-    from flowerpipe import headline
     from flowerpipe.data.tfrecord import arrays
-    from flowerpipe.exclusive import timing_lock
+    from flowerpipe.decide import headline
     from flowerpipe.formats.registry import find_built, load
-    from flowerpipe.loadtest import (
+    from flowerpipe.measure.loadtest import (
         best_under_budget,
         check_answers,
         check_grpc_answers,
@@ -45,7 +44,8 @@ def main(p: Params) -> None:
         running_server,
         tuned_params,
     )
-    from flowerpipe.loadtest import load as load_test
+    from flowerpipe.measure.loadtest import load as load_test
+    from flowerpipe.measure.timing_lock import timing_lock
     from flowerpipe.serving.decode import decode_all
     from flowerpipe.serving.main import pipeline_format
 

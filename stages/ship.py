@@ -1,8 +1,8 @@
 """ship stage: the served format as a versioned model repository (Triton's layout) with the decision, its Triton
 config and its KServe manifests."""
 
-from flowerpipe import stage
 from flowerpipe.params import Params
+from flowerpipe.pipeline import stage
 
 
 def main(p: Params) -> None:

@@ -2,15 +2,15 @@
 
 from pathlib import Path
 
-from flowerpipe import stage
 from flowerpipe.params import Params
+from flowerpipe.pipeline import stage
 
 
 def main(p: Params) -> None:
     """Read params, do the work, write the outputs dvc.yaml declares."""
     from flowerpipe.data.build import build
     from flowerpipe.data.images import ImageCaps
-    from flowerpipe.outputs import check_outputs
+    from flowerpipe.pipeline.outputs import check_outputs
 
     t = p.tfrecords
     out = check_outputs({"paths.tfrecords": p.paths.tfrecords, "paths.reports": Path(p.paths.reports) / "data.json"},

@@ -1,12 +1,12 @@
 """train stage: fit the classifier on the TFRecords, logging every epoch with dvclive; save the .keras model."""
 
-from flowerpipe import stage
 from flowerpipe.params import Params
+from flowerpipe.pipeline import stage
 
 
 def main(p: Params) -> None:
     """Read params, do the work, write the outputs dvc.yaml declares."""
-    from flowerpipe.outputs import check_outputs
+    from flowerpipe.pipeline.outputs import check_outputs
 
     check_outputs({"paths.model": p.paths.model, "paths.train_dir": p.paths.train_dir, "paths.live": p.paths.live},
                   {"paths.tfrecords": p.paths.tfrecords, "paths.features": p.paths.features})
@@ -19,7 +19,7 @@ def main(p: Params) -> None:
         return
     # Multi-worker: every worker runs this stage in its own checkout (`dvc repro` on each host) and writes
     # the same declared outputs there; the replicas hold identical weights, so every copy is the model.
-    from flowerpipe.train import train_and_save
+    from flowerpipe.training.run import train_and_save
 
     train_and_save(p)
 

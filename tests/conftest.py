@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _has_gpu() -> bool:
-    from flowerpipe.devices import gpu_names
+    from flowerpipe.measure.devices import gpu_names
 
     return bool(gpu_names())
 
@@ -29,7 +29,7 @@ def _has_gpu() -> bool:
 HAS_GPU = _has_gpu()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1" if HAS_GPU else "3")  # as flowerpipe.quiet: GPU warnings shown
 if HAS_GPU:  # memory growth before any test's first op: the background `dvc repro` builds TensorRT engines beside it
-    from flowerpipe.devices import tensorflow_gpu_missing
+    from flowerpipe.measure.devices import tensorflow_gpu_missing
 
     tensorflow_gpu_missing()
 CLASSES = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
@@ -240,7 +240,7 @@ def call_stage(name: str, cwd: Path) -> None:
     import contextlib
     import importlib
 
-    from flowerpipe.stage import stage_params
+    from flowerpipe.pipeline.stage import stage_params
 
     module = importlib.import_module(f"stages.{name}")
     with contextlib.chdir(cwd):
@@ -256,7 +256,7 @@ def stage_cli(name: str, cwd: Path) -> tuple[int, str, str]:
     import importlib
     import io
 
-    from flowerpipe import stage
+    from flowerpipe.pipeline import stage
 
     out, err = io.StringIO(), io.StringIO()
     code = 0

@@ -56,7 +56,7 @@ def main() -> None:
         for stage in ("download", "tfrecords"):
             subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=project, env=env, check=True)
         from flowerpipe.formats.base import write_labels
-        from flowerpipe.model import build_model
+        from flowerpipe.model.build import build_model
         from flowerpipe.params import Model
 
         model = project / "models" / "model.keras"

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from conftest import HAS_GPU, stage_cli
 
-from flowerpipe.bench import Budget, overhead, summarize, time_calls
+from flowerpipe.measure.harness import Budget, overhead, summarize, time_calls
 
 
 def test_summary_percentiles_are_ordered():
@@ -39,7 +39,7 @@ def test_harness_times_the_call_and_adds_little():
 def test_a_peak_is_2n3_over_the_median_call_of_the_fastest_library(monkeypatch):
     """rate(): two warm-up calls, then ops over the median timed call; _best: the fastest library, a failing one
     noted; each library really multiplies what it is timed on."""
-    from flowerpipe import peaks
+    from flowerpipe.measure import peaks
 
     clock = {"now": 0.0}
     durations = iter([9.0, 9.0, 0.004, 0.001, 0.002])  # two warm-ups (never timed), then three timed calls
@@ -68,8 +68,8 @@ def test_a_peak_is_2n3_over_the_median_call_of_the_fastest_library(monkeypatch):
 
 
 def test_the_cpu_peak_runs_on_the_cpu_and_each_precision_has_its_own():
-    from flowerpipe import peaks
-    from flowerpipe.cpu import bf16_missing
+    from flowerpipe.measure import peaks
+    from flowerpipe.measure.cpu import bf16_missing
 
     measured = peaks.measure("cpu", seconds=0.05, n=128)
     assert set(measured) == {"float32", "bfloat16", "int8"}
@@ -83,7 +83,7 @@ def test_the_cpu_peak_runs_on_the_cpu_and_each_precision_has_its_own():
 
 
 def test_each_cell_is_a_share_of_its_own_devices_and_precisions_peak():
-    from flowerpipe import peaks
+    from flowerpipe.measure import peaks
 
     cpu = {"float32": {"status": "ok", "gflops": 100.0}, "bfloat16": {"status": "ok", "gflops": 400.0},
            "int8": {"status": "ok", "gflops": 800.0}}
@@ -104,7 +104,7 @@ def test_each_cell_is_a_share_of_its_own_devices_and_precisions_peak():
 
 def test_a_gpu_peak_is_never_a_cpu_figure(monkeypatch):
     """Where TensorFlow says it has a GPU but runs the matmul elsewhere, the GPU peak is skipped with where it ran."""
-    from flowerpipe import devices, peaks
+    from flowerpipe.measure import devices, peaks
 
     monkeypatch.setattr(devices, "tensorflow_gpu_missing", lambda: "")  # pretend TensorFlow lists a GPU
     peak = peaks.gpu_peak("float32", n=64, seconds=0.01)
@@ -118,7 +118,7 @@ def conv_gflops(keras_path) -> float:
     """GFLOPs of one image through every convolution and dense layer (a multiply-add counts as two)."""
     import keras
 
-    from flowerpipe.model import backbone_of, load_model
+    from flowerpipe.model.build import backbone_of, load_model
 
     model = load_model(keras_path)
     total = 0
@@ -200,7 +200,7 @@ def test_unknown_runtime_is_one_line(tmp_path):
 
 
 def test_peak_rss_is_this_process():
-    from flowerpipe.bench import peak_rss_mb
+    from flowerpipe.measure.harness import peak_rss_mb
 
     before = peak_rss_mb()
     block = np.ones(40_000_000)  # 320 MB touched
@@ -213,7 +213,7 @@ def test_timed_runs_wait_for_each_other(tmp_path, monkeypatch, capsys):
 
     from filelock import FileLock
 
-    from flowerpipe.exclusive import timing_lock
+    from flowerpipe.measure.timing_lock import timing_lock
 
     monkeypatch.setenv("FLOWERPIPE_TIMING_LOCK", str(tmp_path / "timing.lock"))
     first = FileLock(str(tmp_path / "timing.lock"))

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import ROOT, sh
 
-from flowerpipe import dag
+from flowerpipe.pipeline import dag
 
 
 def test_dvc_yaml_is_generated_and_current():
@@ -59,7 +59,7 @@ def test_the_closure_follows_every_kind_of_import_and_nothing_else(tmp_path):
 
 
 def test_params_and_the_formats_import_no_cycle_and_the_first_stages_run_no_format_code():
-    code = ("import sys, flowerpipe.params, flowerpipe.stage; "
+    code = ("import sys, flowerpipe.params, flowerpipe.pipeline.stage; "
             "print([m for m in sys.modules if m.startswith('flowerpipe.formats')])")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -168,7 +168,7 @@ KCOPY_STAGE = '''
 
 from pathlib import Path
 
-from flowerpipe import stage
+from flowerpipe.pipeline import stage
 from flowerpipe.params import Params
 
 
@@ -197,7 +197,7 @@ def test_a_format_added_as_one_module_is_picked_up_everywhere(project, tmp_path)
     repo, env = _copy(project, tmp_path)
     (repo / "flowerpipe/formats/kcopy_format.py").write_text(KCOPY.lstrip())
     (repo / "stages/convert_kcopy.py").write_text(KCOPY_STAGE.lstrip())
-    sh([sys.executable, "-m", "flowerpipe.dag"], repo, env)
+    sh([sys.executable, "-m", "flowerpipe.pipeline.dag"], repo, env)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["benchmark"]["runtimes"] = ["kcopy"]  # the names a user may now write in params.yaml
     params["headline"]["formats"] = ["kcopy"]

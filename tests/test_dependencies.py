@@ -99,7 +99,7 @@ def test_every_import_is_declared_and_every_declaration_imported():
 
 
 def test_the_slim_serving_profile_declares_what_serving_imports():
-    from flowerpipe.dag import closure
+    from flowerpipe.pipeline.dag import closure
 
     code = ROOT / "flowerpipe"
     served = set(pins(groups()["base"])) | set(pins(groups()["serve"]))
@@ -108,7 +108,7 @@ def test_the_slim_serving_profile_declares_what_serving_imports():
     everything = sorted(closure(code / "serving" / "command.py"))
     assert imported_distributions(everything, skip=("",)) - served == set()
     # `flowerpipe client` too (it lists image files with infer.list_images): the slim install ships it
-    client = sorted(set().union(*(closure(code / f) for f in ("infer.py", "serving/client.py",
+    client = sorted(set().union(*(closure(code / f) for f in ("predict.py", "serving/client.py",
                                                               "serving/grpc_client.py"))))
     assert imported_distributions(client, skip=("",)) - served == set()
     files = [*(code / "serving").glob("*.py"), code / "params.py", code / "errors.py", code / "jsonio.py",

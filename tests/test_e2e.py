@@ -149,7 +149,7 @@ def test_queued_sweep_runs_its_own_code_and_only_its_stages(project):
     checked by dvc status above, without paying for the timing.
     """
     repo, env = project
-    infer_py = repo / "flowerpipe" / "infer.py"
+    infer_py = repo / "flowerpipe" / "predict.py"
     original = infer_py.read_text()
     infer_py.write_text(original.replace('row[f"top{i}_class"]', 'row[f"top{i}_class_queued"]'))
     assert infer_py.read_text() != original
@@ -239,7 +239,7 @@ def test_undeclared_param_read_is_refused(project):
     """A stage that reads a key its dvc.yaml entry does not list stops with one line naming it."""
     repo, env = project
     proc = subprocess.run(["python", "-c", (
-        "from pathlib import Path; from flowerpipe.stage import stage_params; "
+        "from pathlib import Path; from flowerpipe.pipeline.stage import stage_params; "
         "p = stage_params('infer', 'params.yaml', Path('dvc.yaml')); print(p.infer.top_k); p.benchmark.threads")],
         cwd=repo, env=env, capture_output=True, text=True)
     assert proc.returncode != 0 and "3" in proc.stdout

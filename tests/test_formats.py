@@ -130,7 +130,7 @@ def test_predict_command_skips_unreadable_files_with_one_line_each(converted, tm
     (folder / "notes.jpg").write_text("hello")
     (folder / "cut.jpg").write_bytes((folder / "cmyk.jpg").read_bytes()[:200])
     model = converted / "models" / "converted" / "onnx" / "model.onnx"
-    with caplog.at_level("WARNING", logger="flowerpipe.infer"):
+    with caplog.at_level("WARNING", logger="flowerpipe.predict"):
         assert main(["predict", str(folder), "--model", str(model), "--top-k", "2"]) == 0
     table = capsys.readouterr().out
     assert "cmyk.jpg" in table and "rgba.png" in table and "top2_class" in table

@@ -41,7 +41,7 @@ def test_tensorflow_sees_the_gpu_and_training_used_mixed_precision(trained):
     assert tf.config.list_physical_devices("GPU"), "TensorFlow has no GPU: is tensorflow[and-cuda] installed?"
     record = json.loads((trained / "reports" / "train.json").read_text())
     assert record["precision"] == "mixed_float16"  # auto picks float16 with a GPU
-    from flowerpipe.model import load_model
+    from flowerpipe.model.build import load_model
 
     model = load_model(trained / "models" / "model.keras")
     assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}  # exported in float32

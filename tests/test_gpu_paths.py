@@ -84,7 +84,7 @@ def test_a_preload_that_fails_is_said_and_the_cpu_fallback_is_a_skip_not_a_cpu_f
 def test_convert_trt_hides_the_gpu_from_tensorflow_before_its_first_op(tmp_path, monkeypatch):
     import tensorflow as tf
 
-    from flowerpipe import convert
+    from flowerpipe.formats import convert
     from flowerpipe.formats import tensorrt_format as trt
 
     events: list = []
@@ -107,8 +107,8 @@ def test_convert_trt_hides_the_gpu_from_tensorflow_before_its_first_op(tmp_path,
 
 
 def test_tf_trt_keeps_the_gpu_for_tensorflow_with_memory_growth(monkeypatch):
-    from flowerpipe import devices
     from flowerpipe.formats import tensorrt_format as trt
+    from flowerpipe.measure import devices
 
     grown: list = []
     monkeypatch.setattr(devices, "tensorflow_gpu_missing", lambda: grown.append("memory growth") or "")
@@ -120,7 +120,8 @@ def test_tf_trt_keeps_the_gpu_for_tensorflow_with_memory_growth(monkeypatch):
 
 
 def test_on_a_gpu_machine_tensorflows_warnings_are_shown(monkeypatch):
-    from flowerpipe import devices, quiet
+    from flowerpipe import quiet
+    from flowerpipe.measure import devices
 
     monkeypatch.delenv("FLOWERPIPE_VERBOSE", raising=False)
     for names, level in ((["NVIDIA L4"], "1"), ([], "3")):
@@ -254,7 +255,7 @@ def test_an_engine_runs_a_batch_over_its_profile_in_parts(tmp_path, monkeypatch)
 def test_the_record_names_the_tensorrt_and_cuda_wheels_that_are_installed(monkeypatch):
     import importlib.metadata as md
 
-    from flowerpipe import bench
+    from flowerpipe.measure import harness as bench
 
     def dist(name: str, version: str):
         return types.SimpleNamespace(metadata={"Name": name}, version=version)
@@ -272,8 +273,8 @@ def test_the_record_names_the_tensorrt_and_cuda_wheels_that_are_installed(monkey
 
 
 def test_doctor_says_what_each_runtime_sees_here():
-    from flowerpipe import doctor
     from flowerpipe.cli import main
+    from flowerpipe.measure import doctor
 
     report = doctor.report()
     assert set(report["cpu"]["flags"]) == set(doctor.CPU_FLAGS) and report["cpu"]["cores"] >= 1
@@ -293,7 +294,7 @@ def test_doctor_says_what_each_runtime_sees_here():
 
 def test_doctor_shows_the_cuda_library_tensorflow_could_not_load(monkeypatch):
     """A driver that lists a GPU, a TensorFlow that lists none: the reason comes from TensorFlow's own log."""
-    from flowerpipe import devices, doctor
+    from flowerpipe.measure import devices, doctor
 
     monkeypatch.setattr(devices, "gpu_names", lambda: ["NVIDIA L4"])
     monkeypatch.setattr(devices, "tensorflow_gpu_missing", lambda: "TensorFlow lists no GPU")
@@ -319,7 +320,7 @@ def test_doctor_shows_the_cuda_library_tensorflow_could_not_load(monkeypatch):
 
 
 def test_doctor_lists_the_cuda_libraries_mapped_into_the_process(tmp_path):
-    from flowerpipe import doctor
+    from flowerpipe.measure import doctor
 
     maps = tmp_path / "maps"
     lib = "/venv/lib/python3.12/site-packages/nvidia"

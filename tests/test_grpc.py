@@ -25,7 +25,7 @@ class Both:
     def __init__(self, base, keep=2, poll=0.0, timeout=5.0, labels=None, max_body=200_000, delay_start=0.0):
         import uvicorn
 
-        from flowerpipe.loadtest import free_port
+        from flowerpipe.measure.loadtest import free_port
         from flowerpipe.serving.grpc_api import GrpcServer
 
         self.repo = Repository("flowers", Source(base=base), loader,

@@ -90,7 +90,7 @@ def make_slim_venv(folder: Path) -> Path | None:
 def test_slim_serving_install_on_another_python_serves_a_copied_model_folder(project, slim_venv, tmp_path):
     import httpx
 
-    from flowerpipe.loadtest import free_port, running_server
+    from flowerpipe.measure.loadtest import free_port, running_server
     from flowerpipe.serving.artifacts import load_artifact
     from flowerpipe.serving.client import to_png_b64
 

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowerpipe.bench import merge_rounds, summarize
 from flowerpipe.data.split import SPLITS, _count, stratified_split
-from flowerpipe.evaluate import agreement, predict_batches, score
-from flowerpipe.recommend import Floors, _choice, _spread, decide, floor_reason, headline, render
+from flowerpipe.decide.recommend import Floors, _choice, _spread, decide, floor_reason, headline, render
+from flowerpipe.measure.harness import merge_rounds, summarize
+from flowerpipe.measure.scores import agreement, predict_batches, score
 from flowerpipe.training.epochs import EpochLog, Result
 from flowerpipe.training.throughput import layer_flops, training_flops
 

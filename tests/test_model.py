@@ -3,7 +3,7 @@
 import keras
 import pytest
 
-from flowerpipe import xception
+from flowerpipe.model import xception
 from flowerpipe.params import ParamsError, load
 
 

@@ -70,7 +70,7 @@ def test_bad_params_name_the_key(raw, key, words):
 ])
 def test_format_sections_and_names_are_checked_by_the_registry_and_at_stage_start(raw, key, words, tmp_path):
     from flowerpipe.formats.registry import check
-    from flowerpipe.stage import stage_params
+    from flowerpipe.pipeline.stage import stage_params
 
     with pytest.raises(ParamsError) as err:
         check(parse(raw))
@@ -109,8 +109,8 @@ def test_not_yaml(tmp_path):
 
 
 def test_a_stage_reads_only_what_dvc_yaml_declares(tmp_path):
-    from flowerpipe.declared import UndeclaredParam, declared
-    from flowerpipe.stage import stage_params
+    from flowerpipe.pipeline.guard import UndeclaredParam, declared
+    from flowerpipe.pipeline.stage import stage_params
 
     dvc_yaml = tmp_path / "dvc.yaml"
     dvc_yaml.write_text("stages:\n  s:\n    cmd: x\n    params:\n      - model.image_size\n      - serve\n")
@@ -139,7 +139,7 @@ def test_project_stages_declare_their_params():
     """Every stage in dvc.yaml lists params that exist in params.yaml (a typo would never trigger a rerun)."""
     import yaml
 
-    from flowerpipe.declared import declared
+    from flowerpipe.pipeline.guard import declared
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     for stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]:

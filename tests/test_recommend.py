@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from flowerpipe.bench import merge_rounds
-from flowerpipe.recommend import Floors, decide, headline, render
+from flowerpipe.decide.recommend import Floors, decide, headline, render
+from flowerpipe.measure.harness import merge_rounds
 from flowerpipe.serving.main import pick_format
 
 
@@ -88,7 +88,7 @@ def test_rounds_merge_into_the_median_round_with_their_spread():
 
 
 def test_the_batcher_setting_kept_is_the_most_requests_within_the_budget():
-    from flowerpipe.loadtest import best_under_budget
+    from flowerpipe.measure.loadtest import best_under_budget
 
     def level(rps, p99, errors=0):
         return {"throughput_rps": rps, "latency_ms_p99": p99, "errors": errors}

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY, call_stage, dvc_env, git_project, make_photos, sh
 
-from flowerpipe.loadtest import free_port
+from flowerpipe.measure.loadtest import free_port
 from flowerpipe.scale.remote import s3_client
 
 

@@ -16,7 +16,7 @@ import yaml
 from conftest import ROOT, TINY, call_stage, git_project, make_photos, sh
 
 from flowerpipe.errors import UserError
-from flowerpipe.model import load_model
+from flowerpipe.model.build import load_model
 from flowerpipe.scale import sweep
 from flowerpipe.scale.tf_config import tf_config
 from flowerpipe.training.strategy import choose_strategy

@@ -75,7 +75,7 @@ class Running:
     def __init__(self, app):
         import uvicorn
 
-        from flowerpipe.loadtest import free_port
+        from flowerpipe.measure.loadtest import free_port
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -716,7 +716,7 @@ def test_serving_decoder_matches_the_training_decoder(photos):
 @pytest.mark.slow
 def test_copied_model_folder_serves_alone_without_tensorflow_under_1000_mixed_requests(project, tmp_path):
     from flowerpipe.data.tfrecord import arrays
-    from flowerpipe.loadtest import check_answers, free_port, jpeg_requests, load, rss_mb, running_server
+    from flowerpipe.measure.loadtest import check_answers, free_port, jpeg_requests, load, rss_mb, running_server
     from flowerpipe.serving.artifacts import load_artifact
     from flowerpipe.serving.decode import decode_all
 

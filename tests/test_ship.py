@@ -14,7 +14,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from flowerpipe.loadtest import free_ports, running_server
+from flowerpipe.measure.loadtest import free_ports, running_server
 from flowerpipe.params import parse
 from flowerpipe.ship import kserve, triton
 from flowerpipe.ship.make import ship

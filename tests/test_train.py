@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 from conftest import ROOT, TINY, call_stage, git_project, make_photos, run_stage, sh, stage_cli, write_params
 
-from flowerpipe import xception
-from flowerpipe.cpu import bf16_missing, flags
 from flowerpipe.errors import UserError
-from flowerpipe.loadtest import free_port
-from flowerpipe.model import backbone_of, load_model
+from flowerpipe.measure.cpu import bf16_missing, flags
+from flowerpipe.measure.loadtest import free_port
+from flowerpipe.model import xception
+from flowerpipe.model.build import backbone_of, load_model
 from flowerpipe.training.strategy import choose_strategy, precision_policy
 
 
@@ -67,7 +67,7 @@ def test_train_outputs_and_reload(trained):
     assert not (trained / "models" / "train" / "checkpoints").exists()
     # reloaded in a fresh process, the saved file scores what the training process measured before saving it
     code = textwrap.dedent(f"""
-        from flowerpipe.model import load_model
+        from flowerpipe.model.build import load_model
         from flowerpipe.training.saving import accuracy_on
         model = load_model({str(trained / 'models/model.keras')!r})
         print(accuracy_on(model, {str(trained / 'data/tfrecords')!r}, "val", 71, 8))
@@ -105,7 +105,7 @@ def test_phase_resume_logs_the_restored_epochs(tmp_path):
         from pathlib import Path
         from flowerpipe.params import load
         from dvclive import Live
-        from flowerpipe.train import fit
+        from flowerpipe.training.run import fit
         p = load("params.yaml")
         for _ in range(2):
             with Live("live", dvcyaml=None, save_dvc_exp=False) as live:
@@ -135,7 +135,7 @@ FIT_SCRIPT = textwrap.dedent("""
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from dvclive import Live
     from flowerpipe.params import load
-    from flowerpipe.train import fit
+    from flowerpipe.training.run import fit
     import numpy as np
     p = load("params.yaml")
     with Live(f"live-{sys.argv[2]}", dvcyaml=None, save_dvc_exp=False) as live:
@@ -266,7 +266,7 @@ def test_features_belong_to_one_backbone_and_dataset(tmp_path):
 def test_imagenet_weights_offline_is_one_clear_line(monkeypatch):
     from keras.src.utils import file_utils
 
-    from flowerpipe.model import build_backbone
+    from flowerpipe.model.build import build_backbone
     from flowerpipe.params import Model
 
     def offline(*args, **kwargs):  # what Keras raises without a network
@@ -281,7 +281,7 @@ def test_imagenet_weights_offline_is_one_clear_line(monkeypatch):
 
 @pytest.mark.parametrize("content", [b"junk", b"\x89HDF\r\n\x1a\n" + b"\0" * 64])
 def test_a_weights_file_keras_cannot_load_is_one_line_naming_it(tmp_path, content):
-    from flowerpipe.model import build_backbone
+    from flowerpipe.model.build import build_backbone
     from flowerpipe.params import Model
 
     weights = tmp_path / "backbone.weights.h5"

@@ -23,9 +23,9 @@ from pathlib import Path
 # rest of these files is not (matmul peaks and worker processes: measurements, not arithmetic on known inputs;
 # metadata and answers; recommend's render and _line: the decision's prose, whose figures decide() computes).
 SCOPE = {
-    "flowerpipe/evaluate.py": ["score", "agreement", "predict_batches"],
-    "flowerpipe/recommend.py": ["floor_reason", "_status", "_cells", "_spread", "_choice", "decide", "headline"],
-    "flowerpipe/bench.py": ["summarize", "merge_rounds"],
+    "flowerpipe/measure/scores.py": ["score", "agreement", "predict_batches"],
+    "flowerpipe/decide/recommend.py": ["floor_reason", "_status", "_cells", "_spread", "_choice", "decide", "headline"],
+    "flowerpipe/measure/harness.py": ["summarize", "merge_rounds"],
     "flowerpipe/data/split.py": ["_count", "stratified_split"],
     "flowerpipe/training/throughput.py": ["layer_flops", "training_flops", "_leaves"],
     "flowerpipe/training/epochs.py": ["EpochLog.epoch", "EpochLog.replay", "EpochLog.callback"],
@@ -42,15 +42,16 @@ _SPLIT = ("another split of the weight's path: each keeps a suffix ending in the
 _KIND = "a numpy dtype kind is one letter, never 'X'"
 _DRAFT = ("draft's mode only picks libjpeg's output colour space and to_rgb converts after it: L, RGB and CMYK JPEGs "
           "decode to the same pixels either way (checked)")
+_FLOAT64 = "dtype float64 dropped: latencies are Python floats, float64 anyway"
 EQUIVALENT: dict[str, str] = {
-    "flowerpipe.evaluate.x_score__mutmut_15": "zero_division=0 dropped: scikit-learn's default ('warn') also scores "
-                                              "an undefined precision or recall 0, with a warning",
-    "flowerpipe.recommend.x__choice__mutmut_77": "(v,) * 3 for (v,) * 2: the tuple is indexed at 0 and 1 only",
-    "flowerpipe.recommend.x__choice__mutmut_87": "(v,) * 3 for (v,) * 2: the tuple is indexed at 0 and 1 only",
-    "flowerpipe.recommend.x_decide__mutmut_185": "lower_is_better None for False: only its truth is used",
-    "flowerpipe.recommend.x_decide__mutmut_201": "lower_is_better None for False: only its truth is used",
-    "flowerpipe.bench.x_summarize__mutmut_3": "dtype float64 dropped: latencies are Python floats, float64 anyway",
-    "flowerpipe.bench.x_summarize__mutmut_5": "dtype float64 dropped: latencies are Python floats, float64 anyway",
+    "flowerpipe.measure.scores.x_score__mutmut_15": "zero_division=0 dropped: scikit-learn's default ('warn') also "
+                                                    "scores an undefined precision or recall 0, with a warning",
+    "flowerpipe.decide.recommend.x__choice__mutmut_77": "(v,) * 3 for (v,) * 2: the tuple is indexed at 0 and 1 only",
+    "flowerpipe.decide.recommend.x__choice__mutmut_87": "(v,) * 3 for (v,) * 2: the tuple is indexed at 0 and 1 only",
+    "flowerpipe.decide.recommend.x_decide__mutmut_185": "lower_is_better None for False: only its truth is used",
+    "flowerpipe.decide.recommend.x_decide__mutmut_201": "lower_is_better None for False: only its truth is used",
+    "flowerpipe.measure.harness.x_summarize__mutmut_3": _FLOAT64,
+    "flowerpipe.measure.harness.x_summarize__mutmut_5": _FLOAT64,
     "flowerpipe.training.throughput.x_layer_flops__mutmut_3": _SPLIT,
     "flowerpipe.training.throughput.x_layer_flops__mutmut_6": _SPLIT,
     "flowerpipe.training.throughput.x_layer_flops__mutmut_7": _SPLIT,

@@ -17,8 +17,8 @@ from flowerpipe.data.images import Checked, ImageCaps, check_image
 from flowerpipe.data.split import SPLITS, stratified_split
 from flowerpipe.data.tfrecord import Manifest, atomic_dir, write_shards
 from flowerpipe.errors import UserError
-from flowerpipe.outputs import clean_stale
 from flowerpipe.params import Split
+from flowerpipe.pipeline.outputs import clean_stale
 
 log = logging.getLogger(__name__)
 

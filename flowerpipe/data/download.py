@@ -12,7 +12,7 @@ from urllib.parse import unquote, urlparse
 from flowerpipe.data import IMAGE_SUFFIXES, archive
 from flowerpipe.data.archive import Caps
 from flowerpipe.data.http import CHUNK, DownloadError, Limits, download
-from flowerpipe.outputs import clean_stale, replace_dir
+from flowerpipe.pipeline.outputs import clean_stale, replace_dir
 
 __all__ = ["DownloadError", "Caps", "Limits", "Source", "ExtractReport", "fetch", "extract", "find_class_root",
            "local_path", "sha256_file", "IMAGE_SUFFIXES"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from flowerpipe.data.images import Checked, decode_resize
-from flowerpipe.outputs import replace_dir
+from flowerpipe.pipeline.outputs import replace_dir
 
 MANIFEST = "manifest.json"
 

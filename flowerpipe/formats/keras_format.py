@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from flowerpipe.devices import tensorflow_gpu_missing
 from flowerpipe.formats.base import Format, Runner, Skipped, require, start_tensorflow
+from flowerpipe.measure.devices import tensorflow_gpu_missing
 
 
 class KerasRunner(Runner):
@@ -16,7 +16,7 @@ class KerasRunner(Runner):
     def __init__(self, path: Path, device: str = "cpu"):
         import tensorflow as tf
 
-        from flowerpipe.model import load_model
+        from flowerpipe.model.build import load_model
 
         self.device = device
         self._dev = "/GPU:0" if device == "gpu" else "/CPU:0"

@@ -11,8 +11,8 @@ import numpy as np
 from pydantic import Field
 
 from flowerpipe.formats.base import ConvertContext, Format, FormatError, Runner, Skipped, require
-from flowerpipe.outputs import atomic
 from flowerpipe.params import PosInt, Section
+from flowerpipe.pipeline.outputs import atomic
 
 INPUT = "image"
 FILES = {"float32": "model.onnx", "int8": "model_int8.onnx", "float16": "model_float16.onnx",
@@ -34,7 +34,7 @@ def convert(ctx: ConvertContext, out: Path, opset: int = 17) -> Path:
     import tensorflow as tf
     import tf2onnx
 
-    from flowerpipe.model import load_model
+    from flowerpipe.model.build import load_model
 
     model = load_model(ctx.keras_path)
     spec = (tf.TensorSpec((None, ctx.image_size, ctx.image_size, 3), tf.float32, name=INPUT),)

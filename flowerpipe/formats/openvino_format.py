@@ -9,8 +9,8 @@ from typing import Literal
 import numpy as np
 
 from flowerpipe.formats.base import ConvertContext, Format, FormatError, Runner, Skipped, require
-from flowerpipe.outputs import atomic
 from flowerpipe.params import PosInt, Section
+from flowerpipe.pipeline.outputs import atomic
 
 VARIANTS = ("float32", "bfloat16", "int8")
 
@@ -29,7 +29,7 @@ def bf16_missing() -> str:
     """Why OpenVINO cannot compute in bfloat16 on this CPU ('' when it can): it lists BF16 among its capabilities."""
     import openvino as ov
 
-    from flowerpipe.cpu import bf16_missing as cpu_reason
+    from flowerpipe.measure.cpu import bf16_missing as cpu_reason
 
     capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     if "BF16" in capabilities:

@@ -18,7 +18,7 @@ from flowerpipe.formats.base import Format, FormatError, Runner, Skipped, Varian
 from flowerpipe.jsonio import read_json
 from flowerpipe.params import Params, ParamsError
 
-# For flowerpipe.dag's import closure: this module imports every format module of its package.
+# For flowerpipe.pipeline.dag's import closure: this module imports every format module of its package.
 __discovers__ = "flowerpipe.formats"
 _NOT_FORMATS = {"base", "registry"}
 
@@ -186,7 +186,7 @@ def unavailable(variant: Variant, device: str) -> str:
 
 @functools.cache
 def _gpus() -> tuple[str, ...]:
-    from flowerpipe.devices import gpu_names
+    from flowerpipe.measure.devices import gpu_names
 
     return tuple(gpu_names())
 

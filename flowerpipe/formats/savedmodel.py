@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from flowerpipe.devices import tensorflow_gpu_missing
 from flowerpipe.formats.base import LABELS_FILE, Format, FormatError, Runner, Skipped, require, start_tensorflow
-from flowerpipe.outputs import atomic
+from flowerpipe.measure.devices import tensorflow_gpu_missing
+from flowerpipe.pipeline.outputs import atomic
 
 
 def build_module(model, classes: list[str], image_size: int):
@@ -74,7 +74,7 @@ def export(model, classes: list[str], image_size: int, out: Path, extra=None) ->
 
 def export_probabilities(keras_path: Path, out: Path) -> Path:
     """Keras' own export (one float32 signature, one output): the conversion source for TFLite and OpenVINO."""
-    from flowerpipe.model import load_model
+    from flowerpipe.model.build import load_model
 
     load_model(keras_path).export(str(out), format="tf_saved_model", verbose=False)
     return out

@@ -10,11 +10,11 @@ from typing import Literal
 
 import numpy as np
 
-from flowerpipe.devices import gpu_names
 from flowerpipe.formats.base import ConvertContext, Format, FormatError, Runner, Skipped, require
 from flowerpipe.jsonio import read_json
-from flowerpipe.outputs import atomic
+from flowerpipe.measure.devices import gpu_names
 from flowerpipe.params import PosInt, Section
+from flowerpipe.pipeline.outputs import atomic
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -59,7 +59,7 @@ def prepare_tensorflow(backend: str) -> None:
     """
     import tensorflow as tf
 
-    from flowerpipe.devices import tensorflow_gpu_missing
+    from flowerpipe.measure.devices import tensorflow_gpu_missing
 
     if backend == "tftrt":
         tensorflow_gpu_missing()  # memory growth on every GPU

@@ -9,8 +9,8 @@ from typing import Literal
 import numpy as np
 
 from flowerpipe.formats.base import ConvertContext, Format, FormatError, Runner, Skipped, require
-from flowerpipe.outputs import atomic
 from flowerpipe.params import PosInt, Section
+from flowerpipe.pipeline.outputs import atomic
 
 VARIANTS = ("float32", "float16", "dynamic", "int8")
 

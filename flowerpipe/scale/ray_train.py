@@ -1,5 +1,5 @@
 """Training on Ray: Ray Train's TensorflowTrainer starts the workers and writes each one's TF_CONFIG; every worker
-runs the train stage's own work (flowerpipe.train.train_and_save) under MultiWorkerMirroredStrategy, that is
+runs the train stage's own work (flowerpipe.training.run.train_and_save) under MultiWorkerMirroredStrategy, that is
 flowerpipe's custom multi-worker loop (Keras 3's fit() fails there, keras-team/keras#20585).
 
 The first worker on the driver's machine (worker 0 on one machine) writes the stage's declared outputs there; every
@@ -29,7 +29,7 @@ def _worker(config: dict) -> None:
     import ray.train
 
     from flowerpipe.quiet import quiet_tensorflow
-    from flowerpipe.train import Outputs, train_and_save
+    from flowerpipe.training.run import Outputs, train_and_save
 
     quiet_tensorflow()  # as the stage's own process does: TensorFlow's log noise off, real errors shown
     os.chdir(config["cwd"])

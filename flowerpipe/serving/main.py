@@ -31,8 +31,8 @@ def pick_format(requested: str, benchmark: dict, available: list[str], evaluate:
     """`serve.format`, or for 'auto' the lowest batch-1 CPU latency measured among the available formats above the
     deploy floors (flowerpipe recommend's rule): scored by evaluate at min_accuracy_ratio of the trained model's test
     accuracy and min_agreement top-1 agreement, or never scored but computing in float32 like the trained model."""
+    from flowerpipe.decide.recommend import Floors, floor_reason
     from flowerpipe.formats.registry import FLOAT_FORMATS
-    from flowerpipe.recommend import Floors, floor_reason
 
     if requested != "auto":
         return requested

@@ -62,8 +62,8 @@ def runtime_rate(predict, images: np.ndarray, batch: int, min_seconds: float = 3
 
 def check(repository: Path, concurrency: int, requests: int, threads: int = 0, min_seconds: float = 3.0) -> dict:
     """Run the checks; the record printed as JSON."""
-    from flowerpipe.exclusive import timing_lock
-    from flowerpipe.loadtest import free_ports, jpeg_requests, load, load_grpc, running_server
+    from flowerpipe.measure.loadtest import free_ports, jpeg_requests, load, load_grpc, running_server
+    from flowerpipe.measure.timing_lock import timing_lock
     from flowerpipe.serving.artifacts import load_artifact
     from flowerpipe.serving.decode import decode_all
     from flowerpipe.ship.repository import find

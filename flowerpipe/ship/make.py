@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from flowerpipe.errors import FormatError
-from flowerpipe.outputs import atomic
+from flowerpipe.pipeline.outputs import atomic
 from flowerpipe.ship import kserve, triton
 from flowerpipe.ship.repository import Shipped, read, write
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from flowerpipe.errors import FormatError
 from flowerpipe.formats.base import Skipped
-from flowerpipe.outputs import atomic
+from flowerpipe.pipeline.outputs import atomic
 
 MANIFEST = "flowerpipe.json"
 LABELS = "labels.txt"

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from flowerpipe.data import tfrecord
-from flowerpipe.model import OUTPUT_NAME, batch_norm_layers, feature_extractor
+from flowerpipe.model.build import OUTPUT_NAME, batch_norm_layers, feature_extractor
 from flowerpipe.params import Model, Train
 from flowerpipe.training.checkpoints import Checkpoints
 from flowerpipe.training.epochs import EpochLog, Result

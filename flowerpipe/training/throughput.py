@@ -1,4 +1,4 @@
-"""Training speed in the units that explain it: FLOPs per image counted from the layers (peaks: flowerpipe.peaks)."""
+"""Training speed in the units that explain it: FLOPs per image counted from the layers (peaks: measure.peaks)."""
 
 from __future__ import annotations
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flowerpipe import xception
-from flowerpipe.backbones import BACKBONES
 from flowerpipe.errors import FormatError, UserError
+from flowerpipe.model import xception
+from flowerpipe.model.backbones import BACKBONES
 from flowerpipe.params import Model, from_scratch
 
 INPUT_NAME = "image"

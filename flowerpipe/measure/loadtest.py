@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-# running_server starts `python -m flowerpipe.serving.command` (flowerpipe.dag reads this)
+# running_server starts `python -m flowerpipe.serving.command` (flowerpipe.pipeline.dag reads this)
 __imports__ = ("flowerpipe.serving.command",)
 
 from flowerpipe.serving.client import to_png_b64
@@ -94,7 +94,7 @@ def running_server(args: list[str], port: int, timeout: float = 180.0, params_fi
 
 def rss_mb(pid: int) -> float:
     """Resident memory of a process in MB (Linux /proc), 0 where unknown."""
-    from flowerpipe.bench import status_mb
+    from flowerpipe.measure.harness import status_mb
 
     return status_mb("VmRSS", pid)
 

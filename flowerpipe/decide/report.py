@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from flowerpipe.decide.pareto import pareto
 from flowerpipe.formats.registry import ALL_NAMES
 from flowerpipe.jsonio import read_json
-from flowerpipe.pareto import pareto
 
 SHIP_COLUMNS = ["format", "latency_ms", "accuracy", "floor", "pareto", "recommended"]
 
@@ -121,7 +121,7 @@ def build(records: Path, plots: Path, out: Path, decision: dict | None = None) -
         else pd.DataFrame()
     sections: list[tuple[str, str | pd.DataFrame]] = []
     if decision:
-        from flowerpipe.recommend import render
+        from flowerpipe.decide.recommend import render
 
         sections.append(("What to ship (flowerpipe recommend)", render(decision)))
     sections.append(("Data", _pairs(data)))

@@ -28,7 +28,7 @@ LOADED_LIBS = re.compile(r"/(lib(?:cudart|cudnn|cublas|cublasLt|curand|cufft|nvi
 
 def cpu() -> dict:
     """The CPU's model, cores and the flags that matter."""
-    from flowerpipe.cpu import flags
+    from flowerpipe.measure.cpu import flags
 
     have = flags()
     model = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
@@ -42,7 +42,7 @@ def openvino() -> dict:
         import openvino as ov
     except ImportError as exc:
         return {"status": "missing", "reason": str(exc)}
-    from flowerpipe.cpu import bf16_missing
+    from flowerpipe.measure.cpu import bf16_missing
 
     caps = list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
     offered = ["float32", "int8"] + ([] if bf16_missing() else ["bfloat16"])
@@ -52,7 +52,7 @@ def openvino() -> dict:
 
 def nvidia_driver() -> dict:
     """The NVIDIA driver's GPUs, its version and the newest CUDA it supports (empty without a driver)."""
-    from flowerpipe.devices import gpu_names
+    from flowerpipe.measure.devices import gpu_names
 
     names = gpu_names()
     out: dict = {"gpus": names}
@@ -78,7 +78,7 @@ def tensorflow(driver_gpus: list[str], run=subprocess.run) -> dict:
         import tensorflow as tf
     except ImportError as exc:
         return {"status": "missing", "reason": str(exc)}
-    from flowerpipe.devices import tensorflow_gpu_missing
+    from flowerpipe.measure.devices import tensorflow_gpu_missing
 
     build = tf.sysconfig.get_build_info()
     out = {"status": "ok", "version": tf.__version__, "built_with_cuda": bool(build.get("is_cuda_build")),
@@ -164,7 +164,7 @@ def loaded_libraries(maps: str = "/proc/self/maps") -> list[str]:
 
 def report(run=subprocess.run) -> dict:
     """Every check, in the order a GPU user reads them."""
-    from flowerpipe.bench import library_versions
+    from flowerpipe.measure.harness import library_versions
 
     driver = nvidia_driver()
     out = {"cpu": cpu(), "openvino": openvino(), "nvidia": driver, "tensorflow": tensorflow(driver["gpus"], run),

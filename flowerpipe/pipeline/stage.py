@@ -12,10 +12,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from flowerpipe.declared import Guarded, declared, sections
 from flowerpipe.errors import UserError, is_user_error
 from flowerpipe.jsonio import read_json, write_json  # noqa: F401  (re-exported: stage scripts use stage.write_json)
 from flowerpipe.params import Params, ParamsError, load
+from flowerpipe.pipeline.guard import Guarded, declared, sections
 from flowerpipe.quiet import quiet_tensorflow
 
 StageError = UserError

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from flowerpipe.cpu import bf16_missing
+from flowerpipe.measure.cpu import bf16_missing
 
 # (device, the precision a model computes in) -> the peak it is a share of; absent: no share
 AGAINST = {("cpu", "float32"): "float32", ("cpu", "float16"): "float32", ("cpu", "bfloat16"): "bfloat16",
@@ -146,7 +146,7 @@ def gpu_peak(precision: str, n: int = 4096, seconds: float = 1.0) -> dict:
     {"status": "skipped", "reason"} where TensorFlow cannot put work on a GPU or the op ran elsewhere: a CPU
     figure is never taken for a GPU's.
     """
-    from flowerpipe.devices import tensorflow_gpu_missing
+    from flowerpipe.measure.devices import tensorflow_gpu_missing
 
     if reason := tensorflow_gpu_missing():
         return {"status": "skipped", "reason": reason}

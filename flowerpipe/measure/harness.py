@@ -77,7 +77,7 @@ def model_flops(keras_path: Path, image_size: int) -> float:
     from tensorflow.python.profiler.model_analyzer import profile
     from tensorflow.python.profiler.option_builder import ProfileOptionBuilder
 
-    from flowerpipe.model import load_model
+    from flowerpipe.model.build import load_model
 
     model = load_model(keras_path)
     fn = tf.function(lambda x: model(x, training=False))
@@ -112,7 +112,7 @@ def environment(threads: int) -> dict:
     """CPU, cores, threads, GPU and library versions for the record."""
     import cpuinfo
 
-    from flowerpipe.devices import gpu_names
+    from flowerpipe.measure.devices import gpu_names
 
     return {"cpu": cpuinfo.get_cpu_info().get("brand_raw", platform.processor()), "cores": os.cpu_count(),
             "threads": threads or os.cpu_count(), "gpus": gpu_names(), "python": platform.python_version(),

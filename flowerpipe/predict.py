@@ -10,7 +10,7 @@ from PIL import UnidentifiedImageError
 
 from flowerpipe.data import IMAGE_SUFFIXES
 from flowerpipe.data.images import load_image
-from flowerpipe.evaluate import predict_batches
+from flowerpipe.measure.scores import predict_batches
 
 log = logging.getLogger(__name__)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from flowerpipe.cpu import bf16_missing
 from flowerpipe.data import tfrecord
 from flowerpipe.errors import UserError
-from flowerpipe.model import backbone_of, batch_norm_layers, build_model, resolve_weights
+from flowerpipe.measure.cpu import bf16_missing
+from flowerpipe.model.build import backbone_of, batch_norm_layers, build_model, resolve_weights
 from flowerpipe.params import Model, Params, Train
 from flowerpipe.training.checkpoints import Checkpoints, fingerprint
 from flowerpipe.training.epochs import EpochLog, Result
@@ -110,9 +110,9 @@ def train_and_save(p: Params, strategy: str | None = None, out: Outputs | None =
     """
     from dvclive import Live
 
-    from flowerpipe import peaks
-    from flowerpipe.devices import tensorflow_gpu_missing
     from flowerpipe.jsonio import write_json
+    from flowerpipe.measure import peaks
+    from flowerpipe.measure.devices import tensorflow_gpu_missing
     from flowerpipe.training.saving import accuracy_on, inference_copy
 
     out = out or Outputs.of(p)

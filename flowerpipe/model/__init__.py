@@ -1,0 +1,1 @@
+"""The model: backbones (Xception's own graph among them) with preprocessing inside, build and load."""
