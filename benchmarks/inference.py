@@ -88,7 +88,7 @@ def main() -> None:
     quiet_tensorflow()
     from flowerpipe.formats.registry import declaration
     from flowerpipe.measure import peaks
-    from flowerpipe.measure.harness import Budget, model_flops, overhead, run_isolated, task_for
+    from flowerpipe.measure.harness import Budget, achieved_gflops, model_flops, overhead, run_isolated, task_for
     from flowerpipe.measure.timing_lock import timing_lock
     from flowerpipe.params import ParamsError
 
@@ -127,7 +127,7 @@ def main() -> None:
                 if c["status"] != "ok":
                     print(f"{v.name:18s} {b:>5s}  skipped: {c.get('reason', '')}")
                     continue
-                g = flops * int(b) / (c["latency_ms_median"] / 1e3) / 1e9
+                g = achieved_gflops(flops, int(b), c["latency_ms_median"])
                 share = peaks.share(g, peak, "cpu", precision[v.name])[0]
                 print(f"{v.name:18s} {b:>5s} {c['latency_ms_median']:10.2f} {c['latency_ms_p99']:9.2f} "
                       f"{c['throughput_ips']:9.2f} {g:9.1f} {share or float('nan'):9.1%} {scored}")

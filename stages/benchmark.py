@@ -15,6 +15,7 @@ def main(p: Params) -> None:
     from flowerpipe.measure import doctor, peaks
     from flowerpipe.measure.harness import (
         Budget,
+        achieved_gflops,
         environment,
         merge_rounds,
         model_flops,
@@ -62,7 +63,7 @@ def main(p: Params) -> None:
             cells = dict(sorted(cells.items(), key=lambda kv: int(kv[0])))  # batch sizes in numeric order
             for n, cell in cells.items():
                 if cell["status"] == "ok":
-                    gflops = flops * int(n) / (cell["latency_ms_median"] / 1e3) / 1e9
+                    gflops = achieved_gflops(flops, int(n), cell["latency_ms_median"])
                     cell["gflops"] = round(gflops, 2)
                     fraction, cell["peak"] = peaks.share(gflops, peak.get(device, {}), device, precision[v.name])
                     if fraction is not None:

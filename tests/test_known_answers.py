@@ -556,3 +556,11 @@ def test_the_headline_rounds_each_figure_to_its_places():
     bench = {"results": {"onnx": {"cpu": {"b1": timed(4.444, [4.444], 300.06, [300.06], p99=5.0)}}}}
     d = decide(ev, bench)
     assert headline(d) == {"ship_b1_ms": 4.44, "ship_img_s": 300.1, "ship_budget_img_s": 300.1, "ship_mb": 12.35}
+
+
+def test_a_cells_gflops_are_its_batchs_flops_over_its_median_call():
+    from flowerpipe.measure.harness import achieved_gflops
+
+    # Xception 299: 16.8 GFLOP an image; 8 images in 420 ms is 134.4 GFLOP in 0.42 s
+    assert achieved_gflops(16.8e9, 8, 420.0) == pytest.approx(320.0)
+    assert achieved_gflops(16.8e9, 1, 420.0) == pytest.approx(40.0)  # the batch counts, not only the call

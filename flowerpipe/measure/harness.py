@@ -54,6 +54,11 @@ def time_calls(fn, sync, budget: Budget) -> list[float]:
             return times
 
 
+def achieved_gflops(flops_per_image: float, batch: int, latency_ms: float) -> float:
+    """The GFLOP/s a cell reached: the FLOPs of its batch over its median call."""
+    return flops_per_image * batch / (latency_ms / 1e3) / 1e9
+
+
 def merge_rounds(rounds: list[dict[str, dict]]) -> dict[str, dict]:
     """One cell per batch size from several interleaved rounds: the round with the median latency, and each
     round's median latency and images/s (their spread tells a real difference from noise)."""

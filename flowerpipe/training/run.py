@@ -113,6 +113,7 @@ def train_and_save(p: Params, strategy: str | None = None, out: Outputs | None =
     from flowerpipe.jsonio import write_json
     from flowerpipe.measure import peaks
     from flowerpipe.measure.devices import tensorflow_gpu_missing
+    from flowerpipe.pipeline.outputs import atomic
     from flowerpipe.training.saving import accuracy_on, inference_copy
 
     out = out or Outputs.of(p)
@@ -120,25 +121,23 @@ def train_and_save(p: Params, strategy: str | None = None, out: Outputs | None =
     with Live(str(out.live), dvcyaml=None, save_dvc_exp=False, report=None) as live:
         model, result, ckpt = fit(Path(p.paths.tfrecords), p.model, t, out.train_dir / "checkpoints", live,
                                   Path(p.paths.features))
-        out.model.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.model.with_name(f".{out.model.name}.tmp.keras")
         saved = inference_copy(model)
-        saved.save(tmp)  # weights only: no optimizer state (a third of the size)
-        val_accuracy = accuracy_on(saved, Path(p.paths.tfrecords), "val", p.model.image_size, t.batch_size)
-        live.log_metric("model_val_accuracy", round(val_accuracy, 4), plot=False)
-        live.log_metric("train_seconds", round(result.train_seconds, 1), plot=False)
-        secs = result.train_seconds or float("inf")
-        rate, gflops = result.images_seen / secs, result.flops / secs / 1e9
-        # The share of what this device's matmuls reach in the precision training computed in.
-        device = "cpu" if tensorflow_gpu_missing() else "gpu"
-        precision = COMPUTE_DTYPES.get(result.precision, "float32")
-        measured = peaks.measure(device, peaks.needed([(device, precision)]).get(device, []))
-        peak, against = peaks.peak_for(measured, device, precision)
-        fraction = gflops / peak if peak else None
-        live.log_metric("train_img_s", round(rate, 2), plot=False)
-        if fraction is not None:
-            live.log_metric("train_peak_frac", round(fraction, 3), plot=False)
-        tmp.replace(out.model)
+        with atomic(out.model) as tmp:  # in place only once the whole stage's work is done
+            saved.save(tmp)  # weights only: no optimizer state (a third of the size)
+            val_accuracy = accuracy_on(saved, Path(p.paths.tfrecords), "val", p.model.image_size, t.batch_size)
+            live.log_metric("model_val_accuracy", round(val_accuracy, 4), plot=False)
+            live.log_metric("train_seconds", round(result.train_seconds, 1), plot=False)
+            secs = result.train_seconds or float("inf")
+            rate, gflops = result.images_seen / secs, result.flops / secs / 1e9
+            # The share of what this device's matmuls reach in the precision training computed in.
+            device = "cpu" if tensorflow_gpu_missing() else "gpu"
+            precision = COMPUTE_DTYPES.get(result.precision, "float32")
+            measured = peaks.measure(device, peaks.needed([(device, precision)]).get(device, []))
+            peak, against = peaks.peak_for(measured, device, precision)
+            fraction = gflops / peak if peak else None
+            live.log_metric("train_img_s", round(rate, 2), plot=False)
+            if fraction is not None:
+                live.log_metric("train_peak_frac", round(fraction, 3), plot=False)
     record = {
         "saved_model_val_accuracy": round(val_accuracy, 4),
         "best_epoch_val_accuracy": round(result.best_val_accuracy, 4),
