@@ -284,3 +284,16 @@ def trained(project) -> Path:
 def smoke_run(tmp_path_factory) -> str | None:
     """The last line of tests/smoke.py in a fresh environment on another supported Python (None without one)."""
     return _started("smoke_run", tmp_path_factory).result()
+
+
+class FakeLive:
+    """The part of dvclive.Live the epoch log uses, recording what it was given."""
+
+    def __init__(self):
+        self.rows, self.step = [], 0
+
+    def log_metric(self, name, value, **_):
+        self.rows.append((self.step, name, value))
+
+    def next_step(self):
+        self.step += 1

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import FakeLive
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -222,17 +223,6 @@ def test_a_training_step_is_three_forward_passes_of_the_trainable_layers_and_one
     assert training_flops(outer) == {"forward": 30, "train_step": 90}
 
 
-class Live:
-    def __init__(self):
-        self.rows, self.step = [], 0
-
-    def log_metric(self, name, value, **_):
-        self.rows.append((self.step, name, value))
-
-    def next_step(self):
-        self.step += 1
-
-
 class Ckpt:
     def __init__(self):
         self.rows = []
@@ -244,7 +234,7 @@ class Ckpt:
 def test_training_images_per_second_from_known_timings():
     """Two epochs of 100 images in 4 s and 60 images in 2 s: 25 and 30 images/s each, 160 images in 6 s in all
     (26.67 images/s for the run); FLOPs 160 x 1000 per image; a replayed epoch counts for nothing."""
-    result, live, ckpt = Result(), Live(), Ckpt()
+    result, live, ckpt = Result(), FakeLive(), Ckpt()
     log = EpochLog(live, result, ckpt)
     log.step_flops = 1000
     log.epoch("head", {"loss": 1.0, "accuracy": 0.5, "lr": 3.0}, images=100, seconds=4.0)
@@ -269,7 +259,7 @@ def test_training_images_per_second_from_known_timings():
 def test_an_epoch_a_budget_stops_early_counts_the_images_of_the_steps_it_ran():
     """100 images an epoch in 10 steps, stopped after 4: 40 images; a whole epoch: 100."""
     result = Result()
-    cb = EpochLog(Live(), result, Ckpt()).callback("scratch", images_per_epoch=100)
+    cb = EpochLog(FakeLive(), result, Ckpt()).callback("scratch", images_per_epoch=100)
     cb.params = {"steps": 10}
     for steps in (4, 10):
         cb.on_epoch_begin(0)
@@ -472,7 +462,7 @@ def test_each_figure_is_rounded_to_its_stated_places():
         "latency_ms_p99": 4.081, "throughput_ips": 1263.432}
     # 100 images in 3 s: 33.333 images/s; 4.12345 s reported as 4.123
     result = Result()
-    log = EpochLog(Live(), result, Ckpt())
+    log = EpochLog(FakeLive(), result, Ckpt())
     log.epoch("head", {}, images=100, seconds=3.0)
     log.epoch("head", {}, images=100, seconds=4.12345)
     assert [(h["seconds"], h["images_per_second"]) for h in result.history] == [(3.0, 33.333), (4.123, 24.252)]
@@ -480,7 +470,7 @@ def test_each_figure_is_rounded_to_its_stated_places():
 
 def test_an_epoch_of_unknown_steps_counts_whole_and_never_more_than_whole():
     result = Result()
-    cb = EpochLog(Live(), result, Ckpt()).callback("head", images_per_epoch=100)
+    cb = EpochLog(FakeLive(), result, Ckpt()).callback("head", images_per_epoch=100)
     cb.params = {}  # no step count given and no step run: the whole epoch's images, not a division by zero
     cb.on_epoch_begin(0)
     cb.on_epoch_end(0, {"loss": 2.0})
@@ -491,7 +481,7 @@ def test_an_epoch_of_unknown_steps_counts_whole_and_never_more_than_whole():
     cb.on_epoch_end(1, None)
     assert result.images_seen == 200 and [h.get("loss") for h in result.history] == [2.0, None]
     assert all(0 <= h["seconds"] < 60 for h in result.history)  # this epoch's own time, from its start
-    log = EpochLog(Live(), result, Ckpt())
+    log = EpochLog(FakeLive(), result, Ckpt())
     log.replay([{"phase": "scratch"}])  # a replayed epoch without a time: 0 s, under its own phase
     assert result.history[-1]["phase"] == "scratch" and result.history[-1]["seconds"] == 0.0
 

@@ -11,7 +11,18 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, TINY, call_stage, git_project, make_photos, run_stage, sh, stage_cli, write_params
+from conftest import (
+    ROOT,
+    TINY,
+    FakeLive,
+    call_stage,
+    git_project,
+    make_photos,
+    run_stage,
+    sh,
+    stage_cli,
+    write_params,
+)
 
 from flowerpipe.errors import UserError
 from flowerpipe.measure.cpu import bf16_missing, flags
@@ -399,19 +410,6 @@ def test_custom_loop_optimizer_scales_the_loss_under_mixed_float16():
         keras.mixed_precision.set_global_policy("float32")
     assert isinstance(scaled, keras.optimizers.LossScaleOptimizer)
     assert float(scaled.scale_loss(keras.ops.convert_to_tensor(1.0))) > 1.0  # the loss really is scaled up
-
-
-class FakeLive:
-    """The part of dvclive.Live the epoch log uses, recording what it was given."""
-
-    def __init__(self):
-        self.rows, self.step = [], 0
-
-    def log_metric(self, name, value, **_):
-        self.rows.append((self.step, name, value))
-
-    def next_step(self):
-        self.step += 1
 
 
 def test_mid_phase_resume_logs_the_epochs_before_the_crash_once(tmp_path):
