@@ -19,15 +19,20 @@ def is_user_error(exc: BaseException) -> bool:
     return isinstance(exc, (UserError, OSError)) or exc.__class__.__module__.startswith("flowerpipe")
 
 
-def run_script(main: Callable[[], None]) -> None:
-    """Run a script's main(): a user's error is one line on stderr and exit code 1, Ctrl-C exit code 130."""
+def exit_code(main: Callable[[], int | None]) -> int:
+    """main()'s exit code (0 for None): a user's error is one line on stderr and 1, Ctrl-C 130; a bug propagates."""
     try:
-        main()
+        return main() or 0
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
+        return 130
     except Exception as exc:
         if not is_user_error(exc):
             raise
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
+        return 1
+
+
+def run_script(main: Callable[[], int | None]) -> None:
+    """Run a script's main() and exit with exit_code's code."""
+    sys.exit(exit_code(main))

@@ -57,17 +57,12 @@ def prepare_tensorflow(backend: str) -> None:
     TensorFlow sees no GPU at all; without this it would take nearly all of the GPU's memory at its first op and
     the TensorRT builder would fail for want of it. TF-TRT runs TensorFlow on the GPU: it grows its memory instead.
     """
-    import tensorflow as tf
-
-    from flowerpipe.measure.devices import tensorflow_gpu_missing
+    from flowerpipe.measure.devices import hide_gpus_from_tensorflow, tensorflow_gpu_missing
 
     if backend == "tftrt":
         tensorflow_gpu_missing()  # memory growth on every GPU
         return
-    try:
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:  # TensorFlow started in this process already (a test): the setting made then stands
-        pass
+    hide_gpus_from_tensorflow()
 
 
 def probe() -> Environment:

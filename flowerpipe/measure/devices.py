@@ -21,6 +21,17 @@ def gpu_names() -> list[str]:
         pynvml.nvmlShutdown()
 
 
+def hide_gpus_from_tensorflow() -> None:
+    """Before TensorFlow's first op in a process that needs it only on the CPU: it sees no GPU, so it takes none of
+    the GPU's memory from TensorRT, ONNX Runtime or another process."""
+    import tensorflow as tf
+
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # TensorFlow started in this process already (a test): the setting made then stands
+        pass
+
+
 def tensorflow_gpu_missing() -> str:
     """Why TensorFlow cannot put work on a GPU here ('' when it can); every GPU it lists gets memory growth.
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
-from flowerpipe.errors import UserError
+from flowerpipe.errors import UserError, exit_code
 
 
 def remote_config(repo: str | Path = ".", name: str | None = None) -> tuple[str, dict]:
@@ -85,12 +85,7 @@ def check(repo: str | Path = ".", name: str | None = None) -> str:
 def main(argv: list[str] | None = None) -> int:
     """`python -m flowerpipe.scale.remote [REMOTE]`: one line, exit 0 when the remote answers, 1 when not."""
     args = sys.argv[1:] if argv is None else argv
-    try:
-        print(check(".", args[0] if args else None))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_code(lambda: print(check(".", args[0] if args else None)))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from flowerpipe.errors import UserError
+from flowerpipe.errors import UserError, exit_code
 
 
 @dataclass(frozen=True)
@@ -81,24 +81,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--git-remote", default="origin", help="where `dvc exp push` sends the experiment")
     parser.add_argument("--count", action="store_true", help="print the number of runs and exit")
     args = parser.parse_args(argv)
-    try:
-        runs, targets = load(args.sweep)
-        if args.count:
-            print(len(runs))
-            return 0
-        index = args.index if args.index is not None else os.environ.get("JOB_COMPLETION_INDEX")
-        if index is None:
-            raise UserError("no run chosen: pass --index or set JOB_COMPLETION_INDEX")
-        if not 0 <= int(index) < len(runs):
-            raise UserError(f"{args.sweep}: index {index} is outside its {len(runs)} runs (0..{len(runs) - 1})")
-        run = runs[int(index)]
-        print(f"sweep {args.sweep}: run {index} of {len(runs)}: {run.name} {' '.join(run.set_args())}", flush=True)
-        for cmd in commands(run, targets, args.git_remote):
-            if subprocess.run(cmd).returncode != 0:
-                raise UserError(f"{' '.join(cmd)} failed (its output is above)")
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return exit_code(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    """The sweep entry args name: counted, or run and pushed."""
+    runs, targets = load(args.sweep)
+    if args.count:
+        print(len(runs))
+        return 0
+    index = args.index if args.index is not None else os.environ.get("JOB_COMPLETION_INDEX")
+    if index is None:
+        raise UserError("no run chosen: pass --index or set JOB_COMPLETION_INDEX")
+    if not 0 <= int(index) < len(runs):
+        raise UserError(f"{args.sweep}: index {index} is outside its {len(runs)} runs (0..{len(runs) - 1})")
+    entry = runs[int(index)]
+    print(f"sweep {args.sweep}: run {index} of {len(runs)}: {entry.name} {' '.join(entry.set_args())}", flush=True)
+    for cmd in commands(entry, targets, args.git_remote):
+        if subprocess.run(cmd).returncode != 0:
+            raise UserError(f"{' '.join(cmd)} failed (its output is above)")
     return 0
 
 
