@@ -130,3 +130,26 @@ def test_deploy_params_are_checked(tmp_path, bad):
     (tmp_path / "params.yaml").write_text(bad + "\n")
     with pytest.raises(ParamsError, match="deploy"):
         load(tmp_path / "params.yaml")
+
+
+def test_the_report_lists_formats_and_benchmark_cells_in_the_registry_order_and_batch_sizes_as_numbers(tmp_path):
+    from flowerpipe.decide.report import build
+
+    evaluate, benchmark = records()
+    benchmark["results"]["keras"]["cpu"]["b16"] = cell(600, 27)  # b16 after b8, not between b1 and b8
+    evaluate["formats"] = dict(reversed(list(evaluate["formats"].items())))
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "evaluate.json").write_text(json.dumps(evaluate))
+    (tmp_path / "reports" / "benchmark.json").write_text(json.dumps(benchmark))
+    md = build(tmp_path / "reports", tmp_path / "plots", tmp_path / "out").read_text()
+    titles = [line[3:] for line in md.splitlines() if line.startswith("## ")]
+    assert titles[:5] == ["Data", "Training", "Every format on the test split (agreement is with the Keras model)",
+                          "Benchmark (timed cells)", "Benchmark cells skipped here"] and titles[5] == "Environment"
+    def rows(title: str) -> list[list[str]]:
+        table = md.split(f"## {title}")[1].split("## ")[0].splitlines()[4:]  # past the title, header and rule
+        return [[c.strip() for c in line.split("|")[1:4]] for line in table if line.startswith("|")]
+
+    assert [r[0] for r in rows("Every format")] == ["keras", "onnx", "openvino-float32", "openvino-int8",
+                                                    "tensorrt-fp16"]
+    assert [(r[0], r[2]) for r in rows("Benchmark (timed cells)")][:4] == [("keras", "1"), ("keras", "8"),
+                                                                          ("keras", "16"), ("onnx", "1")]

@@ -106,60 +106,84 @@ def _pairs(record: dict) -> pd.DataFrame:
     return pd.DataFrame({"what": list(record), "value": ["" if v is None else str(v) for v in record.values()]})
 
 
-def build(records: Path, plots: Path, out: Path, decision: dict | None = None) -> Path:
-    """Write out/report.md and out/report.html from the detail records and plot files of a run; what to ship first."""
-    out.mkdir(parents=True, exist_ok=True)
-    data = read_json(records / "data.json", {})
+def _bench_frame(bench: dict) -> pd.DataFrame:
+    """The benchmark record's cells, one row per (runtime, device, batch size)."""
+    return pd.DataFrame([{"runtime": name, "device": device, "batch_size": int(b[1:]), **cell}
+                         for name, devices in bench.get("results", {}).items()
+                         for device, cells in devices.items() for b, cell in cells.items()])
+
+
+def _formats_table(evaluate: dict) -> pd.DataFrame:
+    """Every format's scores on the test split, in the registry's order (unknown names last, by name)."""
+    order = {name: i for i, name in enumerate(ALL_NAMES)}
+    evaluate = dict(sorted(evaluate.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+    return pd.DataFrame([{"format": k, **{c: v.get(c) for c in ("status", "accuracy", "macro_f1", "top1_agreement",
+                                                               "max_prob_diff", "size_mb", "conversion_seconds")},
+                          "note": v.get("reason", "")} for k, v in evaluate.items()])
+
+
+def _benchmark_sections(bench_df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """The timed cells in the registry's order and numeric batch order; the skipped (runtime, device) pairs apart."""
+    if not len(bench_df):
+        return []
+    ok = bench_df[bench_df.status == "ok"]
+    cols = ["runtime", "device", "batch_size", "latency_ms_median", "latency_ms_p99", "throughput_ips",
+            "gflops", "fraction_of_peak", "peak_rss_mb"]
+    rank = {name: i for i, name in enumerate(ALL_NAMES)}
+    ok = ok.assign(_rank=ok.runtime.map(lambda n: rank.get(n, len(rank)))).sort_values(
+        ["_rank", "runtime", "device", "batch_size"])  # batch sizes in numeric order
+    sections = [("Benchmark (timed cells)", ok[[c for c in cols if c in ok]])]
+    skipped = bench_df[bench_df.status != "ok"].groupby(["runtime", "device"]).reason.first().reset_index()
+    if len(skipped):
+        sections.append(("Benchmark cells skipped here", skipped))
+    return sections
+
+
+def _serve_sections(serve: dict) -> list[tuple[str, pd.DataFrame]]:
+    """The REST load test per concurrency, when the serve check ran."""
+    if not serve:
+        return []
+    rows = [{"concurrency": k[1:], **v} for k, v in serve.get("load", {}).items()]
+    return [(f"REST serving ({serve.get('format')}), answers checked against local inference", pd.DataFrame(rows))]
+
+
+def _environment(bench: dict) -> dict:
+    """Where the benchmark ran: the machine, library versions, measured matmul peaks, model cost, harness overhead."""
+    env = bench.get("environment", {})
+    return {**{k: v for k, v in env.items() if k != "versions"},
+            **env.get("versions", {}),
+            **{f"matmul_peak_{device}_{x}": peak["gflops"] for device, by in bench.get("peaks", {}).items()
+               for x, peak in by.items() if peak.get("status") == "ok"},
+            "model_gflop_per_image": bench.get("model_gflop_per_image"),
+            "harness_overhead_ms": bench.get("overhead", {}).get("latency_ms_median")}
+
+
+def _sections(records: Path, decision: dict | None) -> tuple[list[tuple[str, str | pd.DataFrame]], pd.DataFrame,
+                                                             pd.DataFrame]:
+    """The report's sections in order, what to ship first; with the training history and benchmark cells to plot."""
     train = read_json(records / "train.json", {})
-    evaluate = read_json(records / "evaluate.json", {}).get("formats", {})
     bench = read_json(records / "benchmark.json", {})
     history = pd.DataFrame(train.pop("history", []))
-    bench_df = pd.DataFrame([{"runtime": name, "device": device, "batch_size": int(b[1:]), **cell}
-                             for name, devices in bench.get("results", {}).items()
-                             for device, cells in devices.items() for b, cell in cells.items()])
-    acc_lat = pd.read_csv(plots / "accuracy_latency.csv") if (plots / "accuracy_latency.csv").exists() \
-        else pd.DataFrame()
+    bench_df = _bench_frame(bench)
     sections: list[tuple[str, str | pd.DataFrame]] = []
     if decision:
         from flowerpipe.decide.recommend import render
 
         sections.append(("What to ship (flowerpipe recommend)", render(decision)))
-    sections.append(("Data", _pairs(data)))
+    sections.append(("Data", _pairs(read_json(records / "data.json", {}))))
     sections.append(("Training", _pairs(train)))
-    order = {name: i for i, name in enumerate(ALL_NAMES)}
-    evaluate = dict(sorted(evaluate.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
-    fmt = pd.DataFrame([{"format": k, **{c: v.get(c) for c in ("status", "accuracy", "macro_f1", "top1_agreement",
-                                                              "max_prob_diff", "size_mb", "conversion_seconds")},
-                         "note": v.get("reason", "")} for k, v in evaluate.items()])
-    sections.append(("Every format on the test split (agreement is with the Keras model)", fmt))
-    if len(bench_df):
-        ok = bench_df[bench_df.status == "ok"]
-        cols = ["runtime", "device", "batch_size", "latency_ms_median", "latency_ms_p99", "throughput_ips",
-                "gflops", "fraction_of_peak", "peak_rss_mb"]
-        rank = {name: i for i, name in enumerate(ALL_NAMES)}
-        ok = ok.assign(_rank=ok.runtime.map(lambda n: rank.get(n, len(rank)))).sort_values(
-            ["_rank", "runtime", "device", "batch_size"])  # batch sizes in numeric order
-        sections.append(("Benchmark (timed cells)", ok[[c for c in cols if c in ok]]))
-        skipped = bench_df[bench_df.status != "ok"].groupby(["runtime", "device"]).reason.first().reset_index()
-        if len(skipped):
-            sections.append(("Benchmark cells skipped here", skipped))
-    serve = read_json(records / "serve.json", {})
-    if serve:
-        rows = [{"concurrency": k[1:], **v} for k, v in serve.get("load", {}).items()]
-        sections.append((f"REST serving ({serve.get('format')}), answers checked against local inference",
-                         pd.DataFrame(rows)))
+    sections.append(("Every format on the test split (agreement is with the Keras model)",
+                     _formats_table(read_json(records / "evaluate.json", {}).get("formats", {}))))
+    sections += _benchmark_sections(bench_df)
+    sections += _serve_sections(read_json(records / "serve.json", {}))
     if bench:
-        env = {**{k: v for k, v in bench.get("environment", {}).items() if k != "versions"},
-               **bench.get("environment", {}).get("versions", {}),
-               **{f"matmul_peak_{device}_{x}": peak["gflops"] for device, by in bench.get("peaks", {}).items()
-                  for x, peak in by.items() if peak.get("status") == "ok"},
-               "model_gflop_per_image": bench.get("model_gflop_per_image"),
-               "harness_overhead_ms": bench.get("overhead", {}).get("latency_ms_median")}
-        sections.append(("Environment", _pairs(env)))
-    points = ship_points(acc_lat, decision) if len(acc_lat) else pd.DataFrame(columns=SHIP_COLUMNS)
-    plots.mkdir(parents=True, exist_ok=True)
-    points.to_csv(plots / "ship.csv", index=False)  # what `dvc plots` draws, the same points as the picture
-    figures = _plots(history, bench_df, points, out)
+        sections.append(("Environment", _pairs(_environment(bench))))
+    return sections, history, bench_df
+
+
+def _write_pages(sections: list[tuple[str, str | pd.DataFrame]], figures: list[tuple[str, str]], out: Path) -> None:
+    """Write out/report.md and out/report.html: each section (text preformatted, tables blank where missing), then the
+    figures."""
     md = ["# flowerpipe run report", ""]
     page = ["<html><head><meta charset='utf-8'><title>flowerpipe report</title><style>body{font-family:sans-serif;"
             "max-width:1100px;margin:auto}table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;"
@@ -179,4 +203,16 @@ def build(records: Path, plots: Path, out: Path, decision: dict | None = None) -
         page += [f"<h2>{html.escape(title)}</h2>", f"<img src='{png}' alt='{html.escape(title)}'>"]
     (out / "report.md").write_text("\n".join(md))
     (out / "report.html").write_text("\n".join(page + ["</body></html>"]))
+
+
+def build(records: Path, plots: Path, out: Path, decision: dict | None = None) -> Path:
+    """Write out/report.md and out/report.html from the detail records and plot files of a run; what to ship first."""
+    out.mkdir(parents=True, exist_ok=True)
+    acc_lat = pd.read_csv(plots / "accuracy_latency.csv") if (plots / "accuracy_latency.csv").exists() \
+        else pd.DataFrame()
+    sections, history, bench_df = _sections(records, decision)
+    points = ship_points(acc_lat, decision) if len(acc_lat) else pd.DataFrame(columns=SHIP_COLUMNS)
+    plots.mkdir(parents=True, exist_ok=True)
+    points.to_csv(plots / "ship.csv", index=False)  # what `dvc plots` draws, the same points as the picture
+    _write_pages(sections, _plots(history, bench_df, points, out), out)
     return out / "report.md"
