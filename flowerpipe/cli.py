@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from flowerpipe.argtypes import number
+from flowerpipe.errors import UserError, exit_code
 from flowerpipe.quiet import quiet_tensorflow
 from flowerpipe.serving import command
 
@@ -71,7 +72,7 @@ def _client(args: argparse.Namespace) -> int:
 
     files = list_images(args.paths)
     if not files:
-        raise ValueError(f"no image files in {', '.join(args.paths)}")
+        raise UserError(f"no image files in {', '.join(args.paths)}")
     if args.grpc:
         from flowerpipe.serving.grpc_client import grpc_predict
 
@@ -83,8 +84,8 @@ def _client(args: argparse.Namespace) -> int:
                else None if args.grpc else server_classes(args.url, args.model, args.protocol, args.timeout))
     if classes and len(classes) != width:
         if args.classes:
-            raise ValueError(f"--classes names {len(classes)} classes, but the server answers {width} "
-                             "probabilities per image")
+            raise UserError(f"--classes names {len(classes)} classes, but the server answers {width} "
+                            "probabilities per image")
         classes = None  # the server's metadata disagrees with its answers: indexes, as without names
     for f, pred in zip(files, answers, strict=True):
         probs = pred["probabilities"]
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     args.params = args.params or "params.yaml"
     # Serving and --model import TensorFlow only for a format that needs it.
     quiet_tensorflow(preload=(args.command == "predict" and not args.model) or args.command == "doctor")
-    return command.one_line(args.fn, args)
+    return exit_code(lambda: args.fn(args))
 
 
 if __name__ == "__main__":

@@ -19,12 +19,13 @@ def is_user_error(exc: BaseException) -> bool:
     return isinstance(exc, (UserError, OSError)) or exc.__class__.__module__.startswith("flowerpipe")
 
 
-def exit_code(main: Callable[[], int | None]) -> int:
-    """main()'s exit code (0 for None): a user's error is one line on stderr and 1, Ctrl-C 130; a bug propagates."""
+def exit_code(main: Callable[[], int | None], interrupted: str = "interrupted") -> int:
+    """main()'s exit code (0 for None): a user's error is one line on stderr and 1, Ctrl-C `error: <interrupted>`
+    and 130; a bug propagates."""
     try:
         return main() or 0
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        print(f"error: {interrupted}", file=sys.stderr)
         return 130
     except Exception as exc:
         if not is_user_error(exc):

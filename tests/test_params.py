@@ -160,6 +160,44 @@ def test_the_command_refuses_a_params_file_that_is_not_there(tmp_path, capsys):
     assert last == f"flowerpipe: error: --params {tmp_path / 'nope.yaml'}: no such file"
 
 
+def test_the_command_serve_and_a_stage_answer_errors_and_ctrl_c_alike(tmp_path, monkeypatch, capsys):
+    """One exit-code policy (errors.exit_code): a user's error is one line and 1, Ctrl-C one line and 130 (a stage's
+    says its outputs are kept), a bug a traceback; for `flowerpipe`, `python -m flowerpipe.serving.command` and a
+    stage alike."""
+    from flowerpipe import cli
+    from flowerpipe.errors import UserError
+    from flowerpipe.pipeline import stage
+    from flowerpipe.serving import command
+
+    def raising(exc: BaseException):
+        def fn(*args, **kwargs):
+            raise exc
+        return fn
+
+    (tmp_path / "base" / "1").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    for main in (cli.main, lambda argv: command.main(argv[1:])):
+        assert main(["serve", str(tmp_path / "base"), "--label", "stable"]) == 1
+        assert capsys.readouterr().err == "error: --label 'stable': expected NAME=VERSION, e.g. stable=1\n"
+    monkeypatch.setattr(command, "run", raising(KeyboardInterrupt()))
+    assert command.main([str(tmp_path / "base")]) == 130 and capsys.readouterr().err == "error: interrupted\n"
+    monkeypatch.setattr(cli, "_info", raising(KeyboardInterrupt()))
+    assert cli.main(["info"]) == 130 and capsys.readouterr().err == "error: interrupted\n"
+    monkeypatch.setattr(cli, "_info", raising(ZeroDivisionError()))
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["info"])
+    for exc, code, err in [(UserError("no space left"), 1, "error: no space left\n"),
+                           (KeyboardInterrupt(), 130,
+                            "error: stage test_params interrupted; its previous outputs are kept\n")]:
+        monkeypatch.setattr(stage, "quiet_tensorflow", raising(exc))
+        with pytest.raises(SystemExit) as exit_:
+            stage.run(lambda p: None, tensorflow=False)
+        assert exit_.value.code == code and capsys.readouterr().err == err
+    monkeypatch.setattr(stage, "quiet_tensorflow", raising(ZeroDivisionError()))
+    with pytest.raises(ZeroDivisionError):
+        stage.run(lambda p: None, tensorflow=False)
+
+
 def test_params_yaml_and_params_py_give_the_same_defaults():
     """One source per default: the shipped params.yaml, validated, is exactly the defaults params.py declares (every
     section, the formats' own included), so neither can change alone."""

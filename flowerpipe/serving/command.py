@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from flowerpipe.argtypes import number
+from flowerpipe.errors import UserError, exit_code
 
 HELP = "TF Serving and KServe V2 server, REST and gRPC (127.0.0.1 unless --host)"
 
@@ -34,7 +34,7 @@ def _labels(pairs: list[str]) -> dict[str, int]:
     for pair in pairs:
         label, _, version = pair.partition("=")
         if not label or not version.isdigit():
-            raise ValueError(f"--label {pair!r}: expected NAME=VERSION, e.g. stable=1")
+            raise UserError(f"--label {pair!r}: expected NAME=VERSION, e.g. stable=1")
         out[label] = int(version)
     return out
 
@@ -56,21 +56,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-
-
-def one_line(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """fn(args), a user's error printed as one line with exit code 1."""
-    from flowerpipe.formats.base import FormatError
-    from flowerpipe.params import ParamsError
-    from flowerpipe.serving.errors import RequestError
-
-    try:
-        return fn(args)
-    except (ParamsError, FormatError, RequestError, FileNotFoundError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-
-
 def main(argv: list[str] | None = None) -> int:
     """`python -m flowerpipe.serving.command [--params F] [serve's arguments]`."""
     parser = argparse.ArgumentParser(prog="python -m flowerpipe.serving.command", description=HELP)
@@ -83,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     from flowerpipe.quiet import quiet_tensorflow
 
     quiet_tensorflow(preload=False)  # as `flowerpipe serve`: TensorFlow only for a format that needs it, quietly
-    return one_line(run, args)
+    return exit_code(lambda: run(args))
 
 
 if __name__ == "__main__":
