@@ -696,6 +696,28 @@ def test_units_route_parse_and_pick_format():
     assert pick_format("auto", bench, built, {}, 0.995) == "openvino-float32"  # never scored: not eligible
 
 
+def test_one_parser_reads_the_versions_of_requests_folders_and_labels(tmp_path):
+    """A version is ASCII digits below 2**63 wherever it is written (a unicode digit is a 400, not a 500); a folder
+    is a version only when its name is the number written plainly."""
+    from flowerpipe.errors import UserError
+    from flowerpipe.serving.command import _labels
+    from flowerpipe.serving.repository import Source, requested_version
+
+    assert [requested_version(t) for t in ("", None, "0", "7", "007")] == [None, None, 0, 7, 7]
+    for bad in ("x", "-1", "1.0", " 1", "\u00b2", "\u0663", "1" * 19):
+        with pytest.raises(RequestError, match="^version must be a number"):
+            requested_version(bad)
+        with pytest.raises(UserError, match="expected NAME=VERSION"):
+            _labels([f"stable={bad}"])
+    with pytest.raises(RequestError, match="^Malformed request: version must be a number, got '\u00b2'$"):
+        route("flowers/versions/\u00b2:predict")
+    assert _labels(["stable=1", "canary=0"]) == {"stable": 1, "canary": 0}
+    for name in ("0", "01", "\u00b2", "\u0663", "1" * 19, "2", "10"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "3").write_text("a file")
+    assert sorted(Source(base=tmp_path).scan()) == [2, 10]
+
+
 def test_serving_decoder_matches_the_training_decoder(photos):
     from flowerpipe.data.images import load_image
     from flowerpipe.serving.decode import decode_image

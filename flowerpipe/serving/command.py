@@ -30,12 +30,14 @@ def add_arguments(sv: argparse.ArgumentParser) -> None:
 
 
 def _labels(pairs: list[str]) -> dict[str, int]:
+    from flowerpipe.serving.repository import version_number
+
     out = {}
     for pair in pairs:
         label, _, version = pair.partition("=")
-        if not label or not version.isdigit():
+        if not label or (number := version_number(version)) is None:
             raise UserError(f"--label {pair!r}: expected NAME=VERSION, e.g. stable=1")
-        out[label] = int(version)
+        out[label] = number
     return out
 
 

@@ -20,6 +20,7 @@ from flowerpipe import __version__
 from flowerpipe.serving import protos, tfs, v2
 from flowerpipe.serving.errors import RequestError
 from flowerpipe.serving.protos import BadMessage, message
+from flowerpipe.serving.repository import requested_version
 from flowerpipe.serving.service import Service
 from flowerpipe.serving.tensors import fill_tensor, tfs_images, v2_images, v2_response
 
@@ -179,9 +180,7 @@ class GrpcServer:
                                          descriptor_pool=protos.POOL)
 
         def v2_version(name: str, version: str):
-            if version and not (version.isdigit() and len(version) < 19):
-                raise RequestError(f"version must be a number, got {version!r}")
-            return s.model(name).resolve(int(version) if version else None)
+            return s.model(name).resolve(requested_version(version))
 
         @rpc("grpc_v2_health")
         async def ServerLive(req, ctx):  # noqa: N802
@@ -216,7 +215,7 @@ class GrpcServer:
             v = v2_version(req.model_name, req.model_version)
             encoded = any(t.name == "image_bytes" for t in req.inputs)
             images, outputs = await parse(encoded, req, v2_images, req, v.model.image_size, v.batcher.max_batch)
-            requested = int(req.model_version) if req.model_version else None
+            requested = requested_version(req.model_version)
             v, probs = await s.predict(v, images, start, requested, None, ctx.time_remaining())
             return v2_response(req.model_name, v.number, req.id, outputs, probs, v.model.classes)
 

@@ -103,8 +103,8 @@ def _pipeline_models(folder: Path, fmt: str | None) -> Plan:
         return _shipped(shipped, fmt)
     served = sorted(d for d in (folder / "serving").glob("*") if d.is_dir()) if (folder / "serving").is_dir() else []
     name = served[0].name if served else "flowers"
-    versions = sorted(int(d.name) for d in (folder / "serving" / name).glob("[1-9]*") if d.name.isdigit())
-    version = versions[-1] if versions else 1
+    base = folder / "serving" / name
+    version = max(Source(base=base).scan(), default=1) if base.is_dir() else 1
     p = parse({"paths": {"model": str(folder / "model.keras"), "serving": str(folder / "serving"),
                          "converted": str(folder / "converted")}, "model": {"name": name},
                "export": {"version": version}})
@@ -128,7 +128,7 @@ def plan_from_path(path: Path, fmt: str | None, name: str | None) -> Plan:
         plan = _shipped(shipped, fmt)
     elif path.is_dir() and ((path / "serving").is_dir() or (path / "converted").is_dir()):
         plan = _pipeline_models(path, fmt)
-    elif path.is_dir() and any(d.is_dir() and d.name.isdigit() for d in path.iterdir()):
+    elif path.is_dir() and Source(base=path).scan():
         plan = Plan(path.resolve().name, Source(base=path))
     else:
         detect(path)  # one clear error now for a path that holds no model

@@ -91,6 +91,21 @@ def warmup_batches(folder: Path, image_size: int, max_batch: int) -> list[np.nda
     return out
 
 
+def version_number(text: str) -> int | None:
+    """The version number text names (ASCII digits, below 2**63: "1", "42"), else None: the one parser of versions
+    in folder names, requests and labels."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 19 else None
+
+
+def requested_version(text: str | None) -> int | None:
+    """The version a request names (None when it names none), or a 400 RequestError."""
+    if not text:
+        return None
+    if (number := version_number(text)) is None:
+        raise RequestError(f"version must be a number, got {text!r}", 400)
+    return number
+
+
 class Source:
     """Where versions come from: numbered folders under a base folder (watched), or one fixed model."""
 
@@ -103,7 +118,7 @@ class Source:
         return self.base is not None
 
     def scan(self) -> dict[int, Path]:
-        """Version number -> path, as the disk is now."""
+        """Version number -> path, as the disk is now: the folders named by a number written plainly (not 0, 01)."""
         if self.base is None:
             return {self.version: self.fixed}
         try:
@@ -111,7 +126,7 @@ class Source:
         except OSError as exc:
             log.warning("cannot list %s: %s", self.base, exc)
             return {}
-        return {int(e.name): e for e in entries if e.is_dir() and e.name.isdigit() and not e.name.startswith("0")}
+        return {n: e for e in entries if e.is_dir() and not e.name.startswith("0") and (n := version_number(e.name))}
 
 
 @dataclass

@@ -10,6 +10,7 @@ import numpy as np
 
 from flowerpipe.serving.decode import b64_bytes, decode_image
 from flowerpipe.serving.errors import RequestError, json_object
+from flowerpipe.serving.repository import requested_version
 
 SIGNATURES = ("serving_default", "serving_uint8", "serving_bytes")
 INPUTS = ("image", "image_bytes")  # pixels, encoded images (a named input of a predict request is one of them)
@@ -32,11 +33,12 @@ def route(rest: str) -> Route:
     m = PATH.match(rest)
     if not m:
         raise RequestError(f"Malformed request: unknown path /v1/models/{rest}", 404)
-    version = m["version"]
-    if version is not None and not (version.isdigit() and len(version) < 19):
-        raise RequestError(f"Malformed request: version must be a number, got {version!r}", 400)
+    try:
+        version = requested_version(m["version"])
+    except RequestError as exc:
+        raise RequestError(f"Malformed request: {exc}", 400) from None
     action = (m["action"] or "status").lstrip("/:")
-    return Route(m["name"], int(version) if version else None, m["label"], action)
+    return Route(m["name"], version, m["label"], action)
 
 
 def pixels(values: object, size: int, signature: str) -> np.ndarray:

@@ -20,11 +20,13 @@ import numpy as np
 
 
 def newest_version(folder: Path) -> Path:
-    """The highest numbered version folder."""
-    versions = sorted((int(d.name), d) for d in folder.iterdir() if d.is_dir() and d.name.isdigit())
+    """The highest numbered version folder (as the server finds them)."""
+    from flowerpipe.serving.repository import Source
+
+    versions = Source(base=folder).scan()
     if not versions:
         raise FileNotFoundError(f"{folder}: no version folder")
-    return versions[-1][1]
+    return versions[max(versions)]
 
 
 def triton_config(folder: Path) -> dict:
