@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import logging
 import zlib
+from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
@@ -91,6 +92,176 @@ class InflightLimit:
             self.inflight -= 1
 
 
+def _service(request: Request) -> Service:
+    """The Service the app serves (app.state.service): the one state every handler shares."""
+    return request.app.state.service
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Start the repository (and the gRPC server) with the app; at shutdown stop gRPC first, then drain the versions."""
+    service, grpc = app.state.service, app.state.grpc
+    repo, limits = service.repo, service.limits
+    if not repo.available():
+        await repo.start()
+    if grpc is not None:
+        await grpc.start()
+    watcher = (asyncio.get_running_loop().create_task(repo.watch(limits.poll_s))
+               if repo.source.watched and limits.poll_s > 0 else None)
+    yield
+    service.draining = True
+    if grpc is not None:
+        await grpc.stop()
+    if watcher:
+        watcher.cancel()
+    await repo.close()  # uvicorn stopped taking requests and drained open ones first
+    service.close()
+
+
+# ---------------------------------------------------------------- errors, as {"error"} on every route
+
+
+async def _request_error(_r: Request, exc: RequestError) -> JSONResponse:
+    return error(str(exc), exc.status)
+
+
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    if exc.status_code == 404:
+        name = _service(request).repo.name
+        return error(f"unknown path {request.url.path}; this server answers /v1/models/{name}..., "
+                     f"/v2/models/{name}..., /v2/health/ready and {PATHS[0]}", 404)
+    return error(str(exc.detail), exc.status_code)
+
+
+async def _validation_error(_r: Request, exc: RequestValidationError) -> JSONResponse:
+    return error(f"bad request: {exc.errors()[:1]}", 400)
+
+
+async def _internal_error(_r: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error")
+    return error(f"internal error: {exc.__class__.__name__}", 500)
+
+
+ERROR_HANDLERS = ((RequestError, _request_error), (HTTPException, _http_error),
+                  (RequestValidationError, _validation_error), (Exception, _internal_error))
+
+# ---------------------------------------------------------------- TF Serving REST
+
+tfs_routes = APIRouter()
+
+
+@tfs_routes.get("/v1/models")
+async def list_models(request: Request):
+    repo = _service(request).repo
+    return {"models": [{"name": repo.name, "model_version_status": repo.status()}]}
+
+
+@tfs_routes.get("/v1/models/{rest:path}")
+async def tfs_get(rest: str, request: Request):
+    r = tfs.route(rest)
+    if r.action != "status" and r.action != "metadata":
+        raise RequestError(f"{r.action} takes POST", 405)
+    m = _service(request).model(r.name)
+    if r.action == "status":
+        return {"model_version_status": m.status(r.version, r.label)}
+    v = m.resolve(r.version, r.label)
+    return tfs.metadata(m.name, v.number, v.model.classes, v.model.image_size, v.model.format)
+
+
+@tfs_routes.post("/v1/models/{rest:path}")
+async def tfs_post(rest: str, request: Request):
+    start = asyncio.get_running_loop().time()
+    service = _service(request)
+    limits = service.limits
+    r = tfs.route(rest)
+    if r.action in ("classify", "regress"):
+        raise RequestError(f"this model has no {r.action} signature (its method is tensorflow/serving/predict); "
+                           f"use POST /v1/models/{r.name}:predict", 400)
+    if r.action != "predict":
+        raise RequestError(f"POST is only for :predict, not {r.action}", 405)
+    v = service.model(r.name).resolve(r.version, r.label)
+    body = await read_body(request, limits.max_body_bytes, service.deadline(start), limits.timeout_s)
+    images, columnar = await service.decode(tfs.parse_predict, body, v.model.image_size, v.batcher.max_batch)
+    v, probs = await service.predict(v, images, start, r.version, r.label)
+    return Response(tfs.predict_response(probs, v.model.classes, columnar), media_type=JSON)
+
+
+# ---------------------------------------------------------------- KServe V2 / Open Inference Protocol
+
+v2_routes = APIRouter()
+
+
+@v2_routes.get("/v2")
+@v2_routes.get("/v2/")
+async def v2_server():
+    return {"name": "flowerpipe", "version": __version__, "extensions": v2.EXTENSIONS}
+
+
+@v2_routes.get("/v2/health/live")
+async def v2_live():
+    return {"live": True}
+
+
+@v2_routes.get("/v2/health/ready")
+async def v2_ready(request: Request):
+    repo = _service(request).repo
+    if not repo.available():
+        return error(f"no version of {repo.name} is available", 503)
+    return {"ready": True}
+
+
+def v2_version(service: Service, name: str, version: str | None) -> Version:
+    """The version a V2 path names (its number as text), or the one the repository serves by default."""
+    if version is not None and not (version.isdigit() and len(version) < 19):
+        raise RequestError(f"version must be a number, got {version!r}", 400)
+    return service.model(name).resolve(int(version) if version is not None else None)
+
+
+@v2_routes.get("/v2/models/{name}")
+@v2_routes.get("/v2/models/{name}/versions/{version}")
+async def v2_metadata(name: str, request: Request, version: str | None = None):
+    service = _service(request)
+    v = v2_version(service, name, version)
+    return v2.model_metadata(name, [x.number for x in service.repo.available()], v.model.classes, v.model.image_size,
+                             v.model.format)
+
+
+@v2_routes.get("/v2/models/{name}/ready")
+@v2_routes.get("/v2/models/{name}/versions/{version}/ready")
+async def v2_model_ready(name: str, request: Request, version: str | None = None):
+    v = v2_version(_service(request), name, version)
+    return {"name": name, "version": str(v.number), "ready": True}
+
+
+@v2_routes.post("/v2/models/{name}/infer")
+@v2_routes.post("/v2/models/{name}/versions/{version}/infer")
+async def v2_infer(name: str, request: Request, version: str | None = None):
+    start = asyncio.get_running_loop().time()
+    service = _service(request)
+    limits = service.limits
+    v = v2_version(service, name, version)
+    body = await read_body(request, limits.max_body_bytes, service.deadline(start), limits.timeout_s)
+    req = await service.decode(v2.parse_infer, body, request.headers.get(v2.HEADER), v.model.image_size,
+                               v.batcher.max_batch)
+    v, probs = await service.predict(v, req.images, start, int(version) if version is not None else None)
+    content, headers = v2.infer_response(name, v.number, req, probs, v.model.classes)
+    return Response(content, headers=headers)
+
+
+# ---------------------------------------------------------------- monitoring
+
+monitoring_routes = APIRouter()
+
+
+async def prometheus(request: Request):
+    content, media = _service(request).metrics.render()
+    return Response(content, media_type=media)
+
+
+for _path in PATHS:
+    monitoring_routes.add_api_route(_path, prometheus, methods=["GET"])
+
+
 def create_app(repo: Repository | Service, limits: Limits = Limits(), grpc=None) -> FastAPI:
     """The REST server: every route answers from the repository, decoding in a thread pool, through the batchers.
 
@@ -98,138 +269,14 @@ def create_app(repo: Repository | Service, limits: Limits = Limits(), grpc=None)
     taking calls before the versions drain.
     """
     service = repo if isinstance(repo, Service) else Service(repo, limits)
-    repo, limits, metrics = service.repo, service.limits, service.metrics
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_app):
-        if not repo.available():
-            await repo.start()
-        if grpc is not None:
-            await grpc.start()
-        watcher = (asyncio.get_running_loop().create_task(repo.watch(limits.poll_s))
-                   if repo.source.watched and limits.poll_s > 0 else None)
-        yield
-        service.draining = True
-        if grpc is not None:
-            await grpc.stop()
-        if watcher:
-            watcher.cancel()
-        await repo.close()  # uvicorn stopped taking requests and drained open ones first
-        service.close()
-
     app = FastAPI(title="flowerpipe", version=__version__, docs_url=None, redoc_url=None, openapi_url=None,
                   lifespan=lifespan)
-    app.add_middleware(InflightLimit, limit=limits.max_inflight)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)  # added last: outermost, so it counts the 503s too
-    app.state.repo, app.state.metrics, app.state.service = repo, metrics, service
-
-    @app.exception_handler(RequestError)
-    async def _request_error(_r, exc: RequestError):
-        return error(str(exc), exc.status)
-
-    @app.exception_handler(HTTPException)
-    async def _http_error(request: Request, exc: HTTPException):
-        if exc.status_code == 404:
-            return error(f"unknown path {request.url.path}; this server answers /v1/models/{repo.name}..., "
-                         f"/v2/models/{repo.name}..., /v2/health/ready and {PATHS[0]}", 404)
-        return error(str(exc.detail), exc.status_code)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_r, exc: RequestValidationError):
-        return error(f"bad request: {exc.errors()[:1]}", 400)
-
-    @app.exception_handler(Exception)
-    async def _internal_error(_r, exc: Exception):
-        log.exception("unhandled error")
-        return error(f"internal error: {exc.__class__.__name__}", 500)
-
-    model, decode, deadline, predict = service.model, service.decode, service.deadline, service.predict
-
-    # ---------------------------------------------------------------- TF Serving REST
-
-    @app.get("/v1/models")
-    async def list_models():
-        return {"models": [{"name": repo.name, "model_version_status": repo.status()}]}
-
-    @app.get("/v1/models/{rest:path}")
-    async def tfs_get(rest: str):
-        r = tfs.route(rest)
-        if r.action != "status" and r.action != "metadata":
-            raise RequestError(f"{r.action} takes POST", 405)
-        m = model(r.name)
-        if r.action == "status":
-            return {"model_version_status": m.status(r.version, r.label)}
-        v = m.resolve(r.version, r.label)
-        return tfs.metadata(m.name, v.number, v.model.classes, v.model.image_size, v.model.format)
-
-    @app.post("/v1/models/{rest:path}")
-    async def tfs_post(rest: str, request: Request):
-        start = asyncio.get_running_loop().time()
-        r = tfs.route(rest)
-        if r.action in ("classify", "regress"):
-            raise RequestError(f"this model has no {r.action} signature (its method is tensorflow/serving/predict); "
-                               f"use POST /v1/models/{r.name}:predict", 400)
-        if r.action != "predict":
-            raise RequestError(f"POST is only for :predict, not {r.action}", 405)
-        v = model(r.name).resolve(r.version, r.label)
-        body = await read_body(request, limits.max_body_bytes, deadline(start), limits.timeout_s)
-        images, columnar = await decode(tfs.parse_predict, body, v.model.image_size, v.batcher.max_batch)
-        v, probs = await predict(v, images, start, r.version, r.label)
-        return Response(tfs.predict_response(probs, v.model.classes, columnar), media_type=JSON)
-
-    # ---------------------------------------------------------------- KServe V2 / Open Inference Protocol
-
-    @app.get("/v2")
-    @app.get("/v2/")
-    async def v2_server():
-        return {"name": "flowerpipe", "version": __version__, "extensions": v2.EXTENSIONS}
-
-    @app.get("/v2/health/live")
-    async def v2_live():
-        return {"live": True}
-
-    @app.get("/v2/health/ready")
-    async def v2_ready():
-        if not repo.available():
-            return error(f"no version of {repo.name} is available", 503)
-        return {"ready": True}
-
-    def v2_version(name: str, version: str | None) -> Version:
-        if version is not None and not (version.isdigit() and len(version) < 19):
-            raise RequestError(f"version must be a number, got {version!r}", 400)
-        return model(name).resolve(int(version) if version is not None else None)
-
-    @app.get("/v2/models/{name}")
-    @app.get("/v2/models/{name}/versions/{version}")
-    async def v2_metadata(name: str, version: str | None = None):
-        v = v2_version(name, version)
-        return v2.model_metadata(name, [x.number for x in repo.available()], v.model.classes, v.model.image_size,
-                                 v.model.format)
-
-    @app.get("/v2/models/{name}/ready")
-    @app.get("/v2/models/{name}/versions/{version}/ready")
-    async def v2_model_ready(name: str, version: str | None = None):
-        v = v2_version(name, version)
-        return {"name": name, "version": str(v.number), "ready": True}
-
-    @app.post("/v2/models/{name}/infer")
-    @app.post("/v2/models/{name}/versions/{version}/infer")
-    async def v2_infer(name: str, request: Request, version: str | None = None):
-        start = asyncio.get_running_loop().time()
-        v = v2_version(name, version)
-        body = await read_body(request, limits.max_body_bytes, deadline(start), limits.timeout_s)
-        req = await decode(v2.parse_infer, body, request.headers.get(v2.HEADER), v.model.image_size,
-                           v.batcher.max_batch)
-        v, probs = await predict(v, req.images, start, int(version) if version is not None else None)
-        content, headers = v2.infer_response(name, v.number, req, probs, v.model.classes)
-        return Response(content, headers=headers)
-
-    # ---------------------------------------------------------------- monitoring
-
-    async def prometheus():
-        content, media = metrics.render()
-        return Response(content, media_type=media)
-
-    for path in PATHS:
-        app.add_api_route(path, prometheus, methods=["GET"])
+    app.add_middleware(InflightLimit, limit=service.limits.max_inflight)
+    app.add_middleware(MetricsMiddleware, metrics=service.metrics)  # added last: outermost, so it counts the 503s too
+    app.state.repo, app.state.metrics, app.state.service, app.state.grpc = (service.repo, service.metrics, service,
+                                                                            grpc)
+    for exc_class, handler in ERROR_HANDLERS:
+        app.add_exception_handler(exc_class, handler)
+    for routes in (tfs_routes, v2_routes, monitoring_routes):
+        app.include_router(routes)
     return app
