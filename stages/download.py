@@ -5,6 +5,12 @@ from pathlib import Path
 from flowerpipe.params import Params
 from flowerpipe.pipeline import stage
 
+STAGE = stage.Spec(
+    order=10,
+    params=["data.url", "data.sha256", "data.retries", "data.timeout_s", "data.stall_s", "data.max_extract_mb",
+            "data.max_files"],
+    outs=["${paths.raw}", {stage.record("download"): stage.NO_CACHE}])
+
 CACHE = "data/.cache"
 
 

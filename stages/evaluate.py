@@ -6,6 +6,16 @@ from pathlib import Path
 from flowerpipe.params import Params
 from flowerpipe.pipeline import stage
 
+STAGE = stage.Spec(
+    order=70,
+    deps=["${paths.tfrecords}", stage.MODELS, stage.RECORDS],
+    params=[*stage.SERVED_PARAMS, stage.WANTED, "evaluate", "benchmark.devices", "headline.formats"],
+    outs=[{"${paths.plots}/confusion.csv": stage.NO_CACHE}, {stage.record("evaluate"): stage.NO_CACHE},
+          {stage.record("per_class"): stage.NO_CACHE}],
+    metrics=[{"${paths.metrics}/evaluate.json": stage.NO_CACHE}],
+    plots=[{"Confusion matrix (test split, Keras model)": {
+        "template": "confusion", "x": "actual", "y": {"${paths.plots}/confusion.csv": "predicted"}}}])
+
 
 def main(p: Params) -> None:
     """Read params, do the work, write the outputs dvc.yaml declares."""

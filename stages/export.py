@@ -5,6 +5,12 @@ from pathlib import Path
 from flowerpipe.params import Params
 from flowerpipe.pipeline import stage
 
+STAGE = stage.Spec(
+    order=50,
+    deps=["${paths.model}", "${paths.tfrecords}/manifest.json"],
+    params=stage.SERVED_PARAMS,
+    outs=["${paths.serving}", {stage.record("export"): stage.NO_CACHE}])
+
 
 def main(p: Params) -> None:
     """Read params, do the work, write the outputs dvc.yaml declares."""

@@ -9,6 +9,12 @@ from pathlib import Path
 from flowerpipe.params import Params
 from flowerpipe.pipeline import stage
 
+STAGE = stage.Spec(
+    order=30,
+    deps=["${paths.tfrecords}"],
+    params=[*stage.MODEL_PARAMS, "train.cache_features"],
+    outs=["${paths.features}"])
+
 
 def main(p: Params) -> None:
     """Read params, do the work, write the outputs dvc.yaml declares."""

@@ -5,6 +5,12 @@ from pathlib import Path
 from flowerpipe.params import Params
 from flowerpipe.pipeline import stage
 
+STAGE = stage.Spec(
+    order=90,
+    deps=["${paths.tfrecords}", stage.CPU_MODELS, stage.CPU_RECORDS],
+    params=["data.test_images", *stage.SERVED_PARAMS, "infer"],
+    outs=[{"${paths.reports}/predictions.csv": stage.NO_CACHE}, {stage.record("predictions"): stage.NO_CACHE}])
+
 
 def sample_test_images(p: Params, out: Path, per_class: int = 2) -> Path:
     """Write a few test-split images per class as files, for when no folder of user photos is given."""

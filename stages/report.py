@@ -5,6 +5,19 @@ from pathlib import Path
 from flowerpipe.params import Params
 from flowerpipe.pipeline import stage
 
+STAGE = stage.Spec(
+    order=110,
+    deps=[stage.record("data"), stage.record("train"), stage.record("evaluate"), stage.record("benchmark"),
+          stage.record("serve"), "${paths.plots}/accuracy_latency.csv"],
+    params=["deploy", "serve.min_agreement"],
+    outs=[{"${paths.reports}/summary": stage.NO_CACHE}, {stage.record("recommend"): stage.NO_CACHE},
+          {"${paths.plots}/ship.csv": stage.NO_CACHE}],
+    metrics=[{"${paths.metrics}/deploy.json": stage.NO_CACHE}],
+    plots=[{"Test accuracy against batch-1 latency (ms): the Pareto front above the floors, the recommended format "
+            "ringed": {
+                "template": "labeled_scatter", "x": "latency_ms", "x_label": "batch-1 latency (ms, fastest device)",
+                "y_label": "test accuracy", "y": {"${paths.plots}/ship.csv": "accuracy"}}}])
+
 
 def main(p: Params) -> None:
     """Read params, do the work, write the outputs dvc.yaml declares."""

@@ -5,6 +5,14 @@ from pathlib import Path
 from flowerpipe.params import Params
 from flowerpipe.pipeline import stage
 
+STAGE = stage.Spec(
+    order=100,
+    deps=["${paths.tfrecords}", stage.CPU_MODELS, stage.CPU_RECORDS, stage.record("benchmark"),
+          stage.record("evaluate")],
+    params=[*stage.SERVED_PARAMS, "serve", "deploy.min_accuracy_ratio", "deploy.latency_budget_ms"],
+    outs=[{stage.record("serve"): stage.NO_CACHE}],
+    metrics=[{"${paths.metrics}/serve.json": stage.NO_CACHE}])
+
 
 def beside_benchmark(levels: dict[str, dict], cells: dict[str, dict]) -> dict[str, dict]:
     """Each load level next to the runtime's own figures: c1 against batch-1 latency, cN against batch-N images/s."""

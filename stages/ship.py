@@ -4,6 +4,13 @@ config and its KServe manifests."""
 from flowerpipe.params import Params
 from flowerpipe.pipeline import stage
 
+STAGE = stage.Spec(
+    order=120,
+    deps=[stage.CPU_MODELS, stage.CPU_RECORDS, stage.record("serve"), stage.record("recommend"),
+          stage.record("benchmark")],
+    params=[*stage.SERVED_PARAMS, "serve.max_batch", "serve.batch_window_ms", "ship"],
+    outs=["${paths.ship}"])
+
 
 def main(p: Params) -> None:
     """Read params, do the work, write the outputs dvc.yaml declares."""

@@ -5,6 +5,12 @@ from pathlib import Path
 from flowerpipe.params import Params
 from flowerpipe.pipeline import stage
 
+STAGE = stage.Spec(
+    order=20,
+    deps=["${paths.raw}"],
+    params=["split", "tfrecords"],
+    outs=["${paths.tfrecords}", {stage.record("data"): stage.NO_CACHE}])
+
 
 def main(p: Params) -> None:
     """Read params, do the work, write the outputs dvc.yaml declares."""

@@ -3,6 +3,22 @@
 from flowerpipe.params import Params
 from flowerpipe.pipeline import stage
 
+STAGE = stage.Spec(
+    order=40,
+    deps=["${paths.tfrecords}", "${paths.features}"],
+    params=[*stage.MODEL_PARAMS, "model.dropout", "train"],
+    outs=["${paths.model}", {"${paths.live}/plots": stage.NO_CACHE}, {stage.record("train"): stage.NO_CACHE}],
+    metrics=[{"${paths.live}/metrics.json": stage.NO_CACHE}],
+    plots=[
+        {"Accuracy by epoch (train solid, val dashed)": {
+            "template": "linear", "x": "step", "x_label": "epoch (0 = first)", "y_label": "accuracy",
+            "y": {"${paths.live}/plots/metrics/accuracy.tsv": "accuracy",
+                  "${paths.live}/plots/metrics/val_accuracy.tsv": "val_accuracy"}}},
+        {"Loss by epoch (train solid, val dashed)": {
+            "template": "linear", "x": "step", "x_label": "epoch (0 = first)", "y_label": "loss",
+            "y": {"${paths.live}/plots/metrics/loss.tsv": "loss",
+                  "${paths.live}/plots/metrics/val_loss.tsv": "val_loss"}}}])
+
 
 def main(p: Params) -> None:
     """Read params, do the work, write the outputs dvc.yaml declares."""

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from conftest import ROOT, sh
 
+from flowerpipe.errors import UserError
 from flowerpipe.pipeline import dag
 
 
@@ -66,6 +67,26 @@ def test_params_and_the_formats_import_no_cycle_and_the_first_stages_run_no_form
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for name in ("download", "tfrecords", "features", "train"):  # a converter's edit never retrains
         assert not [d for d in stages[name]["deps"] if d.startswith("flowerpipe/formats")], name
+
+
+def test_dvc_yaml_is_made_without_importing_tensorflow():
+    code = "import sys; from flowerpipe.pipeline import dag; dag.render(); print('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_a_stage_script_without_a_spec_or_with_an_unknown_key_is_one_line_naming_it(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))  # the formats stay this checkout's
+    _write(tmp_path, {"stages/bare.py": "def main(p):\n    pass\n"})
+    with pytest.raises(UserError, match=r"^stages/bare.py: no STAGE = stage.Spec\(...\) and no format's FORMAT"):
+        dag.declarations(tmp_path)
+    _write(tmp_path, {"stages/typo.py": """
+        from flowerpipe.pipeline import stage
+
+        STAGE = stage.Spec(order=1, out=["${paths.raw}"])
+        """})
+    with pytest.raises(UserError, match=r"^stages/typo.py: STAGE: .*unexpected keyword argument 'out'"):
+        dag.declared(tmp_path / "stages/typo.py")
 
 
 def _deps(repo: Path, stage: dict) -> set[str]:
