@@ -348,8 +348,13 @@ def parse_section(cls: type[BaseModel], raw: dict[str, Any], name: str, source: 
         raise ParamsError("\n".join(lines)) from None
 
 
+RENAMED = {"trt": "tensorrt"}  # a section's old name -> its name now: one line for a params.yaml from before
+
+
 def parse(raw: dict[str, Any] | None, source: str = "params.yaml") -> Params:
     """Validate a params mapping; raise ParamsError naming every bad key."""
+    if old := [key for key in raw or {} if key in RENAMED]:
+        raise ParamsError("\n".join(f"{source}: {key}: renamed {RENAMED[key]} (rename the section)" for key in old))
     try:
         return Params.model_validate(raw or {})
     except ValidationError as exc:

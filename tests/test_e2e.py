@@ -100,7 +100,7 @@ def test_each_param_reruns_only_the_stages_that_read_it(project):
         "headline.formats": (["onnx"], {"evaluate", "benchmark"}),
         "model.name": ("roses", {"export", "evaluate", "benchmark", "infer", "serve_check", "ship"}),
         "ship.max_replicas": (8, {"ship"}),
-        "trt.max_batch_size": (8, {"convert_trt"}),
+        "tensorrt.max_batch_size": (8, {"convert_tensorrt"}),
         "train.patience": (2, {"train"}),
         "train.learning_rate": (0.002, {"train"}),  # a head-only change: the features stage's output is reused
         "model.dropout": (0.3, {"train"}),

@@ -44,14 +44,14 @@ def test_every_cpu_format_agrees_with_keras(converted):
     for name in INT8:
         assert table[name]["top1_agreement"] >= 0.75, (name, table[name])
         assert table[name]["max_sum_error"] < 0.02, (name, table[name])
-    trt = json.loads((converted / "reports" / "convert_trt.json").read_text())
+    tensorrt = json.loads((converted / "reports" / "convert_tensorrt.json").read_text())
     assert (converted / "models" / "converted" / "tensorrt" / "status.json").exists()
     for name in ("tensorrt-fp32", "tensorrt-fp16", "tensorrt-int8"):
         if HAS_GPU:  # built and scored on the GPU it runs on
             assert table[name]["status"] == "ok" and table[name]["device"] == "gpu", table[name]
         else:
             assert table[name]["status"] == "skipped" and "GPU" in table[name]["reason"]
-    assert trt["status"] == ("ok" if HAS_GPU else "skipped"), trt
+    assert tensorrt["status"] == ("ok" if HAS_GPU else "skipped"), tensorrt
 
 
 @pytest.mark.slow
@@ -202,7 +202,7 @@ def test_info_lists_each_format_with_the_reason_it_was_skipped(tmp_path, capsys)
 @pytest.mark.parametrize("requested, env, expected", [
     ("auto", "tftrt", "tftrt"), ("auto", "onnx", "onnx"), ("tftrt", "tftrt", "tftrt"), ("onnx", "onnx", "onnx"),
 ])
-def test_trt_backend_selection(requested, env, expected):
+def test_tensorrt_backend_selection(requested, env, expected):
     assert select_backend(requested, ENVS[env]) == expected
 
 
@@ -210,7 +210,7 @@ def test_trt_backend_selection(requested, env, expected):
     ("auto", "none", "no NVIDIA GPU"), ("tftrt", "onnx", "removed from pip TensorFlow"),
     ("onnx", "tftrt", "tensorrt and cuda-python"), ("auto", "bare", "TF-TRT was removed"),
 ])
-def test_trt_skip_reasons(requested, env, reason):
+def test_tensorrt_skip_reasons(requested, env, reason):
     with pytest.raises(Skipped, match=reason):
         select_backend(requested, ENVS[env])
 

@@ -1,7 +1,7 @@
 """The GPU paths for real where an NVIDIA GPU is present (`make test GPU=1`); skipped, with the reason, elsewhere.
 
 They read the shared tiny project, whose `dvc repro` on a GPU machine trains with mixed precision
-(`train.mixed_precision: auto`) and builds TensorRT engines (`convert_trt`).
+(`train.mixed_precision: auto`) and builds TensorRT engines (`convert_tensorrt`).
 """
 
 import contextlib
@@ -84,8 +84,8 @@ def test_gpu_runtime_agrees_with_cpu(trained, images, full_float32, name, bound)
 def test_tensorrt_engine_built_and_agrees_with_its_onnx_source(trained, images, precision, source):
     from flowerpipe.formats.registry import load
 
-    record = json.loads((trained / "reports" / "convert_trt.json").read_text())
-    assert record["status"] == "ok", f"convert_trt skipped on a GPU machine: {record.get('reason')}"
+    record = json.loads((trained / "reports" / "convert_tensorrt.json").read_text())
+    assert record["status"] == "ok", f"convert_tensorrt skipped on a GPU machine: {record.get('reason')}"
     assert record["variants"][f"tensorrt-{precision}"]["status"] == "ok", record["variants"]
     reference = load(variant(trained, source), "cpu").predict(images)
     probs = load(variant(trained, f"tensorrt-{precision}"), "gpu").predict(images)

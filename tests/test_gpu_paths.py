@@ -78,18 +78,17 @@ def test_a_preload_that_fails_is_said_and_the_cpu_fallback_is_a_skip_not_a_cpu_f
     assert "preload_dlls failed: libcudnn.so.9: cannot open shared object file" in caplog.text
 
 
-# ---------------------------------------------------------------- convert_trt leaves the GPU to TensorRT
+# ---------------------------------------------------------------- convert_tensorrt leaves the GPU to TensorRT
 
 
-def test_convert_trt_hides_the_gpu_from_tensorflow_before_its_first_op(tmp_path, monkeypatch):
+def test_convert_tensorrt_hides_the_gpu_from_tensorflow_before_its_first_op(tmp_path, monkeypatch):
     import tensorflow as tf
 
-    from flowerpipe.formats import convert
-    from flowerpipe.formats import tensorrt_format as trt
+    from flowerpipe.formats import convert, tensorrt_format
 
     events: list = []
-    monkeypatch.setattr(trt, "probe", lambda: trt.Environment(gpus=1, tf_has_tensorrt=False, tensorrt_installed=True,
-                                                              cuda_python_installed=True))
+    monkeypatch.setattr(tensorrt_format, "probe", lambda: tensorrt_format.Environment(
+        gpus=1, tf_has_tensorrt=False, tensorrt_installed=True, cuda_python_installed=True))
     monkeypatch.setattr(tf.config, "set_visible_devices", lambda devices, kind=None: events.append(
         ("visible", list(devices), kind)))
 
@@ -99,20 +98,20 @@ def test_convert_trt_hides_the_gpu_from_tensorflow_before_its_first_op(tmp_path,
         yield types.SimpleNamespace(image_size=71, classes=["a", "b"])
 
     monkeypatch.setattr(convert, "context", context)
-    monkeypatch.setattr(trt, "conversions", lambda *args: events.append("tensorrt builds") or {})
+    monkeypatch.setattr(tensorrt_format, "conversions", lambda *args: events.append("tensorrt builds") or {})
     write_params(tmp_path, {})
-    call_stage("convert_trt", tmp_path)
+    call_stage("convert_tensorrt", tmp_path)
     # TensorFlow sees no GPU before its first op, so it takes none of the memory the TensorRT builder needs
     assert events == [("visible", [], "GPU"), "tensorflow's first op", "tensorrt builds"]
 
 
 def test_tf_trt_keeps_the_gpu_for_tensorflow_with_memory_growth(monkeypatch):
-    from flowerpipe.formats import tensorrt_format as trt
+    from flowerpipe.formats import tensorrt_format
     from flowerpipe.measure import devices
 
     grown: list = []
     monkeypatch.setattr(devices, "tensorflow_gpu_missing", lambda: grown.append("memory growth") or "")
-    trt.prepare_tensorflow("tftrt")
+    tensorrt_format.prepare_tensorflow("tftrt")
     assert grown == ["memory growth"]
 
 
@@ -221,8 +220,8 @@ class _Engine:
 
 
 def test_an_engine_runs_a_batch_over_its_profile_in_parts(tmp_path, monkeypatch):
-    """serve.max_batch (64) is over trt.max_batch_size (32): a merged batch of 40 or 64 must still be answered."""
-    from flowerpipe.formats import tensorrt_format as trt
+    """serve.max_batch (64) is over tensorrt.max_batch_size (32): a merged batch of 40 or 64 must still be answered."""
+    from flowerpipe.formats import tensorrt_format
 
     engine = _Engine()
     tensorrt = types.ModuleType("tensorrt")
@@ -237,7 +236,7 @@ def test_an_engine_runs_a_batch_over_its_profile_in_parts(tmp_path, monkeypatch)
     monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
     path = tmp_path / "model_fp16.engine"
     path.write_bytes(b"plan")
-    runner = trt.EngineRunner(Path(path))
+    runner = tensorrt_format.EngineRunner(Path(path))
     assert runner.max_batch == 32 and runner.image_size == 8
     for n, parts in ((64, [32, 32]), (40, [32, 8]), (3, [3])):
         engine.batches.clear()

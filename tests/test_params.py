@@ -52,6 +52,7 @@ def test_weights_none_means_the_scratch_recipes_network_unless_a_key_says_otherw
     ({"train": {"seed": 2**32}}, "train.seed", "less than or equal to 4294967295"),
     ({"benchmark": {"batch_sizes": []}}, "benchmark.batch_sizes", "at least 1 item"),
     ({"serve": {"concurrency": []}}, "serve.concurrency", "at least 1 item"),
+    ({"trt": {"backend": "onnx"}}, "trt", "renamed tensorrt"),  # a params.yaml from before the rename
 ])
 def test_bad_params_name_the_key(raw, key, words):
     with pytest.raises(ParamsError) as err:
@@ -64,7 +65,7 @@ def test_bad_params_name_the_key(raw, key, words):
 @pytest.mark.parametrize("raw, key, words", [
     ({"trian": {}}, "trian", "unknown key"),  # a top-level typo: no stage and no format reads it
     ({"tflite": {"variants": ["int9"]}}, "tflite.variants.0", "'int9'"),  # a format's own section
-    ({"trt": {"precision": ["fp16"]}}, "trt.precision", "unknown key"),
+    ({"tensorrt": {"precision": ["fp16"]}}, "tensorrt.precision", "unknown key"),
     ({"headline": {"formats": ["keras"]}}, "headline.formats", "unknown or reference format 'keras'"),
     ({"infer": {"format": "onnx-int4"}}, "infer.format", "unknown format 'onnx-int4'"),
 ])

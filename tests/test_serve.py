@@ -904,7 +904,7 @@ def test_serve_device_auto_gpu_and_formats_that_never_run_on_one(tmp_path):
     with pytest.raises(FormatError, match="serve.device is gpu, but this format never runs on one"):
         load_served(lite, "gpu")
     if not HAS_GPU:  # a TensorRT engine runs on a GPU or nowhere: one line, not a CPU fallback
-        engine = tmp_path / "trt" / "model.engine"
+        engine = tmp_path / "tensorrt" / "model.engine"
         engine.parent.mkdir()
         engine.write_bytes(b"\0" * 64)
         write_labels(engine, CLASSES)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from flowerpipe.formats import tensorrt_format as trt_format
+from flowerpipe.formats import tensorrt_format
 
 # Removed in TensorRT 11 (NVIDIA, "Migrating from TensorRT 10.x to 11.x": removed Python APIs and replacements).
 REMOVED_FLAGS = {"FP16", "INT8", "BF16", "FP8", "INT4", "FP4", "OBEY_PRECISION_CONSTRAINTS",
@@ -77,7 +77,7 @@ def test_an_engine_is_built_strongly_typed_from_its_precisions_onnx_model(tmp_pa
     monkeypatch.setitem(sys.modules, "tensorrt", _tensorrt_11(calls))
     src = tmp_path / "model.onnx"
     src.write_bytes(b"onnx")
-    out = trt_format.convert_onnx(src, precision, tmp_path / f"model_{precision}.engine", 71, 64, max_batch)
+    out = tensorrt_format.convert_onnx(src, precision, tmp_path / f"model_{precision}.engine", 71, 64, max_batch)
     assert out.read_bytes() == b"engine-bytes"
     names = [name for name, _ in calls]
     assert "builder.create_network" in names and not [n for n in names if n.endswith("set_flag")]
@@ -89,17 +89,17 @@ def test_an_engine_is_built_strongly_typed_from_its_precisions_onnx_model(tmp_pa
 def test_each_precision_is_built_from_the_onnx_model_that_carries_it(tmp_path):
     onnx = {"float32": tmp_path / "a.onnx", "float16": tmp_path / "h.onnx", "int8-symmetric": None}
     ctx = types.SimpleNamespace(image_size=71)
-    jobs = trt_format.conversions("onnx", ctx, ["fp32", "fp16", "int8"], tmp_path, onnx, 64, 8)
+    jobs = tensorrt_format.conversions("onnx", ctx, ["fp32", "fp16", "int8"], tmp_path, onnx, 64, 8)
     assert set(jobs) == {"tensorrt-fp32", "tensorrt-fp16", "tensorrt-int8"}
-    with pytest.raises(trt_format.Skipped, match="onnx.int8_symmetric is off: TensorRT 11 builds a int8 engine"):
+    with pytest.raises(tensorrt_format.Skipped, match="onnx.int8_symmetric is off: TensorRT 11 builds a int8 engine"):
         jobs["tensorrt-int8"][1]()  # no silent fall-back to an uncalibrated float32 "int8" engine
 
 
 def test_tf_trt_reads_the_signatures_real_output_name():
-    assert trt_format.output_name({"output_0": None}) == "output_0"  # Keras model.export names it so
-    assert trt_format.output_name({"probabilities": None, "class_index": None}) == "probabilities"
-    with pytest.raises(trt_format.FormatError, match="none of them probabilities"):
-        trt_format.output_name({"a": None, "b": None})
+    assert tensorrt_format.output_name({"output_0": None}) == "output_0"  # Keras model.export names it so
+    assert tensorrt_format.output_name({"probabilities": None, "class_index": None}) == "probabilities"
+    with pytest.raises(tensorrt_format.FormatError, match="none of them probabilities"):
+        tensorrt_format.output_name({"a": None, "b": None})
 
 
 def _initializers(model) -> dict:

@@ -130,7 +130,7 @@ def conversion_status(p: Params) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for name in CONVERT_RECORDS:
         record = read_json(Path(p.paths.reports) / f"{name}.json", {}) or {}
-        nested = record.get("variants")  # convert_trt nests its per-precision records
+        nested = record.get("variants")  # convert_tensorrt nests its per-precision records
         out.update(nested if isinstance(nested, dict) else record)
     return {k: v for k, v in out.items() if isinstance(v, dict)}
 

@@ -20,7 +20,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 
 
 class Settings(Section):
-    """params.yaml `trt`: TensorRT backend and precisions."""
+    """params.yaml `tensorrt`: TensorRT backend and precisions."""
 
     backend: Literal["auto", "tftrt", "onnx"] = "auto"
     precisions: list[Literal["fp32", "fp16", "int8"]] = list(PRECISIONS)
@@ -51,7 +51,7 @@ def import_tensorrt():
 
 
 def prepare_tensorflow(backend: str) -> None:
-    """Before TensorFlow's first op in convert_trt: the GPU stays TensorRT's.
+    """Before TensorFlow's first op in convert_tensorrt: the GPU stays TensorRT's.
 
     The ONNX backend needs TensorFlow only on the CPU (loading the Keras model, reading calibration images), so
     TensorFlow sees no GPU at all; without this it would take nearly all of the GPU's memory at its first op and
@@ -240,7 +240,7 @@ class EngineRunner(Runner):
         return ptr
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities; a batch over the engine's profile (trt.max_batch_size when it was built) runs in parts of
+        """Probabilities; a batch over the engine's profile (tensorrt.max_batch_size when it was built) runs in parts of
         that size, so a server merging up to serve.max_batch images, or a larger benchmark batch, never fails."""
         x = np.ascontiguousarray(images, dtype=np.float32)
         if len(x) <= self.max_batch:
@@ -312,7 +312,7 @@ DEVICES = {"cpu": "TensorRT runs on NVIDIA GPUs only", "gpu": ""}
 
 
 def built_path(p, precision: str) -> Path:
-    """Where convert_trt put a precision: the backend it used is recorded beside the engines."""
+    """Where convert_tensorrt put a precision: the backend it used is recorded beside the engines."""
     folder = Path(p.paths.converted) / "tensorrt"
     backend = (read_json(folder / "status.json", {}) or {}).get("backend") or "onnx"
     return folder / filename(backend, precision)
@@ -323,16 +323,16 @@ def load(path: Path, option: str = "fp32", device: str = "gpu", threads: int = 0
     if DEVICES.get(device):
         raise Skipped(DEVICES[device])
     if not Path(path).exists():
-        raise Skipped(f"{path}: no TensorRT model was built (see reports/convert_trt.json)")
+        raise Skipped(f"{path}: no TensorRT model was built (see reports/convert_tensorrt.json)")
     return TFTRTRunner(path) if Path(path).is_dir() else EngineRunner(path)
 
 
 FORMAT = Format(
     family="tensorrt", options=PRECISIONS, path=built_path,
     precision={"fp32": "float32", "fp16": "float16", "int8": "int8"}, devices=DEVICES, platform="tensorrt_plan",
-    suffixes=(".plan", ".engine"), order=5, stage="convert_trt", outs=("${paths.converted}/tensorrt",),
+    suffixes=(".plan", ".engine"), order=5, stage="convert_tensorrt", outs=("${paths.converted}/tensorrt",),
     stage_deps=("${paths.model}", "${paths.tfrecords}", "${paths.converted}/onnx"),
-    stage_params=("model.image_size", "onnx.float16", "onnx.int8_symmetric"), section="trt", settings=Settings,
-    wanted=lambda p: list(FORMAT.settings_of(p).precisions), wanted_params=("trt.precisions",),
+    stage_params=("model.image_size", "onnx.float16", "onnx.int8_symmetric"), section="tensorrt", settings=Settings,
+    wanted=lambda p: list(FORMAT.settings_of(p).precisions), wanted_params=("tensorrt.precisions",),
     option_of=lambda path: path.stem.rsplit("_", 1)[-1],
 )
