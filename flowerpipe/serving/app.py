@@ -18,7 +18,7 @@ from flowerpipe import __version__
 from flowerpipe.serving import tfs, v2
 from flowerpipe.serving.errors import RequestError
 from flowerpipe.serving.metrics import PATHS, MetricsMiddleware
-from flowerpipe.serving.repository import Repository, Version
+from flowerpipe.serving.repository import Repository, Version, requested_version
 from flowerpipe.serving.service import Limits, Service
 
 __all__ = ["Limits", "create_app"]
@@ -212,9 +212,7 @@ async def v2_ready(request: Request):
 
 def v2_version(service: Service, name: str, version: str | None) -> Version:
     """The version a V2 path names (its number as text), or the one the repository serves by default."""
-    if version is not None and not (version.isdigit() and len(version) < 19):
-        raise RequestError(f"version must be a number, got {version!r}", 400)
-    return service.model(name).resolve(int(version) if version is not None else None)
+    return service.model(name).resolve(requested_version(version))
 
 
 @v2_routes.get("/v2/models/{name}")
@@ -243,7 +241,7 @@ async def v2_infer(name: str, request: Request, version: str | None = None):
     body = await read_body(request, limits.max_body_bytes, service.deadline(start), limits.timeout_s)
     req = await service.decode(v2.parse_infer, body, request.headers.get(v2.HEADER), v.model.image_size,
                                v.batcher.max_batch)
-    v, probs = await service.predict(v, req.images, start, int(version) if version is not None else None)
+    v, probs = await service.predict(v, req.images, start, requested_version(version))
     content, headers = v2.infer_response(name, v.number, req, probs, v.model.classes)
     return Response(content, headers=headers)
 
