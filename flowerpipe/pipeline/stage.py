@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from flowerpipe.errors import UserError, is_user_error
+from flowerpipe.errors import UserError, exit_code
 from flowerpipe.jsonio import read_json, write_json  # noqa: F401  (re-exported: stage scripts use stage.write_json)
 from flowerpipe.params import Params, ParamsError, load
 from flowerpipe.pipeline.guard import Guarded, declared, sections
@@ -36,33 +36,31 @@ def stage_params(name: str, params_file: str | Path, dvc_yaml: Path) -> Params:
 
 
 def run(main: Callable[[Params], None], params_file: str = "params.yaml", tensorflow: bool = True) -> None:
-    """Run a stage's main(params); known errors become one line on stderr and exit code 1."""
+    """Run a stage's main(params) under errors.exit_code: a user's error is one line and exit 1, Ctrl-C 130."""
     script = Path(inspect.getsourcefile(main) or sys.argv[0]).resolve()
     main_thread = threading.current_thread() is threading.main_thread()
     # SIGTERM unwinds like Ctrl-C: temp folders are removed, worker processes stopped. SIGINT is set too: a shell
     # without job control starts a background command (`make test &`, nohup, CI runners) with SIGINT ignored.
     previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGINT)} if main_thread else {}
     start = time.perf_counter()
-    try:
+
+    def stage() -> None:
         quiet_tensorflow(preload=tensorflow)
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         logging.getLogger("httpx").setLevel(logging.WARNING)
         main(stage_params(script.stem, os.environ.get("FLOWERPIPE_PARAMS", params_file),
                           script.parents[1] / "dvc.yaml"))
         print(f"stage {script.stem} done in {time.perf_counter() - start:.1f}s", flush=True)
-    except KeyboardInterrupt:
-        print(f"error: stage {script.stem} interrupted; its previous outputs are kept", file=sys.stderr)
-        sys.exit(130)
-    except Exception as exc:  # ours, or disk full, permissions, a vanished file: the system's words name it
-        if not is_user_error(exc):
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
+
+    try:
+        code = exit_code(stage, interrupted=f"stage {script.stem} interrupted; its previous outputs are kept")
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         if os.environ.get("FLOWERPIPE_TRACE_IMPORTS"):
             _trace_imports(script, Path(os.environ["FLOWERPIPE_TRACE_IMPORTS"]))
+    if code:
+        sys.exit(code)
 
 
 def _trace_imports(script: Path, folder: Path) -> None:
