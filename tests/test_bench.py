@@ -103,6 +103,30 @@ def test_each_cell_is_a_share_of_its_own_devices_and_precisions_peak():
     assert peaks.needed(cells) == {"cpu": ["float32", "int8"], "gpu": ["float16"]}
 
 
+def test_a_cell_is_skipped_for_its_conversion_or_device_and_a_timed_one_is_a_share_of_its_peak_in_batch_order():
+    from pathlib import Path
+
+    from flowerpipe.formats.base import Variant
+    from flowerpipe.measure.benchmark import plan, with_shares
+
+    onnx, trt = Variant("onnx", "onnx", "float32", Path("m.onnx")), Variant("tensorrt-fp16", "tensorrt", "fp16",
+                                                                           Path("m.trt"))
+    converted = {"onnx": {"status": "skipped", "reason": "onnx-tf is not installed"}, "tensorrt-fp16": {"status": "ok"}}
+    reasons = {(v.name, d): r for v, d, r in plan([onnx, trt], ["cpu"], converted)}
+    assert reasons[("onnx", "cpu")] == "onnx-tf is not installed"  # the conversion's reason, not the device's
+    assert reasons[("tensorrt-fp16", "cpu")] and reasons[("tensorrt-fp16", "cpu")] != "onnx-tf is not installed"
+    assert plan([onnx], ["cpu"], {"onnx": {"status": "skipped"}})[0][2] == "skipped by its conversion stage"
+    assert plan([onnx], ["cpu"], {})[0][2] == ""
+    timed = {"16": {"status": "ok", "latency_ms_median": 400.0}, "2": {"status": "ok", "latency_ms_median": 50.0},
+             "8": {"status": "skipped", "reason": "out of memory"}}
+    peak = {"cpu": {"float32": {"status": "ok", "gflops": 40.0}}}
+    cells = with_shares(timed, 1e9, peak, "cpu", "float32")  # 1 GFLOP an image: 2 images in 50 ms is 40 GFLOP/s
+    assert list(cells) == ["2", "8", "16"]
+    assert cells["2"] == {"status": "ok", "latency_ms_median": 50.0, "gflops": 40.0, "peak": "cpu/float32",
+                          "fraction_of_peak": 1.0}
+    assert cells["16"]["fraction_of_peak"] == 1.0 and "gflops" not in cells["8"]
+
+
 def test_a_gpu_peak_is_never_a_cpu_figure(monkeypatch):
     """Where TensorFlow says it has a GPU but runs the matmul elsewhere, the GPU peak is skipped with where it ran."""
     from flowerpipe.measure import devices, peaks
