@@ -18,16 +18,15 @@ STAGE = stage.Spec(
 
 def main(p: Params) -> None:
     """Read params, do the work, write the outputs dvc.yaml declares."""
-    from flowerpipe.data.tfrecord import atomic_dir
     from flowerpipe.model.build import features_model, resolve_weights
-    from flowerpipe.pipeline.outputs import check_outputs
+    from flowerpipe.pipeline.outputs import atomic, check_outputs
     from flowerpipe.quiet import quiet_tensorflow
     from flowerpipe.training import features
 
     out = Path(p.paths.features)
     check_outputs({"paths.features": out}, {"paths.tfrecords": p.paths.tfrecords})
-    tmp, commit, abort = atomic_dir(out)  # the previous features stay until the new ones are complete
-    try:
+    with atomic(out) as tmp:  # the previous features stay until the new ones are complete
+        tmp.mkdir()
         if resolve_weights(p.model.weights) is None:
             features.skip(tmp, "model.weights is none: training from scratch has no frozen-backbone phase")
         elif not p.train.cache_features:
@@ -36,10 +35,6 @@ def main(p: Params) -> None:
             quiet_tensorflow()  # now that it is needed: imported with its start-up notices hidden
             feats, secs = features.extract(features_model(p.model), Path(p.paths.tfrecords), p.model.image_size)
             features.save(tmp, feats, features.key(p.model, Path(p.paths.tfrecords)), secs)
-    except BaseException:
-        abort()
-        raise
-    commit()
     record = stage.read_json(out / features.RECORD)
     if record["status"] == "ok":
         print(f"features of {record['train']['images']} train images in {record['seconds']}s -> {out}")

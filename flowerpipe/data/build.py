@@ -15,10 +15,10 @@ from flowerpipe.data.archive import NOT_UTF8, bad_class_folder, shown
 from flowerpipe.data.download import find_class_root
 from flowerpipe.data.images import Checked, ImageCaps, check_image
 from flowerpipe.data.split import SPLITS, stratified_split
-from flowerpipe.data.tfrecord import Manifest, atomic_dir, write_shards
+from flowerpipe.data.tfrecord import Manifest, write_shards
 from flowerpipe.errors import UserError
 from flowerpipe.params import Split
-from flowerpipe.pipeline.outputs import clean_stale
+from flowerpipe.pipeline.outputs import atomic, clean_stale
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +137,8 @@ def build(raw: Path, out: Path, split: Split, shard_mb: int, workers: int = 0,
     check_classes(classes, files, good, split)
     parts = stratified_split(good, split.val, split.test, split.seed)
     clean_stale(out)
-    tmp, commit, abort = atomic_dir(out)
-    try:
+    with atomic(out) as tmp:
+        tmp.mkdir()
         splits = {}
         for name in SPLITS:
             recs = [(checked[r], label) for r, label in parts[name]]
@@ -152,8 +152,4 @@ def build(raw: Path, out: Path, split: Split, shard_mb: int, workers: int = 0,
                             split_params={"val": split.val, "test": split.test, "seed": split.seed},
                             hidden_ignored=hidden)
         manifest.write(tmp)
-    except BaseException:
-        abort()
-        raise
-    commit()
     return manifest

@@ -12,7 +12,7 @@ from urllib.parse import unquote, urlparse
 from flowerpipe.data import IMAGE_SUFFIXES, archive
 from flowerpipe.data.archive import Caps
 from flowerpipe.data.http import CHUNK, DownloadError, Limits, download
-from flowerpipe.pipeline.outputs import clean_stale, replace_dir
+from flowerpipe.pipeline.outputs import atomic, clean_stale
 
 __all__ = ["DownloadError", "Caps", "Limits", "Source", "ExtractReport", "fetch", "extract", "find_class_root",
            "local_path", "sha256_file", "IMAGE_SUFFIXES"]
@@ -158,7 +158,7 @@ def extract(source: Source, out: Path, caps: Caps | None = None) -> ExtractRepor
     caps = caps or Caps()
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(out)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp, atomic(out) as staged:
         unpacked = Path(tmp) / "unpacked"
         unpacked.mkdir()
         if source.kind == "folder":
@@ -173,7 +173,6 @@ def extract(source: Source, out: Path, caps: Caps | None = None) -> ExtractRepor
             raise DownloadError(f"no class folders with images found in {source.path} (expected <class>/<image> "
                                 "folders)" + (f"; not extracted: {left_out}" if left_out else "")) from None
         _check_class_names(refused, root.relative_to(unpacked).parts, str(source.path))
-        staged = Path(tmp) / "staged"
         staged.mkdir()
         classes = []
         for d in _visible_dirs(root):
@@ -186,5 +185,4 @@ def extract(source: Source, out: Path, caps: Caps | None = None) -> ExtractRepor
             os.replace(d, staged / d.name)
         if len(classes) < 2:
             raise DownloadError(f"found {len(classes)} class folder(s) with files in {source.path}; need at least 2")
-        replace_dir(staged, out)
     return ExtractReport(classes, refused, hidden)

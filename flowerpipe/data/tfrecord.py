@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +11,6 @@ from pathlib import Path
 import numpy as np
 
 from flowerpipe.data.images import Checked, decode_resize
-from flowerpipe.pipeline.outputs import replace_dir
 
 MANIFEST = "manifest.json"
 
@@ -82,21 +79,6 @@ class Manifest:
     def count(self, split: str) -> int:
         """Images in a split."""
         return int(self.splits[split]["count"])
-
-
-def atomic_dir(out: Path):
-    """A temp folder beside out; call the returned commit() to rename it into place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-
-    def commit() -> None:
-        tmp.chmod(0o755)
-        replace_dir(tmp, out)
-
-    def abort() -> None:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-    return tmp, commit, abort
 
 
 def _parse(serialized, image_size: int):

@@ -54,7 +54,7 @@ def clean_stale(out: Path) -> None:
                 shutil.rmtree(stale, ignore_errors=True)
 
 
-def replace_dir(new: Path, out: Path) -> None:
+def _replace_dir(new: Path, out: Path) -> None:
     """Put folder new at out: the previous out is moved aside first, so either it or new is always in place."""
     old = out.with_name(f".{out.name}.old")
     if old.exists():
@@ -75,7 +75,7 @@ def _remove(path: Path) -> None:
 @contextlib.contextmanager
 def atomic(out: str | Path) -> Iterator[Path]:
     """The one write-then-rename: a temp path beside out (a file or a folder, with out's suffix, which some writers
-    read) to write at; it takes out's name when the block ends, a folder through replace_dir so that out is never
+    read) to write at; it takes out's name when the block ends, a folder through _replace_dir so that out is never
     missing, and is removed when the block raises, so a crash or Ctrl-C leaves the previous out (or none)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -84,7 +84,7 @@ def atomic(out: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         if tmp.is_dir() and not tmp.is_symlink():
-            replace_dir(tmp, out)
+            _replace_dir(tmp, out)
         else:
             os.replace(tmp, out)
     except BaseException:
