@@ -102,6 +102,33 @@ def test_the_batcher_setting_kept_is_the_most_requests_within_the_budget():
     assert best_under_budget(settings, ["c8"], 50) == {"c8": {"none": "no setting answers c8 within p99 50 ms"}}
 
 
+def test_serve_check_sets_each_level_beside_the_benchmark_and_fails_on_any_bad_level_or_setting():
+    from flowerpipe.measure.serve_check import Checked, beside_benchmark
+
+    def level(p50, rps, errors=0, mismatches=0):
+        return {"requests": 40, "errors": errors, "mismatches": mismatches, "latency_ms_p50": p50,
+                "latency_ms_p99": 2 * p50, "throughput_rps": rps}
+
+    levels = {"c1": level(30.5, 33), "c8": level(80, 100)}
+    cells = {"b1": cell(25, 40), "b8": cell(160, 50), "b4": cell(90, 44)}
+    assert beside_benchmark(levels, cells) == {
+        "c1": {"runtime_batch1_ms": 25, "added_ms_p50": 5.5, "runtime_batch1_ips": 40, "fraction_of_runtime": 0.825},
+        "c8": {"runtime_batch8_ips": 50, "fraction_of_runtime": 2.0}}
+    assert beside_benchmark(levels, {"b1": {"status": "skipped"}}) == {"c1": {}, "c8": {}}
+    answers = {"rest": {"top1_agreement": 1.0, "max_prob_diff": 1e-6}}
+    settings = [{"max_batch": 8, "batch_window_ms": 2.0, "c1": level(30, 33), "c8": level(90, 90, mismatches=1)}]
+    checked = Checked("onnx", 16, answers, levels, {"c1": level(9, 110, errors=2), "c8": level(20, 400)}, settings,
+                      best={}, compared=beside_benchmark(levels, cells), budget_ms=100)
+    assert checked.failures() == ["gRPC c1", "max_batch 8 window 2 c8"] and checked.agrees()
+    assert checked.lines()[1] == ("c1: 40 b64 JPEG requests, 0 errors, 0 mismatches, p50 30.5 ms, p99 61.0 ms, "
+                                  "33.0 req/s; runtime_batch1_ms 25, added_ms_p50 5.5, runtime_batch1_ips 40, "
+                                  "fraction_of_runtime 0.825")
+    worse = Checked("onnx", 16, {**answers, "grpc": {"top1_agreement": 0.9375, "max_prob_diff": 0.2}}, levels, {}, [],
+                    best={}, compared=beside_benchmark(levels, cells), budget_ms=100)
+    assert worse.failures() == [] and not worse.agrees()
+    assert worse.record()["tuning"] == {"budget_ms": 100, "settings": [], "best": {}}
+
+
 def test_recommend_command_prints_text_and_json(tmp_path, capsys):
     from flowerpipe.cli import main
 
