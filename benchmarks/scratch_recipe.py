@@ -85,8 +85,10 @@ def one_run(data_dir: Path, minutes: float, sets: dict[str, object], work: Path)
     manifest = json.loads((data_dir / "manifest.json").read_text())
     n = {s: manifest["splits"][s]["count"] for s in ("val", "test")}
     acc = {s: accuracy_on(model, data_dir, s, size, batch) for s in n}
+    flip = {s: accuracy_on(model, data_dir, s, size, batch, flip=True) for s in n}
     last = result.history[-1] if result.history else {}
     return {"heldout": sum(acc[s] * n[s] for s in n) / sum(n.values()), "heldout_images": sum(n.values()),
+            "heldout_flip": sum(flip[s] * n[s] for s in n) / sum(n.values()),
             **acc, "train_accuracy": last.get("accuracy"), "epochs": result.epochs_run, "seconds": round(seconds, 1),
             "images_per_second": round(result.images_seen / max(result.train_seconds, 1e-9), 2)}
 
@@ -101,7 +103,8 @@ def table(rows: list[dict], names: list[str]) -> str:
     """Mean and spread per config, and the paired difference from the config it adds one choice to."""
     by = {(r["config"], r["split"]): r for r in rows}
     lines = ["| config | splits | held-out accuracy, mean ± sd | per split | paired change | "
-             "last epoch's train acc | epochs | train images/s |", "|---|---|---|---|---|---|---|---|"]
+             "flip-averaged (2x inference), change | last epoch's train acc | epochs | train images/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name in names:
         mine = sorted((r for r in rows if r["config"] == name), key=lambda r: r["split"])
         if not mine:
@@ -114,8 +117,11 @@ def table(rows: list[dict], names: list[str]) -> str:
             f"{statistics.mean(diffs):+.3f}" + (f" ± {statistics.stdev(diffs):.3f}" if len(diffs) > 1 else "")
             + f" vs {base}")
         train = [r["train_accuracy"] for r in mine if r.get("train_accuracy") is not None]
+        flips = [(r["heldout_flip"], r["heldout_flip"] - r["heldout"]) for r in mine if "heldout_flip" in r]
+        flip = (f"{statistics.mean(f for f, _ in flips):.3f}, {statistics.mean(d for _, d in flips):+.3f}"
+                if flips else "")
         lines.append(f"| {name} | {len(mine)} | {statistics.mean(acc):.3f} ± {sd:.3f} | "
-                     + " ".join(f"{a:.3f}" for a in acc) + f" | {diff} | "
+                     + " ".join(f"{a:.3f}" for a in acc) + f" | {diff} | {flip} | "
                      + (f"{statistics.mean(train):.2f}" if train else "") + " | "
                      + f"{statistics.mean(r['epochs'] for r in mine):.1f} | "
                      + f"{statistics.mean(r['images_per_second'] for r in mine):.1f} |")

@@ -28,7 +28,10 @@ def test_table_pairs_each_choice_with_the_config_it_adds_to_on_the_same_splits()
     rows = [{"config": c, "split": s, "heldout": acc, "train_accuracy": 0.9, "epochs": 10, "images_per_second": 20}
             for c, s, acc in [("base", 1, 0.70), ("base", 2, 0.60), ("crop", 1, 0.75), ("crop", 2, 0.60),
                               ("crop+ema", 1, 0.80), ("crop+ema", 2, 0.70)]]
+    for row in rows[4:]:
+        row["heldout_flip"] = row["heldout"] + 0.01 * row["split"]  # test-time flips: +0.01 and +0.02
     lines = recipe.table(rows, ["base", "crop", "crop+ema"]).splitlines()
     assert lines[2].startswith("| base | 2 | 0.650 ± 0.071 | 0.700 0.600 |  |")
     assert "+0.025 ± 0.035 vs base" in lines[3]  # +0.05 and 0.00 on the same splits
     assert "+0.075 ± 0.035 vs crop" in lines[4]  # crop+ema against crop, not against base
+    assert "| 0.765, +0.015 |" in lines[4] and "vs base |  | 0.90 |" in lines[3]  # flips: mean and change, or none

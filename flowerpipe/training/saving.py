@@ -32,10 +32,14 @@ def inference_copy(model):
     return copy
 
 
-def accuracy_on(model, data_dir: Path, split: str, image_size: int, batch: int) -> float:
-    """Top-1 accuracy of a model on one split (the saved weights' own figure, not an epoch's)."""
+def accuracy_on(model, data_dir: Path, split: str, image_size: int, batch: int, flip: bool = False) -> float:
+    """Top-1 accuracy of a model on one split (the saved weights' own figure, not an epoch's); flip: of the mean of
+    its answers for each photo and its mirror image (test-time flip averaging, twice the inference)."""
     right = total = 0
     for x, y in tfrecord.dataset(data_dir, split, image_size, batch):
-        right += int((model(x, training=False).numpy().argmax(1) == y.numpy()).sum())
+        probs = model(x, training=False).numpy()
+        if flip:
+            probs = probs + model(x[:, :, ::-1, :], training=False).numpy()
+        right += int((probs.argmax(1) == y.numpy()).sum())
         total += len(y)
     return right / total if total else 0.0
