@@ -109,10 +109,10 @@ def test_a_cell_is_skipped_for_its_conversion_or_device_and_a_timed_one_is_a_sha
     from flowerpipe.formats.base import Variant
     from flowerpipe.measure.benchmark import plan, with_shares
 
-    onnx, trt = Variant("onnx", "onnx", "float32", Path("m.onnx")), Variant("tensorrt-fp16", "tensorrt", "fp16",
-                                                                           Path("m.trt"))
+    onnx = Variant("onnx", "onnx", "float32", Path("m.onnx"))
+    tensorrt = Variant("tensorrt-fp16", "tensorrt", "fp16", Path("m.engine"))
     converted = {"onnx": {"status": "skipped", "reason": "onnx-tf is not installed"}, "tensorrt-fp16": {"status": "ok"}}
-    reasons = {(v.name, d): r for v, d, r in plan([onnx, trt], ["cpu"], converted)}
+    reasons = {(v.name, d): r for v, d, r in plan([onnx, tensorrt], ["cpu"], converted)}
     assert reasons[("onnx", "cpu")] == "onnx-tf is not installed"  # the conversion's reason, not the device's
     assert reasons[("tensorrt-fp16", "cpu")] and reasons[("tensorrt-fp16", "cpu")] != "onnx-tf is not installed"
     assert plan([onnx], ["cpu"], {"onnx": {"status": "skipped"}})[0][2] == "skipped by its conversion stage"
