@@ -496,3 +496,34 @@ def test_training_input_decodes_once_and_never_upsamples_a_crop_past_its_cap(tin
     assert (bw * w >= np.minimum(w, 71 / 1.5) - 1e-3).all() and (bh * h >= np.minimum(h, 71 / 1.5) - 1e-3).all()
     assert (bw[0::4] == 1).all() and (bh[0::4] == 1).all()  # a 32 px photo is never cropped: 71 / 1.5 > 32
     assert bw[3::4].min() < 0.6 and bw[1::4].min() >= 1 / 1.5 - 1e-6  # 1000 px: strong crops; 71 px: mild ones
+
+
+def test_progressive_resizing_trains_smaller_batches_first_and_saves_a_model_of_the_training_size(tiny_records,
+                                                                                                  caplog):
+    from flowerpipe.params import load
+    from flowerpipe.training.input import Progressive
+    from flowerpipe.training.loops import _datasets
+    from flowerpipe.training.run import fit
+    from flowerpipe.training.saving import inference_copy
+    from flowerpipe.training.throughput import training_flops
+
+    _prepare(tiny_records, "default")
+    folder = tiny_records / "data" / "tfrecords"
+    p = load(tiny_records / "params.yaml")
+    progressive = Progressive(71, 0.5, switch_step=2)
+    ds, _ = _datasets(folder, 71, 4, p.train, True, 5, scratch=True, progressive=progressive)
+    assert [x.shape[1:3] for x, _ in ds.take(3)] == [(32, 32), (32, 32), (71, 71)]
+    progressive.switch_at(5)  # a later switch never moves an earlier one back
+    assert int(progressive.switch.numpy()) == 2 and progressive.switched
+
+    train = p.train.model_copy(update={"scratch_progressive": 0.5, "scratch_minutes": 0.0, "scratch_epochs": 2})
+    with caplog.at_level("INFO"):
+        model, result, _ = fit(folder, p.model, train, tiny_records / "ckpt", FakeLive())
+    assert model.input_shape == (None, None, None, 3) and result.epochs_run == 2
+    assert "32 px for the first half of the phase (by its epochs), then 71 px" in caplog.text
+    small, full = (training_flops(model, size)["train_step"] for size in (32, 71))
+    assert small < full / 4 and result.flops == result.images_seen // 2 * (small + full)  # epoch 1 small, 2 full
+    saved = inference_copy(model, 71)
+    assert saved.input_shape == (None, 71, 71, 3)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 71, 71, 3)).astype(np.float32)
+    assert np.allclose(saved(x).numpy(), model(x).numpy().astype(np.float32), atol=2e-2)

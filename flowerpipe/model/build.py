@@ -39,11 +39,12 @@ def resolve_weights(weights: str) -> str | None:
     return weights
 
 
-def build_backbone(m: Model):
-    """The headless backbone with global average pooling (Xception at any width and depth, else keras.applications)."""
+def build_backbone(m: Model, any_size: bool = False):
+    """The headless backbone with global average pooling (Xception at any width and depth, else keras.applications);
+    any_size: for images of any height and width, not only model.image_size."""
     import keras
 
-    size, weights = m.image_size, resolve_weights(m.weights)
+    size, weights = None if any_size else m.image_size, resolve_weights(m.weights)
     try:
         if m.arch == "xception":
             return xception.build(size, m.width, m.middle_blocks, weights)
@@ -64,12 +65,13 @@ def build_backbone(m: Model):
                         "from scratch with model.weights=none") from None
 
 
-def build_model(m: Model, num_classes: int, bn_momentum: float | None = None):
-    """Raw-pixel classifier: scaling, backbone (in inference mode when pretrained), dropout, softmax head."""
+def build_model(m: Model, num_classes: int, bn_momentum: float | None = None, any_size: bool = False):
+    """Raw-pixel classifier: scaling, backbone (in inference mode when pretrained), dropout, softmax head; any_size:
+    one that takes images of any size (progressive resizing trains one; saving.inference_copy fixes its size)."""
     import keras
 
-    arch, image_size, dropout = m.arch, m.image_size, m.dropout
-    backbone = build_backbone(m)
+    arch, image_size, dropout = m.arch, None if any_size else m.image_size, m.dropout
+    backbone = build_backbone(m, any_size)
     pretrained = resolve_weights(m.weights) is not None
     if bn_momentum is not None:
         for layer in backbone.layers:

@@ -17,7 +17,7 @@ def is_standard(width: float, middle_blocks: int) -> bool:
     return width == STANDARD_WIDTH and middle_blocks == STANDARD_MIDDLE_BLOCKS
 
 
-def build(image_size: int, width: float = STANDARD_WIDTH, middle_blocks: int = STANDARD_MIDDLE_BLOCKS,
+def build(image_size: int | None, width: float = STANDARD_WIDTH, middle_blocks: int = STANDARD_MIDDLE_BLOCKS,
           weights: str | None = None):
     """Headless Xception with global average pooling; the standard size is keras.applications.Xception itself.
 
@@ -35,7 +35,7 @@ def build(image_size: int, width: float = STANDARD_WIDTH, middle_blocks: int = S
     return model
 
 
-def scaled(image_size: int, width: float, middle_blocks: int):
+def scaled(image_size: int | None, width: float, middle_blocks: int):
     """The Xception graph with scaled channels and middle flow, every layer named (so saved weights reload)."""
     import keras
 

@@ -14,7 +14,7 @@ from flowerpipe.model.build import OUTPUT_NAME, batch_norm_layers, feature_extra
 from flowerpipe.params import Model, Train
 from flowerpipe.training.checkpoints import Checkpoints
 from flowerpipe.training.epochs import EpochLog, Result
-from flowerpipe.training.input import Augment, Cache, build_cache, cache_side, train_dataset
+from flowerpipe.training.input import Augment, Cache, Progressive, build_cache, cache_side, train_dataset
 from flowerpipe.training.schedule import (
     EpochBudget,
     TimeBudget,
@@ -63,7 +63,8 @@ def augmentation(train: Train, image_size: int, augment: bool, scratch: bool) ->
 
 
 def _datasets(data_dir: Path, image_size: int, global_batch: int, train: Train, augment: bool, num_classes: int,
-              replicas: int = 1, n_val: int = 0, scratch: bool = False, cache: Cache | None = None):
+              replicas: int = 1, n_val: int = 0, scratch: bool = False, cache: Cache | None = None,
+              progressive: Progressive | None = None):
     """Train and val datasets with one-hot labels (for label smoothing), sharded by data for multi-worker.
 
     The train split is decoded once into an in-memory cache (flowerpipe.training.input; pass `cache` to reuse one
@@ -81,7 +82,7 @@ def _datasets(data_dir: Path, image_size: int, global_batch: int, train: Train, 
     side = cache_side(image_size, aug.crop_area)
     if cache is None or cache.images.shape[1] != side:
         cache = build_cache(data_dir, "train", side)
-    train_ds = train_dataset(cache, aug, global_batch, train.seed)
+    train_ds = train_dataset(cache, aug, global_batch, train.seed, progressive)
     if augment and scratch and train.scratch_randaugment:
         rand = keras.layers.RandAugment(value_range=(0, 255), num_ops=2, factor=train.scratch_randaugment,
                                         seed=train.seed)
@@ -143,10 +144,10 @@ class Run:
     result: Result
     features_dir: Path | None = None  # the features stage's output, reused when it matches this backbone and data
 
-    def datasets(self, phase: str):
+    def datasets(self, phase: str, progressive: Progressive | None = None):
         """Train and val datasets for a fit() phase (augmented when train.augment is on)."""
         return _datasets(self.data_dir, self.m.image_size, self.batch, self.p, self.p.augment, self.num_classes,
-                         self.result.replicas, self.n_val, scratch=phase == "scratch")
+                         self.result.replicas, self.n_val, scratch=phase == "scratch", progressive=progressive)
 
     def callbacks(self, phase: str, images_per_epoch: int, has_val: bool) -> list:
         """The epoch log first (so an epoch is recorded before its backup), then resume and early stopping."""
@@ -197,8 +198,9 @@ def fit_phase(run: Run, model, phase: str, epochs: int, lr: float) -> None:
         if clock is not None:
             run.result.budget_epochs = len(run.ckpt.history(phase))
         return
-    train_ds, val_ds = run.datasets(phase)
-    run.log.step_flops = training_flops(model)["train_step"]
+    progressive = progressive_for(run, phase, clock, epochs - len(trained), steps)
+    train_ds, val_ds = run.datasets(phase, progressive)
+    run.log.step_flops = training_flops(model, run.m.image_size)["train_step"]
     decay = run.p.scratch_weight_decay if phase == "scratch" else 0.0
     ema = run.p.scratch_ema if phase == "scratch" else 0.0
     with run.strategy.scope():
@@ -208,8 +210,11 @@ def fit_phase(run: Run, model, phase: str, epochs: int, lr: float) -> None:
         else:
             _compile(model, lr, run.p.label_smoothing, decay, ema)
             callbacks = run.callbacks(phase, min(run.n_train, steps * run.batch), run.n_val > 0)
+            if progressive is not None:  # first: each epoch's FLOPs at the size it trains at
+                callbacks.insert(0, _progressive_flops(progressive, run.log, training_flops(
+                    model, progressive.small)["train_step"], run.log.step_flops))
             if clock is not None:  # an interrupted run's epochs count against the budget
-                callbacks.append(_clock_callback(clock, started - sum(trained), epochs, steps))
+                callbacks.append(_clock_callback(clock, started - sum(trained), epochs, steps, progressive))
             model.fit(train_ds, validation_data=val_ds if run.n_val else None, epochs=epochs, steps_per_epoch=steps,
                       verbose=2, callbacks=callbacks)
             if ema:
@@ -231,14 +236,53 @@ def refresh_batch_norm(model, train_ds, steps: int) -> None:
     log.info("EMA weights: BatchNorm statistics recomputed over %d training batches", steps)
 
 
-def _clock_callback(clock: TimeBudget, t0: float, epochs: int, steps: int):
-    """A Keras callback that sets each step's learning rate from the phase's clock and stops fit() in time."""
+def progressive_for(run: Run, phase: str, clock: TimeBudget | None, epochs_left: int,
+                    steps: int) -> Progressive | None:
+    """train.scratch_progressive for the scratch phase: smaller images for the first half of it (by its clock, or
+    by its epochs), then the training size; None when off, or with multi-worker training (full size there)."""
+    if phase != "scratch" or run.p.scratch_progressive >= 1:
+        return None
+    if run.result.strategy == "multi_worker":
+        log.warning("train.scratch_progressive=%g: not with multi-worker training; every batch at %d px",
+                    run.p.scratch_progressive, run.m.image_size)
+        return None
+    progressive = Progressive(run.m.image_size, run.p.scratch_progressive)
+    if clock is None:  # the epochs' first half, counted from the phase's start (a resumed run has done some)
+        progressive.switch_at(max(0, run.p.scratch_epochs // 2 - (run.p.scratch_epochs - epochs_left)) * steps)
+    log.info("train.scratch_progressive=%g: %d px for the first half of the phase (%s), then %d px",
+             run.p.scratch_progressive, progressive.small, "by its clock" if clock else "by its epochs",
+             run.m.image_size)
+    return progressive
+
+
+def _progressive_flops(progressive: Progressive, log_: EpochLog, small: int, full: int):
+    """A Keras callback that counts each epoch's training FLOPs at the size its first batch was made at."""
+    import keras
+
+    class _Flops(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.batches = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            """This epoch's FLOPs per image."""
+            log_.step_flops = full if self.batches >= int(progressive.switch.numpy()) else small
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.batches += 1
+
+    return _Flops()
+
+
+def _clock_callback(clock: TimeBudget, t0: float, epochs: int, steps: int, progressive: Progressive | None = None):
+    """A Keras callback that sets each step's learning rate from the phase's clock and stops fit() in time; at the
+    first epoch end past half the budget, progressive resizing's batches switch to the training size."""
     import keras
 
     class _Clock(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
             """Start counting steps where a resumed optimizer left off."""
             self.step, self.stopped = int(self.model.optimizer.iterations.numpy()), False
+            self.batches = 0  # since this fit() began: the train dataset's batch index
 
         def on_train_batch_begin(self, batch, logs=None):
             """This step's learning rate."""
@@ -248,6 +292,7 @@ def _clock_callback(clock: TimeBudget, t0: float, epochs: int, steps: int):
         def on_train_batch_end(self, batch, logs=None):
             """Stop when another step and one validation would no longer fit the budget."""
             self.step += 1
+            self.batches += 1
             now = time.perf_counter()
             if clock.spent(now - t0, now - self._began) and not self.model.stop_training:
                 self.model.stop_training = self.stopped = True
@@ -268,6 +313,10 @@ def _clock_callback(clock: TimeBudget, t0: float, epochs: int, steps: int):
             log.info("train.scratch_minutes=%g: epoch %d ended at %.1f min (its validation %.1f s), "
                      "learning rate %.2e", clock.seconds / 60, epoch + 1, elapsed / 60, clock.reserve,
                      clock.rate(self.step, elapsed))
+            if progressive is not None and not progressive.switched and elapsed >= clock.seconds / 2:
+                progressive.switch_at(self.batches)
+                log.info("train.scratch_progressive: half the budget spent; %d px from here on",
+                         progressive.image_size)
 
         def on_train_end(self, logs=None):
             """Say why the phase ended before its budget, if it did."""

@@ -55,7 +55,8 @@ def fit(data_dir: Path, m: Model, p: Train, checkpoint_dir: Path, live, features
     run = Run(data_dir, m, p, strategy, len(manifest.classes), n_train, n_val, p.batch_size * replicas, ckpt,
               EpochLog(live, result, ckpt), result, features_dir)
     with strategy.scope():
-        model = build_model(m, run.num_classes, bn_momentum=None if pretrained else p.scratch_bn_momentum)
+        model = build_model(m, run.num_classes, bn_momentum=None if pretrained else p.scratch_bn_momentum,
+                            any_size=not pretrained and p.scratch_progressive < 1)
     if replicas > 1:
         # Batch statistics over the global batch: every replica then updates the moving mean and variance
         # alike, so every replica (and every worker's saved model) holds the same BatchNorm state.
@@ -121,7 +122,7 @@ def train_and_save(p: Params, strategy: str | None = None, out: Outputs | None =
     with Live(str(out.live), dvcyaml=None, save_dvc_exp=False, report=None) as live:
         model, result, ckpt = fit(Path(p.paths.tfrecords), p.model, t, out.train_dir / "checkpoints", live,
                                   Path(p.paths.features))
-        saved = inference_copy(model)
+        saved = inference_copy(model, p.model.image_size)
         with atomic(out.model) as tmp:  # in place only once the whole stage's work is done
             saved.save(tmp)  # weights only: no optimizer state (a third of the size)
             val_accuracy = accuracy_on(saved, Path(p.paths.tfrecords), "val", p.model.image_size, t.batch_size)

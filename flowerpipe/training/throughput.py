@@ -28,14 +28,24 @@ def layer_flops(layer) -> int:
     return 2 * positions * sum(math.prod(int(d) for d in k.shape) for k in kernels)
 
 
-def training_flops(model) -> dict[str, int]:
-    """FLOPs per image: a forward pass, and a training step (backward: 2x forward for each trainable layer).
+def training_flops(model, image_size: int | None = None) -> dict[str, int]:
+    """FLOPs per image: a forward pass, and a training step (backward: 2x forward for each trainable layer); of
+    image_size squares for a model that takes any size (counted on a copy of that size).
 
     The backward pass computes the gradient of each trainable layer's weights and of its input, each about
     as costly as its forward pass; frozen layers cost only their forward pass (their input gradient is not
     needed below the lowest trainable layer, and is small above it here). BatchNorm, activations and
     pooling are left out: under 2% of Xception's FLOPs.
     """
+    if image_size and None in tuple(model.input_shape)[1:3]:
+        import keras
+
+        from flowerpipe.training.saving import inference_config
+
+        sized = keras.Model.from_config(inference_config(model.get_config(), image_size))
+        for mine, theirs in zip(_leaves(model), _leaves(sized), strict=True):
+            theirs.trainable = mine.trainable
+        model = sized
     forward = trainable = 0
     for layer in _leaves(model):
         f = layer_flops(layer)
