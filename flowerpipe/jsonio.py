@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from flowerpipe.errors import UserError
 from flowerpipe.pipeline.outputs import atomic
 
 
@@ -16,6 +17,12 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path, default: Any = None) -> Any:
-    """Read JSON, or return default when the file does not exist."""
+    """Read JSON, or return default when the file does not exist; a file that is not JSON is one line naming it."""
     path = Path(path)
-    return json.loads(path.read_text()) if path.exists() else default
+    if not path.exists():
+        return default
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not a JSON file flowerpipe wrote ({exc}); write it again (dvc repro, or the "
+                        "stage that writes it)") from None

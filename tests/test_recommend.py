@@ -145,6 +145,10 @@ def test_recommend_command_prints_text_and_json(tmp_path, capsys):
     assert main(["--params", str(params), "recommend", "--json"]) == 0
     answer = json.loads(capsys.readouterr().out)
     assert answer["devices"]["cpu"]["budget"]["format"] == "openvino-float32"
+    (tmp_path / "reports" / "benchmark.json").write_text(json.dumps(benchmark)[:100])  # truncated by hand
+    assert main(["--params", str(params), "recommend"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "benchmark.json: not a JSON file flowerpipe wrote" in err
     (tmp_path / "reports" / "benchmark.json").unlink()
     assert main(["--params", str(params), "recommend"]) == 1
     assert "run dvc repro benchmark" in capsys.readouterr().err
