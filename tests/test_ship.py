@@ -2,13 +2,19 @@
 `flowerpipe serve` (as KServe mounts it, with tritonclient over REST and gRPC, hot-loading a new version), and its
 KServe manifests read by the pinned kserve SDK's models with no unknown field."""
 
+import contextlib
 import copy
 import json
+import os
 import shutil
+import signal
+import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import yaml
@@ -240,6 +246,33 @@ def test_flowerpipe_serve_runs_the_runtimes_command_on_a_kserve_mount_and_agrees
             inp.set_data_from_numpy(x)
             out = client.infer("flowers", [inp], outputs=[mod.InferRequestedOutput(config.output[0].name)])
             np.testing.assert_allclose(out.as_numpy(config.output[0].name), reference(x, 0), atol=1e-5)
+
+
+def test_ctrl_c_stops_the_server_cleanly_with_one_line_and_exit_0(shipped):
+    """Ctrl-C is how a user stops `flowerpipe serve`: requests drain, one line says so, no traceback, exit 0."""
+    s, _ = shipped
+    port = free_ports(1)[0]
+    proc = subprocess.Popen([sys.executable, "-m", "flowerpipe.serving.command", str(s.repository), "--host",
+                             "127.0.0.1", "--port", str(port), "--grpc-port", "-1"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("serving "):
+                break
+        assert lines and lines[-1].startswith("serving "), "".join(lines)[-2000:]
+        for _ in range(100):  # the line comes as uvicorn starts: Ctrl-C once it answers
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and out.strip().splitlines()[-1] == "server stopped", out[-2000:]
+    assert "Traceback" not in out
 
 
 def test_a_new_version_folder_is_hot_loaded_while_clients_call(shipped, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -162,6 +163,8 @@ def serve(plan: Plan, s: Serve, host: str | None = None, port: int | None = None
         run = asyncio.run
     try:
         run(_serve(plan, s, sock, labels, s.grpc_port if grpc_port is None else grpc_port))
+    except KeyboardInterrupt:  # Ctrl-C is how a server is stopped: uvicorn drains requests, then passes it on
+        print("server stopped", file=sys.stderr, flush=True)
     finally:
         sock.close()  # (a version that fails to load, or the server's end)
 
