@@ -498,32 +498,39 @@ def test_training_input_decodes_once_and_never_upsamples_a_crop_past_its_cap(tin
     assert bw[3::4].min() < 0.6 and bw[1::4].min() >= 1 / 1.5 - 1e-6  # 1000 px: strong crops; 71 px: mild ones
 
 
-def test_progressive_resizing_trains_smaller_batches_first_and_saves_a_model_of_the_training_size(tiny_records,
-                                                                                                  caplog):
-    from flowerpipe.params import load
-    from flowerpipe.training.input import Progressive
-    from flowerpipe.training.loops import _datasets
+def test_progressive_resizing_trains_the_first_half_smaller_and_saves_a_model_of_the_training_size(tiny_records,
+                                                                                                      caplog):
+    from flowerpipe.params import Model, Train, load
+    from flowerpipe.training.loops import progressive_side
     from flowerpipe.training.run import fit
     from flowerpipe.training.saving import inference_copy
     from flowerpipe.training.throughput import training_flops
 
+    half = Train(scratch_progressive=0.5)
+    assert progressive_side(Model(image_size=128, weights="none"), Train(scratch_progressive=0.75), "scratch") == 96
+    assert progressive_side(Model(image_size=128, weights="none", arch="inception_v3"), half, "scratch") == 80
+    assert progressive_side(Model(image_size=71, weights="none"), half, "scratch") is None  # Xception's least: 71
+    assert progressive_side(Model(image_size=128, weights="none"), half, "fine_tune") is None
+    assert progressive_side(Model(image_size=128, weights="none"), half, "scratch", multi_worker=True) is None
+
     _prepare(tiny_records, "default")
     folder = tiny_records / "data" / "tfrecords"
     p = load(tiny_records / "params.yaml")
-    progressive = Progressive(71, 0.5, switch_step=2)
-    ds, _ = _datasets(folder, 71, 4, p.train, True, 5, scratch=True, progressive=progressive)
-    assert [x.shape[1:3] for x, _ in ds.take(3)] == [(32, 32), (32, 32), (71, 71)]
-    progressive.switch_at(5)  # a later switch never moves an earlier one back
-    assert int(progressive.switch.numpy()) == 2 and progressive.switched
-
-    train = p.train.model_copy(update={"scratch_progressive": 0.5, "scratch_minutes": 0.0, "scratch_epochs": 2})
+    m = p.model.model_copy(update={"image_size": 96})
+    train = p.train.model_copy(update={"scratch_progressive": 0.75, "scratch_minutes": 0.0, "scratch_epochs": 2,
+                                       "scratch_ema": 0.9})
     with caplog.at_level("INFO"):
-        model, result, _ = fit(folder, p.model, train, tiny_records / "ckpt", FakeLive())
+        model, result, _ = fit(folder, m, train, tiny_records / "ckpt", FakeLive())
     assert model.input_shape == (None, None, None, 3) and result.epochs_run == 2
-    assert "32 px for the first half of the phase (by its epochs), then 71 px" in caplog.text
-    small, full = (training_flops(model, size)["train_step"] for size in (32, 71))
-    assert small < full / 4 and result.flops == result.images_seen // 2 * (small + full)  # epoch 1 small, 2 full
-    saved = inference_copy(model, 71)
-    assert saved.input_shape == (None, 71, 71, 3)
-    x = np.random.default_rng(0).uniform(0, 255, (2, 71, 71, 3)).astype(np.float32)
-    assert np.allclose(saved(x).numpy(), model(x).numpy().astype(np.float32), atol=2e-2)
+    assert "train.scratch_progressive=0.75: 1 epochs at 72 px, then 96 px" in caplog.text
+    small, full = (training_flops(model, size)["train_step"] for size in (72, 96))
+    assert small < full * 0.7 and result.flops == result.images_seen // 2 * (small + full)  # epoch 1 small, 2 full
+    saved = inference_copy(model, 96)
+    assert saved.input_shape == (None, 96, 96, 3)
+    assert all(np.array_equal(a, b) for a, b in zip(saved.get_weights(), model.get_weights(), strict=True))
+
+    clocked = train.model_copy(update={"scratch_minutes": 0.05, "scratch_epochs": 50, "scratch_ema": 0.0})
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        fit(folder, m, clocked, tiny_records / "ckpt2", FakeLive())
+    assert "epochs at 72 px, then 96 px" in caplog.text  # half the 3 s budget at 72 px, by the clock

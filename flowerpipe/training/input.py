@@ -140,15 +140,13 @@ def crop_boxes(aug: Augment, sizes, seed):
     return one, one, half, half
 
 
-def augment_batch(aug: Augment, images, sizes, seed, size=None):
-    """A batch of cached uint8 squares -> float32 0-255 training images, augmented from a stateless seed; size (a
-    scalar tensor): their side, where progressive resizing trains smaller than aug.image_size."""
+def augment_batch(aug: Augment, images, sizes, seed):
+    """A batch of cached uint8 squares -> float32 0-255 training images, augmented from a stateless seed."""
     import tensorflow as tf
 
-    if aug.identity and size is None:
+    if aug.identity:
         return tf.cast(images, tf.float32)
-    n, side = tf.shape(images)[0], tf.cast(tf.shape(images)[1], tf.float32)
-    out = aug.image_size if size is None else tf.cast(size, tf.float32)
+    n, side, out = tf.shape(images)[0], tf.cast(tf.shape(images)[1], tf.float32), aug.image_size
     box_seed, flip_seed, turn_seed, contrast_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
     bw, bh, cx, cy = crop_boxes(aug, sizes, box_seed)
     fx, theta = tf.ones([n]), tf.zeros([n])
@@ -164,8 +162,7 @@ def augment_batch(aug: Augment, images, sizes, seed, size=None):
         sx * cos * fx / out, -sx * sin / out, cx * side - 0.5 + sx * (cos * fx * u0 - sin * u0),
         sy * sin * fx / out, sy * cos / out, cy * side - 0.5 + sy * (sin * fx * u0 + cos * u0),
         tf.zeros([n]), tf.zeros([n])], axis=1)
-    pixels = [out, out] if size is None else tf.cast(tf.stack([size, size]), tf.int32)
-    x = tf.raw_ops.ImageProjectiveTransformV3(images=images, transforms=transforms, output_shape=pixels,
+    x = tf.raw_ops.ImageProjectiveTransformV3(images=images, transforms=transforms, output_shape=[out, out],
                                               fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT")
     x = tf.cast(x, tf.float32)
     if aug.flip:
@@ -173,42 +170,12 @@ def augment_batch(aug: Augment, images, sizes, seed, size=None):
                                              1 + CONTRAST * aug.strength)
         mean = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
         x = tf.clip_by_value((x - mean) * factor + mean, 0.0, 255.0)
-    return tf.ensure_shape(x, (None, aug.image_size, aug.image_size, 3) if size is None else (None, None, None, 3))
+    return tf.ensure_shape(x, (None, out, out, 3))
 
 
-class Progressive:
-    """Progressive resizing (train.scratch_progressive): batches at a smaller side until a switch batch, then at the
-    training size. The switch is a variable the dataset reads per batch: set ahead from an epoch count, or moved by
-    the phase's clock; batches already prefetched keep the size they were made at."""
-
-    NEVER = 2**62
-
-    def __init__(self, image_size: int, scale: float, switch_step: int = NEVER):
-        import tensorflow as tf
-
-        self.image_size = image_size
-        self.small = max(32, int(round(image_size * scale / 8)) * 8)
-        self.switch = tf.Variable(switch_step, dtype=tf.int64, trainable=False, name="progressive_switch")
-
-    def size(self, step):
-        """The side of batch `step` (an int64 tensor)."""
-        import tensorflow as tf
-
-        return tf.where(step < self.switch, self.small, self.image_size)
-
-    def switch_at(self, step: int) -> None:
-        """Batches from `step` on (those not made yet) come at the training size."""
-        self.switch.assign(min(int(self.switch.numpy()), step))
-
-    @property
-    def switched(self) -> bool:
-        """Whether the switch has been set (to a batch the phase reaches)."""
-        return int(self.switch.numpy()) < self.NEVER
-
-
-def train_dataset(cache: Cache, aug: Augment, batch: int, seed: int, progressive: Progressive | None = None):
+def train_dataset(cache: Cache, aug: Augment, batch: int, seed: int):
     """Endless (float32 images, int labels) batches: the cache reshuffled every epoch (seeded), each batch augmented
-    from the stateless seed (seed, batch index), at progressive's size for its index when given."""
+    from the stateless seed (seed, batch index)."""
     import tensorflow as tf
 
     images, labels, sizes = (tf.convert_to_tensor(a) for a in (cache.images, cache.labels, cache.sizes))
@@ -216,8 +183,7 @@ def train_dataset(cache: Cache, aug: Augment, batch: int, seed: int, progressive
 
     def load(step, index):
         x = augment_batch(aug, tf.gather(images, index), tf.gather(sizes, index), tf.stack([tf.cast(seed, tf.int64),
-                                                                                           step]),
-                          None if progressive is None else progressive.size(step))
+                                                                                           step]))
         return x, tf.gather(labels, index)
 
     order = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat()

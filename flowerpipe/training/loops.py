@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from flowerpipe.data import tfrecord
+from flowerpipe.model.backbones import BACKBONES
 from flowerpipe.model.build import OUTPUT_NAME, batch_norm_layers, feature_extractor
 from flowerpipe.params import Model, Train
 from flowerpipe.training.checkpoints import Checkpoints
 from flowerpipe.training.epochs import EpochLog, Result
-from flowerpipe.training.input import Augment, Cache, Progressive, build_cache, cache_side, train_dataset
+from flowerpipe.training.input import Augment, Cache, build_cache, cache_side, train_dataset
 from flowerpipe.training.schedule import (
     EpochBudget,
     TimeBudget,
@@ -64,7 +65,7 @@ def augmentation(train: Train, image_size: int, augment: bool, scratch: bool) ->
 
 def _datasets(data_dir: Path, image_size: int, global_batch: int, train: Train, augment: bool, num_classes: int,
               replicas: int = 1, n_val: int = 0, scratch: bool = False, cache: Cache | None = None,
-              progressive: Progressive | None = None):
+              train_size: int | None = None):
     """Train and val datasets with one-hot labels (for label smoothing), sharded by data for multi-worker.
 
     The train split is decoded once into an in-memory cache (flowerpipe.training.input; pass `cache` to reuse one
@@ -78,11 +79,11 @@ def _datasets(data_dir: Path, image_size: int, global_batch: int, train: Train, 
     def onehot(x, y):
         return x, tf.one_hot(y, num_classes)
 
-    aug = augmentation(train, image_size, augment, scratch)
-    side = cache_side(image_size, aug.crop_area)
+    aug = augmentation(train, train_size or image_size, augment, scratch)  # train_size: progressive's first half
+    side = cache_side(aug.image_size, aug.crop_area)
     if cache is None or cache.images.shape[1] != side:
         cache = build_cache(data_dir, "train", side)
-    train_ds = train_dataset(cache, aug, global_batch, train.seed, progressive)
+    train_ds = train_dataset(cache, aug, global_batch, train.seed)
     if augment and scratch and train.scratch_randaugment:
         rand = keras.layers.RandAugment(value_range=(0, 255), num_ops=2, factor=train.scratch_randaugment,
                                         seed=train.seed)
@@ -144,17 +145,19 @@ class Run:
     result: Result
     features_dir: Path | None = None  # the features stage's output, reused when it matches this backbone and data
 
-    def datasets(self, phase: str, progressive: Progressive | None = None):
-        """Train and val datasets for a fit() phase (augmented when train.augment is on)."""
+    def datasets(self, phase: str, train_size: int | None = None):
+        """Train and val datasets for a fit() phase (augmented when train.augment is on); training images of
+        train_size (progressive resizing's first half), validation at the model's size."""
         return _datasets(self.data_dir, self.m.image_size, self.batch, self.p, self.p.augment, self.num_classes,
-                         self.result.replicas, self.n_val, scratch=phase == "scratch", progressive=progressive)
+                         self.result.replicas, self.n_val, scratch=phase == "scratch", train_size=train_size)
 
-    def callbacks(self, phase: str, images_per_epoch: int, has_val: bool) -> list:
-        """The epoch log first (so an epoch is recorded before its backup), then resume and early stopping."""
+    def callbacks(self, phase: str, images_per_epoch: int, has_val: bool, keep_backup: bool = False) -> list:
+        """The epoch log first (so an epoch is recorded before its backup), then resume and early stopping;
+        keep_backup: a fit() the phase continues in another (progressive resizing) keeps its last epoch's backup."""
         import keras
 
         cbs = [self.log.callback(phase, images_per_epoch),
-               keras.callbacks.BackupAndRestore(str(self.ckpt.backup_dir(phase)), delete_checkpoint=True)]
+               keras.callbacks.BackupAndRestore(str(self.ckpt.backup_dir(phase)), delete_checkpoint=not keep_backup)]
         patience = self.p.scratch_patience if phase == "scratch" else self.p.patience
         if patience and has_val:
             cbs.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=patience,
@@ -180,7 +183,8 @@ def steps_per_epoch(n: int, batch: int, cap: int) -> int:
 
 
 def fit_phase(run: Run, model, phase: str, epochs: int, lr: float) -> None:
-    """One Keras fit() for a phase, resumable through BackupAndRestore; skipped if already finished.
+    """One Keras fit() for a phase (two with progressive resizing: small images, then the training size),
+    resumable through BackupAndRestore; skipped if already finished.
 
     From scratch with train.scratch_minutes, epochs is a cap: the phase's learning rate follows its clock and
     the phase stops when its time budget is spent (multi-worker: the epoch count is refitted to the budget).
@@ -198,25 +202,38 @@ def fit_phase(run: Run, model, phase: str, epochs: int, lr: float) -> None:
         if clock is not None:
             run.result.budget_epochs = len(run.ckpt.history(phase))
         return
-    progressive = progressive_for(run, phase, clock, epochs - len(trained), steps)
-    train_ds, val_ds = run.datasets(phase, progressive)
-    run.log.step_flops = training_flops(model, run.m.image_size)["train_step"]
+    small = progressive_side(run.m, run.p, phase, multi_worker)
+    train_ds, val_ds = run.datasets(phase)
+    flops = {size: training_flops(model, size)["train_step"] for size in {run.m.image_size, small} - {None}}
     decay = run.p.scratch_weight_decay if phase == "scratch" else 0.0
     ema = run.p.scratch_ema if phase == "scratch" else 0.0
+    val = val_ds if run.n_val else None
     with run.strategy.scope():
         if multi_worker:
-            _fit_multi_worker(run, model, phase, epochs, lr, decay, train_ds, val_ds if run.n_val else None, steps,
-                              budget)
+            run.log.step_flops = flops[run.m.image_size]
+            _fit_multi_worker(run, model, phase, epochs, lr, decay, train_ds, val, steps, budget)
         else:
             _compile(model, lr, run.p.label_smoothing, decay, ema)
-            callbacks = run.callbacks(phase, min(run.n_train, steps * run.batch), run.n_val > 0)
-            if progressive is not None:  # first: each epoch's FLOPs at the size it trains at
-                callbacks.insert(0, _progressive_flops(progressive, run.log, training_flops(
-                    model, progressive.small)["train_step"], run.log.step_flops))
-            if clock is not None:  # an interrupted run's epochs count against the budget
-                callbacks.append(_clock_callback(clock, started - sum(trained), epochs, steps, progressive))
-            model.fit(train_ds, validation_data=val_ds if run.n_val else None, epochs=epochs, steps_per_epoch=steps,
-                      verbose=2, callbacks=callbacks)
+            images, t0 = min(run.n_train, steps * run.batch), started - sum(trained)  # resumed: time counts
+            done = 0
+            if small is not None:  # the first half at the small side, to half the clock or half the epochs
+                run.log.step_flops = flops[small]
+                small_ds, _ = run.datasets(phase, train_size=small)
+                callbacks = run.callbacks(phase, images, run.n_val > 0, keep_backup=True)
+                if clock is not None:
+                    callbacks.append(_clock_callback(clock, t0, epochs, steps, until=clock.seconds / 2))
+                model.fit(small_ds, validation_data=val, epochs=epochs if clock else max(1, epochs // 2),
+                          steps_per_epoch=steps, verbose=2, callbacks=callbacks)
+                done = len(run.result.history) - start
+                log.info("train.scratch_progressive=%g: %d epochs at %d px, then %d px", run.p.scratch_progressive,
+                         done, small, run.m.image_size)
+            run.log.step_flops = flops[run.m.image_size]
+            callbacks = run.callbacks(phase, images, run.n_val > 0)
+            if clock is not None:
+                callbacks.append(_clock_callback(clock, t0, epochs, steps))
+            if small is None or clock is None or not clock.spent(time.perf_counter() - t0):  # budget left
+                model.fit(train_ds, validation_data=val, initial_epoch=done, epochs=epochs, steps_per_epoch=steps,
+                          verbose=2, callbacks=callbacks)
             if ema:
                 refresh_batch_norm(model, train_ds, steps)
     if budget is not None:
@@ -236,53 +253,30 @@ def refresh_batch_norm(model, train_ds, steps: int) -> None:
     log.info("EMA weights: BatchNorm statistics recomputed over %d training batches", steps)
 
 
-def progressive_for(run: Run, phase: str, clock: TimeBudget | None, epochs_left: int,
-                    steps: int) -> Progressive | None:
-    """train.scratch_progressive for the scratch phase: smaller images for the first half of it (by its clock, or
-    by its epochs), then the training size; None when off, or with multi-worker training (full size there)."""
-    if phase != "scratch" or run.p.scratch_progressive >= 1:
+def progressive_side(m: Model, p: Train, phase: str, multi_worker: bool = False) -> int | None:
+    """train.scratch_progressive's side for the first half of the scratch phase (a multiple of 8, at least the
+    backbone's smallest input), or None: off, another phase, or multi-worker training (one warning line)."""
+    if phase != "scratch" or p.scratch_progressive >= 1:
         return None
-    if run.result.strategy == "multi_worker":
+    side = max(round(m.image_size * p.scratch_progressive / 8) * 8, -(-BACKBONES[m.arch].min_size // 8) * 8)
+    if side >= m.image_size:
+        return None
+    if multi_worker:
         log.warning("train.scratch_progressive=%g: not with multi-worker training; every batch at %d px",
-                    run.p.scratch_progressive, run.m.image_size)
+                    p.scratch_progressive, m.image_size)
         return None
-    progressive = Progressive(run.m.image_size, run.p.scratch_progressive)
-    if clock is None:  # the epochs' first half, counted from the phase's start (a resumed run has done some)
-        progressive.switch_at(max(0, run.p.scratch_epochs // 2 - (run.p.scratch_epochs - epochs_left)) * steps)
-    log.info("train.scratch_progressive=%g: %d px for the first half of the phase (%s), then %d px",
-             run.p.scratch_progressive, progressive.small, "by its clock" if clock else "by its epochs",
-             run.m.image_size)
-    return progressive
+    return side
 
 
-def _progressive_flops(progressive: Progressive, log_: EpochLog, small: int, full: int):
-    """A Keras callback that counts each epoch's training FLOPs at the size its first batch was made at."""
-    import keras
-
-    class _Flops(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.batches = 0
-
-        def on_epoch_begin(self, epoch, logs=None):
-            """This epoch's FLOPs per image."""
-            log_.step_flops = full if self.batches >= int(progressive.switch.numpy()) else small
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.batches += 1
-
-    return _Flops()
-
-
-def _clock_callback(clock: TimeBudget, t0: float, epochs: int, steps: int, progressive: Progressive | None = None):
-    """A Keras callback that sets each step's learning rate from the phase's clock and stops fit() in time; at the
-    first epoch end past half the budget, progressive resizing's batches switch to the training size."""
+def _clock_callback(clock: TimeBudget, t0: float, epochs: int, steps: int, until: float | None = None):
+    """A Keras callback that sets each step's learning rate from the phase's clock and stops fit() in time; until:
+    also stop at the first epoch end past this many seconds (progressive resizing's first fit())."""
     import keras
 
     class _Clock(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
             """Start counting steps where a resumed optimizer left off."""
             self.step, self.stopped = int(self.model.optimizer.iterations.numpy()), False
-            self.batches = 0  # since this fit() began: the train dataset's batch index
 
         def on_train_batch_begin(self, batch, logs=None):
             """This step's learning rate."""
@@ -292,7 +286,6 @@ def _clock_callback(clock: TimeBudget, t0: float, epochs: int, steps: int, progr
         def on_train_batch_end(self, batch, logs=None):
             """Stop when another step and one validation would no longer fit the budget."""
             self.step += 1
-            self.batches += 1
             now = time.perf_counter()
             if clock.spent(now - t0, now - self._began) and not self.model.stop_training:
                 self.model.stop_training = self.stopped = True
@@ -313,10 +306,8 @@ def _clock_callback(clock: TimeBudget, t0: float, epochs: int, steps: int, progr
             log.info("train.scratch_minutes=%g: epoch %d ended at %.1f min (its validation %.1f s), "
                      "learning rate %.2e", clock.seconds / 60, epoch + 1, elapsed / 60, clock.reserve,
                      clock.rate(self.step, elapsed))
-            if progressive is not None and not progressive.switched and elapsed >= clock.seconds / 2:
-                progressive.switch_at(self.batches)
-                log.info("train.scratch_progressive: half the budget spent; %d px from here on",
-                         progressive.image_size)
+            if until is not None and elapsed >= until and not self.model.stop_training:
+                self.model.stop_training = self.stopped = True
 
         def on_train_end(self, logs=None):
             """Say why the phase ended before its budget, if it did."""

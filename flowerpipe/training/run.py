@@ -12,7 +12,7 @@ from flowerpipe.model.build import backbone_of, batch_norm_layers, build_model, 
 from flowerpipe.params import Model, Params, Train
 from flowerpipe.training.checkpoints import Checkpoints, fingerprint
 from flowerpipe.training.epochs import EpochLog, Result
-from flowerpipe.training.loops import Run, fit_phase, head_on_cached_features
+from flowerpipe.training.loops import Run, fit_phase, head_on_cached_features, progressive_side
 from flowerpipe.training.strategy import kind_of, make_strategy, precision_policy
 
 
@@ -56,7 +56,7 @@ def fit(data_dir: Path, m: Model, p: Train, checkpoint_dir: Path, live, features
               EpochLog(live, result, ckpt), result, features_dir)
     with strategy.scope():
         model = build_model(m, run.num_classes, bn_momentum=None if pretrained else p.scratch_bn_momentum,
-                            any_size=not pretrained and p.scratch_progressive < 1)
+                            any_size=not pretrained and progressive_side(m, p, "scratch") is not None)
     if replicas > 1:
         # Batch statistics over the global batch: every replica then updates the moving mean and variance
         # alike, so every replica (and every worker's saved model) holds the same BatchNorm state.
