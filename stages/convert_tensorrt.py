@@ -33,7 +33,7 @@ def main(p: Params) -> None:
             "int8-symmetric": onnx_format.FORMAT.path(p, "int8-symmetric") if asked.int8_symmetric else None}
     with context(p, settings.calibration_images) as ctx:
         jobs = tensorrt_format.conversions(backend, ctx, settings.precisions, out_dir, onnx, settings.workspace_mb,
-                               settings.max_batch_size)
+                                           settings.max_batch_size)
         record = {"backend": backend, "status": "ok", "variants": run_all(ctx, jobs)}
     stage.write_json(out_dir / "status.json", record)
     stage.write_json(Path(p.paths.reports) / "convert_tensorrt.json", record)

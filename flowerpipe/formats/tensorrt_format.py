@@ -84,7 +84,7 @@ def probe() -> Environment:
 
 
 def select_backend(requested: str, env: Environment) -> str:
-    """'tftrt' or 'onnx' for a `trt.backend` value, or raise Skipped with the reason."""
+    """'tftrt' or 'onnx' for a `tensorrt.backend` value, or raise Skipped with the reason."""
     if env.gpus == 0:
         raise Skipped("no NVIDIA GPU visible (TensorRT runs only on NVIDIA GPUs)")
     tftrt_reason = "this TensorFlow build has no TensorRT (TF-TRT was removed from pip TensorFlow after 2.17)"
@@ -99,7 +99,7 @@ def select_backend(requested: str, env: Environment) -> str:
             raise Skipped(onnx_reason)
         return "onnx"
     if requested != "auto":
-        raise ValueError(f"trt.backend: expected auto, tftrt or onnx, got {requested!r}")
+        raise ValueError(f"tensorrt.backend: expected auto, tftrt or onnx, got {requested!r}")
     if env.tf_has_tensorrt:
         return "tftrt"
     if onnx_ok:

@@ -271,8 +271,7 @@ def create_app(repo: Repository | Service, limits: Limits = Limits(), grpc=None)
                   lifespan=lifespan)
     app.add_middleware(InflightLimit, limit=service.limits.max_inflight)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)  # added last: outermost, so it counts the 503s too
-    app.state.repo, app.state.metrics, app.state.service, app.state.grpc = (service.repo, service.metrics, service,
-                                                                            grpc)
+    app.state.service, app.state.grpc = service, grpc
     for exc_class, handler in ERROR_HANDLERS:
         app.add_exception_handler(exc_class, handler)
     for routes in (tfs_routes, v2_routes, monitoring_routes):

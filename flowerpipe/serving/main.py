@@ -161,16 +161,21 @@ def serve(plan: Plan, s: Serve, host: str | None = None, port: int | None = None
         run = uvloop.run
     except ImportError:
         run = asyncio.run
+    up: list[bool] = []  # set once uvicorn serves: Ctrl-C before that aborts the start (exit 130), after it stops
     try:
-        run(_serve(plan, s, sock, labels, s.grpc_port if grpc_port is None else grpc_port))
+        run(_serve(plan, s, sock, labels, s.grpc_port if grpc_port is None else grpc_port, up))
     except KeyboardInterrupt:  # Ctrl-C is how a server is stopped: uvicorn drains requests, then passes it on
+        if not up:
+            raise
         print("server stopped", file=sys.stderr, flush=True)
     finally:
         sock.close()  # (a version that fails to load, or the server's end)
 
 
-async def _serve(plan: Plan, s: Serve, sock, labels: dict[str, int] | None, grpc_port: int) -> None:
-    """REST (uvicorn) and gRPC on one event loop, over one Service: same versions, batchers, limits, metrics."""
+async def _serve(plan: Plan, s: Serve, sock, labels: dict[str, int] | None, grpc_port: int,
+                 up: list[bool] | None = None) -> None:
+    """REST (uvicorn) and gRPC on one event loop, over one Service: same versions, batchers, limits, metrics;
+    `up` gets True once uvicorn serves."""
     import uvicorn
 
     from flowerpipe.serving.app import create_app
@@ -202,7 +207,10 @@ async def _serve(plan: Plan, s: Serve, sock, labels: dict[str, int] | None, grpc
                                                  "KServe V2 GRPCInferenceService, grpc.health.v1)" if grpc else ""),
           flush=True)
     config = uvicorn.Config(create_app(service, grpc=grpc), log_level="warning", timeout_graceful_shutdown=10)
-    await uvicorn.Server(config).serve(sockets=[sock])
+    server = uvicorn.Server(config)
+    if up is not None:
+        up.append(True)
+    await server.serve(sockets=[sock])
 
 
 def listen(host: str, port: int):
