@@ -23,7 +23,7 @@ import yaml
 
 from flowerpipe.errors import UserError, run_script
 from flowerpipe.pipeline.guard import RESOLVED_FROM
-from flowerpipe.pipeline.stage import NO_CACHE, FromFormats, Spec, record
+from flowerpipe.pipeline.spec import NO_CACHE, FromFormats, Spec, record
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = "flowerpipe"
@@ -153,12 +153,17 @@ def declared(script: Path) -> Spec | None:
     """A stage script's STAGE, or None when it declares none; a one-line error when it is no Spec."""
     where = f"stages/{script.name}"
     loader = importlib.util.spec_from_file_location(f"_flowerpipe_stage_{script.stem}", script)
-    module = importlib.util.module_from_spec(loader)  # not in sys.modules: `stages.<name>` stays what it is
+    module = importlib.util.module_from_spec(loader)  # under its own name: `stages.<name>` stays what it is
+    sys.modules[loader.name] = module  # (dataclasses and annotations look their module up while it runs)
     try:
         loader.loader.exec_module(module)
-    except TypeError as exc:  # a keyword Spec does not take, or none for one it needs
+    except TypeError as exc:  # a keyword Spec does not take, or none for one it needs; any other error is a bug
+        if "Spec.__init__" not in str(exc):
+            raise
         raise UserError(f"{where}: STAGE: {exc} (a stage.Spec takes order, deps, params, outs, metrics, "
                         "plots)") from None
+    finally:
+        sys.modules.pop(loader.name, None)
     spec = getattr(module, "STAGE", None)
     if spec is not None and not isinstance(spec, Spec):
         raise UserError(f"{where}: STAGE is a {type(spec).__name__}, not a stage.Spec")

@@ -1,5 +1,5 @@
-"""The stage runner: quiet logging, params restricted to what dvc.yaml declares, one-line errors; and what a stage
-script declares as its STAGE (Spec), which flowerpipe/pipeline/dag.py writes into dvc.yaml."""
+"""The stage runner: quiet logging, params restricted to what dvc.yaml declares, one-line errors. What a stage
+script declares as its STAGE (Spec, from flowerpipe/pipeline/spec.py) is re-exported here: a script needs one import."""
 
 from __future__ import annotations
 
@@ -10,14 +10,26 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 from flowerpipe.errors import UserError, exit_code
 from flowerpipe.jsonio import read_json, write_json  # noqa: F401  (re-exported: stage scripts use stage.write_json)
 from flowerpipe.params import Params, ParamsError, load
 from flowerpipe.pipeline.guard import Guarded, declared, sections
+from flowerpipe.pipeline.spec import (  # noqa: F401  (re-exported: stage scripts declare stage.Spec(...))
+    CPU_MODELS,
+    CPU_RECORDS,
+    MODEL_PARAMS,
+    MODELS,
+    NO_CACHE,
+    RECORDS,
+    SERVED_PARAMS,
+    WANTED,
+    FromFormats,
+    Spec,
+    record,
+)
 from flowerpipe.quiet import quiet_tensorflow
 
 StageError = UserError
@@ -74,43 +86,3 @@ def _trace_imports(script: Path, folder: Path) -> None:
 
 def _interrupt(signum: int, frame) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
-# ---------------------------------------------------------------- what a stage declares (dag.py reads it)
-
-NO_CACHE = {"cache": False}  # an out kept in git rather than DVC's cache: small JSON and CSV records
-MODEL_PARAMS = ("model.arch", "model.image_size", "model.width", "model.middle_blocks", "model.weights")  # the build
-SERVED_PARAMS = ("model.name", "model.image_size", "export.version")  # finding and feeding the served model
-
-
-@dataclass(frozen=True)
-class FromFormats:
-    """A list the dvc.yaml generator fills in from the formats' declarations (flowerpipe/formats/*.py: FORMAT)."""
-
-    what: str
-
-
-MODELS = FromFormats("models")  # every format's model outputs
-RECORDS = FromFormats("records")  # every format's conversion record (<paths.reports>/<its stage>.json), not train's
-CPU_MODELS = FromFormats("cpu_models")  # the model outputs of the formats that run on the CPU
-CPU_RECORDS = FromFormats("cpu_records")  # their conversion records
-WANTED = FromFormats("wanted")  # the params keys that choose which variants the conversion stages build
-
-
-def record(name: str) -> str:
-    """A stage's JSON record as dvc.yaml writes it: ${paths.reports}/<name>.json."""
-    return f"${{paths.reports}}/{name}.json"
-
-
-@dataclass(frozen=True, kw_only=True)
-class Spec:
-    """What a stage script declares as its module-level STAGE, by keyword: its dvc.yaml entry but for `cmd` and its
-    code deps, which dag.py makes from the script's name and import closure. A format's conversion stage declares none:
-    its FORMAT does (flowerpipe/formats/base.py)."""
-
-    order: int  # its place in dvc.yaml, in the DAG's order (the formats' conversion stages stand at 60)
-    deps: Sequence[str | FromFormats] = ()  # the data it reads, as ${paths.*}
-    params: Sequence[str | FromFormats] = ()  # exactly the params.yaml keys it reads (a whole section by its name)
-    outs: Sequence[str | dict] = ()  # what it writes; {path: NO_CACHE} for a small record kept in git
-    metrics: Sequence[str | dict] = ()  # the few headline numbers `dvc exp show` compares
-    plots: Sequence[dict] = ()  # its entries in dvc.yaml's top-level plots
