@@ -165,7 +165,7 @@ def render(d: dict) -> str:
              f"(floors: test accuracy >= {f['min_accuracy_ratio']:g} x the trained model's "
              f"{ref['accuracy'] if ref['accuracy'] is not None else '?'}, top-1 agreement >= {f['min_agreement']:g}; "
              f"budget: p99 <= {f['latency_budget_ms']:g} ms)",
-             "(b8: at batch 8; acc: test accuracy; agree: top-1 agreement with the trained model; next: the runner-up)"]
+             "(bN: at batch N; acc: test accuracy; agree: top-1 agreement with the trained model; next: the runner-up)"]
     for device, goals in d["devices"].items():
         lines.append(f"{device.upper()}:")
         lines.append(_line("latency", goals["latency"], "ms", "ms"))
