@@ -17,7 +17,7 @@ import json
 import os
 import sys
 
-from flowerpipe.errors import UserError
+from flowerpipe.errors import UserError, run_script
 
 PORT = 2222
 
@@ -52,12 +52,11 @@ def from_env(env: dict[str, str]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Set TF_CONFIG from the environment and exec the command after `--` (print TF_CONFIG without one)."""
     args = sys.argv[1:] if argv is None else argv
+    if {"-h", "--help"} & set(args[:args.index("--")] if "--" in args else args):
+        print(__doc__)
+        return 0
     command = args[args.index("--") + 1:] if "--" in args else args
-    try:
-        config = json.dumps(from_env(dict(os.environ)))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    config = json.dumps(from_env(dict(os.environ)))
     if not command:
         print(config)
         return 0
@@ -68,4 +67,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)
