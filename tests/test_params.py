@@ -46,6 +46,7 @@ def test_weights_none_means_the_scratch_recipes_network_unless_a_key_says_otherw
     ({"train": {"strategy": "tpu"}}, "train.strategy", "'tpu'"),
     ({"train": {"scratch_minutes": -5}}, "train.scratch_minutes", "greater than or equal to 0"),
     ({"train": {"scratch_crop_area": 0}}, "train.scratch_crop_area", "greater than 0"),
+    ({"train": {"scratch_progressive": 0.1}}, "train.scratch_progressive", "greater than or equal to 0.25"),
     ({"model": {"width": "wide"}}, "model.width", "'wide'"),
     ({"train": {"learning_rate": float("inf")}}, "train.learning_rate", "finite number"),
     ({"split": {"seed": -1}}, "split.seed", "greater than or equal to 0"),  # numpy refuses it (a traceback before)

@@ -275,8 +275,9 @@ def _clock_callback(clock: TimeBudget, t0: float, epochs: int, steps: int, until
 
     class _Clock(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            """Start counting steps where a resumed optimizer left off."""
+            """Start counting steps where a resumed optimizer left off (a run resumed past `until`: stop at once)."""
             self.step, self.stopped = int(self.model.optimizer.iterations.numpy()), False
+            self.late = until is not None and time.perf_counter() - t0 >= until
 
         def on_train_batch_begin(self, batch, logs=None):
             """This step's learning rate."""
@@ -287,6 +288,9 @@ def _clock_callback(clock: TimeBudget, t0: float, epochs: int, steps: int, until
             """Stop when another step and one validation would no longer fit the budget."""
             self.step += 1
             now = time.perf_counter()
+            if self.late:  # Keras runs one step before it looks at stop_training
+                self.model.stop_training = self.stopped = True
+                return
             if clock.spent(now - t0, now - self._began) and not self.model.stop_training:
                 self.model.stop_training = self.stopped = True
                 log.info("train.scratch_minutes=%g: budget spent at %.1f min, after step %d of epoch %d; "
