@@ -534,3 +534,28 @@ def test_progressive_resizing_trains_the_first_half_smaller_and_saves_a_model_of
     with caplog.at_level("INFO"):
         fit(folder, m, clocked, tiny_records / "ckpt2", FakeLive())
     assert "epochs at 72 px, then 96 px" in caplog.text  # half the 3 s budget at 72 px, by the clock
+
+
+def test_flip_averaged_accuracy_averages_each_photo_with_its_mirror_image(tiny_records):
+    import tensorflow as tf
+
+    from flowerpipe.data import tfrecord
+    from flowerpipe.training.saving import accuracy_on
+
+    _prepare(tiny_records, "default")
+    folder = tiny_records / "data" / "tfrecords"
+    seen = []
+
+    def model(x, training=False):
+        """Uniform for a photo (argmax 0), class 2 for anything else: its mirror image when flip is on."""
+        seen.append(x.numpy())
+        n = x.shape[0]
+        if len(seen) % 2 == 1:
+            return tf.fill([n, 5], 0.2)
+        return tf.one_hot(tf.fill([n], 2), 5)
+
+    _, y = tfrecord.arrays(folder, "val", 71)
+    assert accuracy_on(model, folder, "val", 71, 64, flip=True) == pytest.approx(float(np.mean(y == 2)))
+    assert len(seen) == 2 and np.array_equal(seen[1], seen[0][:, :, ::-1, :])  # mirrored left to right
+    assert accuracy_on(lambda x, training=False: tf.fill([x.shape[0], 5], 0.2), folder, "val", 71, 64) == \
+        pytest.approx(float(np.mean(y == 0)))
