@@ -188,7 +188,7 @@ class Train(Section):
     scratch_cutmix: Annotated[float, Field(ge=0, le=10)] = 0.0
     scratch_randaugment: Annotated[float, Field(ge=0, le=1)] = 0.0
     scratch_ema: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    scratch_progressive: Annotated[float, Field(ge=0.25, le=1)] = 1.0
+    scratch_progressive: Annotated[float, Field(ge=0.25, le=1)] = 0.75
     deterministic: bool = True
     augment: bool = True
     augment_strength: Annotated[float, Field(gt=0, le=4)] = 1.0
