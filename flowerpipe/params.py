@@ -174,7 +174,7 @@ class Train(Section):
     fine_tune_epochs: NonNegInt = 6
     fine_tune_layers: NonNegInt = 40
     fine_tune_learning_rate: Annotated[float, Field(gt=0)] = 1e-5
-    scratch_epochs: PosInt = 100
+    scratch_epochs: PosInt = 300
     scratch_learning_rate: Annotated[float, Field(gt=0)] = 2e-3
     scratch_bn_momentum: Annotated[float, Field(gt=0, lt=1)] = 0.9
     scratch_schedule: Literal["cosine", "constant"] = "cosine"

@@ -216,14 +216,14 @@ def fit_phase(run: Run, model, phase: str, epochs: int, lr: float) -> None:
             _compile(model, lr, run.p.label_smoothing, decay, ema)
             images, t0 = min(run.n_train, steps * run.batch), started - sum(trained)  # resumed: time counts
             done = 0
-            if small is not None:  # the first half at the small side, to half the clock or half the epochs
+            if small is not None:  # the first half at the small side: half the epochs, or half the clock first
                 run.log.step_flops = flops[small]
                 small_ds, _ = run.datasets(phase, train_size=small)
                 callbacks = run.callbacks(phase, images, run.n_val > 0, keep_backup=True)
                 if clock is not None:
                     callbacks.append(_clock_callback(clock, t0, epochs, steps, until=clock.seconds / 2))
-                model.fit(small_ds, validation_data=val, epochs=epochs if clock else max(1, epochs // 2),
-                          steps_per_epoch=steps, verbose=2, callbacks=callbacks)
+                model.fit(small_ds, validation_data=val, epochs=max(1, epochs // 2), steps_per_epoch=steps,
+                          verbose=2, callbacks=callbacks)  # half the epochs, or half the clock if that comes first
                 done = len(run.result.history) - start
                 log.info("train.scratch_progressive=%g: %d epochs at %d px, then %d px", run.p.scratch_progressive,
                          done, small, run.m.image_size)
