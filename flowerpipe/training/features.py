@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from flowerpipe.data import tfrecord
+from flowerpipe.errors import UserError
 from flowerpipe.jsonio import read_json, write_json
 from flowerpipe.params import Model
 
@@ -67,7 +68,7 @@ def load(folder: Path, feats_key: str) -> dict[str, tuple[np.ndarray, np.ndarray
             return None
         return {split: (np.load(folder / f"{split}_features.npy"), np.load(folder / f"{split}_labels.npy"))
                 for split in SPLITS if split in record}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, UserError) as exc:  # UserError: a record that is not JSON (read_json)
         log.warning("%s: saved features unreadable (%s); extracting them again", folder, exc)
         return None
 
