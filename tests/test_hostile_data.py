@@ -500,9 +500,17 @@ def test_leftovers_of_an_interrupted_run_are_cleaned(proj):
     assert sorted(p.name for p in (proj / "data").iterdir()) == ["raw", "tfrecords"]
 
 
-def _sigint(disposition):
-    """A preexec_fn that starts the child with this SIGINT disposition (SIG_IGN: as `cmd &` in a script does)."""
-    return lambda: signal.signal(signal.SIGINT, disposition)
+def _launched_with(disposition) -> list[str]:
+    """The stage's command line, started with this SIGINT disposition (SIG_IGN: as `cmd &` in a script does).
+
+    A small Python sets the disposition and execs the stage (an ignored signal stays ignored across exec). Not a
+    preexec_fn: the suite's background builds run in threads, and a child forked from a threaded process can
+    deadlock before exec (the subprocess docs warn of it); CI once saw exactly that, a stage that never started.
+    """
+    name = "SIG_IGN" if disposition == signal.SIG_IGN else "SIG_DFL"
+    stage = [sys.executable, "-m", "stages.tfrecords"]
+    return [sys.executable, "-c", f"import os, signal; signal.signal(signal.SIGINT, signal.{name}); "
+            f"os.execv({stage[0]!r}, {stage!r})"]
 
 
 @pytest.mark.parametrize("sig, group, launched", [(signal.SIGTERM, False, signal.SIG_DFL),
@@ -523,13 +531,18 @@ def test_a_signal_during_the_image_check_stops_workers_and_keeps_outputs(proj, s
     set_params(proj, tfrecords={"workers": 2})
     before = snapshot(proj)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "stages.tfrecords"], cwd=proj, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=_sigint(launched))
-    deadline = time.time() + 120
-    while time.time() < deadline and not children(proc.pid):
+    proc = subprocess.Popen(_launched_with(launched), cwd=proj, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # The stage imports TensorFlow before it starts its workers, slow on a machine the session's background builds
+    # load: wait for the workers or for the stage's end (and show why it ended), not a short fixed time.
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None and not children(proc.pid):
         time.sleep(0.2)
     workers = children(proc.pid)
-    assert workers, "no worker processes started"
+    if not workers:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"no worker processes started (exit {proc.returncode}):\n{out[-1000:]}\n{err[-3000:]}")
     time.sleep(1.0)
     sent = time.perf_counter()
     os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
