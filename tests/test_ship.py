@@ -248,8 +248,10 @@ def test_flowerpipe_serve_runs_the_runtimes_command_on_a_kserve_mount_and_agrees
             np.testing.assert_allclose(out.as_numpy(config.output[0].name), reference(x, 0), atol=1e-5)
 
 
-def test_ctrl_c_stops_the_server_cleanly_with_one_line_and_exit_0(shipped):
-    """Ctrl-C is how a user stops `flowerpipe serve`: requests drain, one line says so, no traceback, exit 0."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_stops_the_server_cleanly_with_one_line_and_exit_0(shipped, sig):
+    """Ctrl-C (a user) or SIGTERM (Kubernetes, systemd) is how `flowerpipe serve` is stopped: requests drain, one
+    line says so, no traceback, exit 0."""
     s, _ = shipped
     port = free_ports(1)[0]
     proc = subprocess.Popen([sys.executable, "-m", "flowerpipe.serving.command", str(s.repository), "--host",
@@ -262,17 +264,18 @@ def test_ctrl_c_stops_the_server_cleanly_with_one_line_and_exit_0(shipped):
             if line.startswith("serving "):
                 break
         assert lines and lines[-1].startswith("serving "), "".join(lines)[-2000:]
-        for _ in range(100):  # the line comes as uvicorn starts: Ctrl-C once it answers
+        deadline, ready = time.time() + 120, False
+        while not ready and time.time() < deadline:  # the line comes as uvicorn starts: signal once it answers
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGINT)
+                ready = httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2).status_code == 200
+            time.sleep(0 if ready else 0.1)
+        assert ready, "the server never answered /v2/health/ready"
+        proc.send_signal(sig)
         out, _ = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == 0 and out.strip().splitlines()[-1] == "server stopped", out[-2000:]
-    assert "Traceback" not in out
+    assert "Traceback" not in out and "unloading" in out  # the versions were drained before the line
 
 
 def test_a_new_version_folder_is_hot_loaded_while_clients_call(shipped, tmp_path):

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
+import signal
 import sys
+import threading
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
-from flowerpipe.errors import FormatError
+from flowerpipe.errors import FormatError, UserError
 from flowerpipe.params import Params, Serve
 from flowerpipe.serving.repository import Repository, Settings, Source
 
@@ -142,7 +145,7 @@ def repository(plan: Plan, s: Serve, labels: dict[str, int] | None = None) -> Re
     """The repository for a plan with the serve params' batching and version policy."""
     from flowerpipe.serving.artifacts import load_served
 
-    loader = partial(load_served, requested=s.device, threads=s.threads, classes=plan.classes,
+    loader = functools.partial(load_served, requested=s.device, threads=s.threads, classes=plan.classes,
                      image_size=plan.image_size, fmt=plan.format)
     settings = Settings(max_batch=s.max_batch, window_ms=s.batch_window_ms, keep_versions=s.keep_versions,
                         labels={**s.version_labels, **(labels or {})})
@@ -164,12 +167,13 @@ def serve(plan: Plan, s: Serve, host: str | None = None, port: int | None = None
     up: list[bool] = []  # set once uvicorn serves: Ctrl-C before that aborts the start (exit 130), after it stops
     try:
         run(_serve(plan, s, sock, labels, s.grpc_port if grpc_port is None else grpc_port, up))
-    except KeyboardInterrupt:  # Ctrl-C is how a server is stopped: uvicorn drains requests, then passes it on
+    except KeyboardInterrupt:  # only in the instant between the start and uvicorn taking the signals over
         if not up:
             raise
-        print("server stopped", file=sys.stderr, flush=True)
     finally:
         sock.close()  # (a version that fails to load, or the server's end)
+    # Ctrl-C or SIGTERM is how a server is stopped: uvicorn drained the requests and the versions; exit 0.
+    print("server stopped", file=sys.stderr, flush=True)
 
 
 async def _serve(plan: Plan, s: Serve, sock, labels: dict[str, int] | None, grpc_port: int,
@@ -207,10 +211,42 @@ async def _serve(plan: Plan, s: Serve, sock, labels: dict[str, int] | None, grpc
                                                  "KServe V2 GRPCInferenceService, grpc.health.v1)" if grpc else ""),
           flush=True)
     config = uvicorn.Config(create_app(service, grpc=grpc), log_level="warning", timeout_graceful_shutdown=10)
-    server = uvicorn.Server(config)
+    server = _server_class()(config)
     if up is not None:
         up.append(True)
     await server.serve(sockets=[sock])
+    if not server.started:
+        raise UserError("the server did not start (its error is logged above)")
+
+
+@functools.cache
+def _server_class():
+    """uvicorn.Server whose SIGINT/SIGTERM stop it and end there (made on first use: uvicorn is imported late)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, handling SIGINT and SIGTERM on the event loop: the first drains and stops it, a second
+        SIGINT forces the stop. Unlike uvicorn's own handlers, the signal is not raised again once it has stopped:
+        whether that raise reached the code as KeyboardInterrupt or as a normal return depended on timing (asyncio's
+        runner turns a SIGINT into cancelling its task), and SIGTERM, the normal stop under Kubernetes or systemd,
+        ended the process with 143."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+                yield
+                return
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self.handle_exit, sig, None)
+            try:
+                yield
+            finally:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+
+    return Server
+
 
 
 def listen(host: str, port: int):
