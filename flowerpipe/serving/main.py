@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from flowerpipe.errors import FormatError, UserError
+from flowerpipe.errors import FormatError
 from flowerpipe.params import Params, Serve
 from flowerpipe.serving.repository import Repository, Settings, Source
 
@@ -215,8 +215,6 @@ async def _serve(plan: Plan, s: Serve, sock, labels: dict[str, int] | None, grpc
     if up is not None:
         up.append(True)
     await server.serve(sockets=[sock])
-    if not server.started:
-        raise UserError("the server did not start (its error is logged above)")
 
 
 @functools.cache
