@@ -358,6 +358,7 @@ def kserve_models():
     if "kserve" not in sys.modules:
         package = types.ModuleType("kserve")
         package.__path__ = list(spec.submodule_search_locations)
+        package.__spec__ = spec  # find_spec("kserve") elsewhere in the session (tools/protos.py) reads it
         sys.modules["kserve"] = package
     return importlib.import_module("kserve.models")
 
