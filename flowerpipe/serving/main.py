@@ -146,7 +146,7 @@ def repository(plan: Plan, s: Serve, labels: dict[str, int] | None = None) -> Re
     from flowerpipe.serving.artifacts import load_served
 
     loader = functools.partial(load_served, requested=s.device, threads=s.threads, classes=plan.classes,
-                     image_size=plan.image_size, fmt=plan.format)
+                               image_size=plan.image_size, fmt=plan.format)
     settings = Settings(max_batch=s.max_batch, window_ms=s.batch_window_ms, keep_versions=s.keep_versions,
                         labels={**s.version_labels, **(labels or {})})
     return Repository(plan.name, plan.source, loader, settings)
@@ -167,7 +167,7 @@ def serve(plan: Plan, s: Serve, host: str | None = None, port: int | None = None
     up: list[bool] = []  # set once uvicorn serves: Ctrl-C before that aborts the start (exit 130), after it stops
     try:
         run(_serve(plan, s, sock, labels, s.grpc_port if grpc_port is None else grpc_port, up))
-    except KeyboardInterrupt:  # only in the instant between the start and uvicorn taking the signals over
+    except KeyboardInterrupt:  # during the start (exit 130), or just before uvicorn takes the signals over
         if not up:
             raise
     finally:
@@ -244,7 +244,6 @@ def _server_class():
                     loop.remove_signal_handler(sig)
 
     return Server
-
 
 
 def listen(host: str, port: int):
