@@ -125,7 +125,7 @@ def dvc_env() -> dict:
 def copy_checkout(repo: Path) -> Path:
     """The project's tracked (and new, not ignored) files, without any run's outputs, in a fresh folder."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
+                           text=True, check=True, env=os.environ.copy()).stdout.split()  # (test_install: why)
     for f in files:
         if (ROOT / f).is_file() and not f.startswith(("metrics/", "plots/", "reports/", "dvclive/", "dvc.lock")):
             (repo / f).parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,11 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
+# Run in the session's background threads (conftest.INSTALLS) while tests change os.environ in the main thread:
+# every subprocess here gets its own copy of the environment. With env=None a vfork()ed child reads the process's
+# environ, which a concurrent putenv can reallocate under it; one `make test` here had execve of the pyenv shim
+# fail with "[Errno 14] Bad address", which that race explains.
+
 
 def other_python() -> str | None:
     """A working Python 3.11-3.13 other than this one ($SMOKE_PYTHON, else the PATH or pyenv, newest first)."""
@@ -20,7 +25,8 @@ def other_python() -> str | None:
                          reverse=True)
     probe = "import sys; print(sys.version_info[:2] != (%d, %d) and (3, 11) <= sys.version_info[:2] <= (3, 13))"
     for exe in filter(None, candidates):
-        run = subprocess.run([exe, "-c", probe % sys.version_info[:2]], capture_output=True, text=True)
+        run = subprocess.run([exe, "-c", probe % sys.version_info[:2]], capture_output=True, text=True,
+                             env=os.environ.copy())
         if run.returncode == 0 and run.stdout.strip() == "True":
             return exe
     return None
@@ -34,7 +40,7 @@ OFFLINE = ("Failed to fetch", "Could not connect", "dns error", "Network is unre
 
 def install(step: list[str], timeout: int = 1200) -> None:
     """Run an install step; skip the test (with pip's or uv's own line) when the package index is out of reach."""
-    run = subprocess.run(step, capture_output=True, text=True, timeout=timeout)
+    run = subprocess.run(step, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
     if run.returncode == 0:
         return
     said = run.stdout + run.stderr
@@ -46,7 +52,8 @@ def install(step: list[str], timeout: int = 1200) -> None:
 
 def source_copy(folder: Path) -> Path:
     """The project's tracked files in a fresh folder, to install from as a user's clone would."""
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True,
+                           env=os.environ.copy()).stdout.split()
     for f in files:
         if (ROOT / f).is_file():
             (folder / f).parent.mkdir(parents=True, exist_ok=True)
@@ -67,7 +74,7 @@ def smoke_in_fresh_env(folder: Path) -> str | None:
     install([uv, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), "--require-hashes", "-r",
              str(ROOT / "locks" / "cpu.txt")])
     step = [str(venv / "bin" / "python"), str(ROOT / "tests" / "smoke.py")]
-    run = subprocess.run(step, capture_output=True, text=True, timeout=1200)
+    run = subprocess.run(step, capture_output=True, text=True, timeout=1200, env=os.environ.copy())
     assert run.returncode == 0, f"{' '.join(step)} failed:\n{run.stdout[-2000:]}{run.stderr[-3000:]}"
     shutil.rmtree(venv)  # 2.4 GB
     return run.stdout.strip().splitlines()[-1]
@@ -79,7 +86,7 @@ def make_slim_venv(folder: Path) -> Path | None:
     if python is None:
         return None
     venv = folder / "venv"
-    subprocess.run([python, "-m", "venv", str(venv)], check=True)
+    subprocess.run([python, "-m", "venv", str(venv)], check=True, env=os.environ.copy())
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
     install([*pip, "--require-hashes", "-r", str(ROOT / "locks" / "serve.txt")], timeout=900)
     install([*pip, "--no-deps", str(source_copy(folder / "src"))], timeout=900)  # the README's two lines
